@@ -1,0 +1,225 @@
+"""Configuration of one training run: plain dataclasses, validated once, with errors naming the key.
+
+The experiment file (`experiments/*.toml`) holds one table per concern. `carclf` owns the tables
+that describe a single training run (`[data]`, `[model]`, `[train]`); `tuning` adds the search,
+scheduler, resources and run tables on top with the same machinery (`parse_section`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DATA_FORMATS = ("synthetic", "devkit", "csv", "folders")
+MAX_UNFREEZE_DEPTH = 16
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or impossible."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images are and how they become tensors."""
+
+    format: str = "synthetic"
+    root: str = ""
+    csv_file: str = ""
+    image_size: int = 224
+    crop_to_bbox: bool = True
+    bbox_margin: float = 0.05
+    validation_fraction: float = 0.2
+    seed: int = 0
+    horizontal_flip: bool = True
+    rotation_degrees: float = 20.0
+    skip_bad_rows: bool = False
+
+    def check(self) -> None:
+        _require(self.format in DATA_FORMATS, "format", f"must be one of {DATA_FORMATS}, got {self.format!r}")
+        _require(self.format == "synthetic" or self.root != "", "root", f"is required for format {self.format!r}")
+        _require(self.format != "csv" or self.csv_file != "", "csv_file", "is required for format 'csv'")
+        _require(16 <= self.image_size <= 1024, "image_size", f"must be in 16..1024, got {self.image_size}")
+        _require(0.0 <= self.bbox_margin <= 1.0, "bbox_margin", f"must be in 0..1, got {self.bbox_margin}")
+        _require(
+            0.0 < self.validation_fraction < 1.0,
+            "validation_fraction",
+            f"must be strictly between 0 and 1, got {self.validation_fraction}",
+        )
+        _require(0.0 <= self.rotation_degrees <= 180.0, "rotation_degrees", f"must be in 0..180, got {self.rotation_degrees}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The classifier: backbone weights and head."""
+
+    weights: str = "imagenet"
+    dropout: float = 0.2
+
+    def check(self) -> None:
+        _require(self.weights != "", "weights", "must be 'imagenet', 'none' or a path to a weights file")
+        _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run's hyperparameters; the search overrides some of them per trial."""
+
+    epochs: int = 10
+    steps_per_epoch: int = 0  # 0 means one full pass over the training rows
+    batch_size: int = 32
+    learning_rate: float = 0.005
+    lr_decay: float = 1e-4
+    unfreeze_depth: int = 0
+    momentum: float = 0.9
+    label_smoothing: float = 0.0
+    seed: int = 0
+
+    def check(self) -> None:
+        _require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.steps_per_epoch >= 0, "steps_per_epoch", f"must be >= 0, got {self.steps_per_epoch}")
+        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        _require(self.lr_decay >= 0, "lr_decay", f"must be >= 0, got {self.lr_decay}")
+        check_unfreeze_depth(self.unfreeze_depth)
+        _require(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one training run needs besides the data: what a trial receives."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def with_hyperparameters(self, values: Mapping[str, Any]) -> RunSettings:
+        """Return a copy where `values` (a trial's sampled settings) replace model or train fields."""
+        model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+        train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = set(values) - model_keys - train_keys
+        if unknown:
+            raise ConfigError(f"unknown hyperparameter(s) {sorted(unknown)}: not a [model] or [train] key")
+        model = dataclasses.replace(self.model, **{k: v for k, v in values.items() if k in model_keys})
+        train = dataclasses.replace(self.train, **{k: _python_scalar(v) for k, v in values.items() if k in train_keys})
+        model.check()
+        train.check()
+        return dataclasses.replace(self, model=model, train=train)
+
+
+TUNABLE_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig)) + ("dropout",)
+RUN_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def check_unfreeze_depth(depth: int) -> None:
+    _require(
+        0 <= depth <= MAX_UNFREEZE_DEPTH,
+        "unfreeze_depth",
+        f"must be in 0..{MAX_UNFREEZE_DEPTH} (ResNet50 residual blocks from the top), got {depth}",
+    )
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key} {message}")
+
+
+def _python_scalar(value: Any) -> Any:
+    """Optuna and NumPy hand back numpy scalars; dataclasses and JSON want plain Python values."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _type_matches(value: Any, annotation: Any) -> bool:
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_matches(value, arg) for arg in typing.get_args(annotation))
+    if origin in (list, tuple):
+        return isinstance(value, list)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if annotation is type(None):
+        return value is None
+    return isinstance(value, annotation)
+
+
+def parse_section(cls: type, table: Any, where: str) -> Any:
+    """Build dataclass `cls` from a TOML table, rejecting unknown keys and wrong types.
+
+    `where` names the file and table in every error, e.g. ``experiments/demo.toml [train]``.
+    """
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(known)}")
+    values = {}
+    for key, value in table.items():
+        if not _type_matches(value, hints[key]):
+            expected = getattr(hints[key], "__name__", str(hints[key]))
+            raise ConfigError(f"{where}: key {key!r} must be {expected}, got {type(value).__name__} {value!r}")
+        values[key] = float(value) if hints[key] is float else value
+    section = cls(**values)
+    check = getattr(section, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as error:
+            raise ConfigError(f"{where}: key {error}") from None
+    return section
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file as plain data, with the file named in any syntax error."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: experiment file not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+
+
+def apply_overrides(document: dict[str, Any], overrides: list[str], where: str) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as TOML, bare words as strings)."""
+    merged = {name: dict(table) if isinstance(table, dict) else table for name, table in document.items()}
+    for item in overrides:
+        name, sep, raw = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot or not key:
+            raise ConfigError(f"{where}: override {item!r} must look like section.key=value")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        table = merged.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: override {item!r}: [{section}] is not a table")
+        _set_dotted(table, key.split("."), value)
+    return merged
+
+
+def _set_dotted(table: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        table[key] = dict(table.get(key, {}))
+        table = table[key]
+    table[keys[-1]] = value
+
+
+def parse_run_settings(document: Mapping[str, Any], where: str) -> RunSettings:
+    """The `[data]`, `[model]` and `[train]` tables of an experiment document as `RunSettings`."""
+    sections = {
+        name: parse_section(cls, document.get(name, {}), f"{where} [{name}]") for name, cls in RUN_SECTIONS.items()
+    }
+    return RunSettings(**sections)

@@ -1,0 +1,1 @@
+"""Car datasets on disk → one pandas table → `tf.data` batches."""

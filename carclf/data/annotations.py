@@ -1,0 +1,205 @@
+"""Readers that turn a car dataset's annotations into the dataset table (`carclf.data.table`).
+
+Three layouts: the Stanford Cars devkit (`.mat` files), a CSV, and one folder per class. Readers
+parse and check the annotations themselves (fields, columns, class ids and names); whether the
+images exist and the boxes fit them is `carclf.data.checks`' job, so both run on any source.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.io
+
+from carclf.data.table import BBOX_COLUMNS, DatasetError, make_table
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+DEVKIT_FIELDS = {"bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "fname"}
+FILE_COLUMNS = ("path", "file", "fname", "filename", "image")
+CLASS_COLUMNS = ("class_name", "class", "label", "class_id")
+
+
+def _find_devkit_file(root: Path, name: str) -> Path | None:
+    for folder in (root / "devkit", root):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _load_mat(path: Path, variable: str) -> np.ndarray:
+    try:
+        contents = scipy.io.loadmat(path, squeeze_me=True)
+    except Exception as error:  # scipy raises several types for a damaged file
+        raise DatasetError(f"{path}: not a readable MATLAB .mat file ({error})") from None
+    if variable not in contents:
+        found = sorted(k for k in contents if not k.startswith("__"))
+        raise DatasetError(f"{path}: has no variable {variable!r} (found {found})")
+    return np.atleast_1d(contents[variable])
+
+
+def _devkit_records(path: Path, labeled: bool) -> list[dict[str, Any]]:
+    annotations = _load_mat(path, "annotations")
+    fields = set(annotations.dtype.names or ())
+    required = DEVKIT_FIELDS | ({"class"} if labeled else set())
+    missing = sorted(required - fields)
+    if missing:
+        raise DatasetError(f"{path}: annotations lack field(s) {missing} (found {sorted(fields)})")
+    # The box fields are uint8 or uint16 depending on the value: cast before any arithmetic.
+    return [
+        {
+            "fname": str(record["fname"]),
+            **{column: int(record[column]) for column in BBOX_COLUMNS},
+            **({"class": int(record["class"])} if labeled else {}),
+        }
+        for record in annotations
+    ]
+
+
+def read_devkit_annotations(root: str | Path) -> pd.DataFrame:
+    """Read the Stanford Cars devkit layout under `root`.
+
+    Expects `cars_meta.mat` and `cars_train_annos.mat` (in `root/devkit/` or `root/`), images in
+    `root/cars_train/` and `root/cars_test/`, and for the test split either
+    `cars_test_annos_withlabels.mat` (labeled) or `cars_test_annos.mat` (unlabeled: rows keep no
+    label so predictions can be written for them). `class` in the files is 1-based.
+    """
+    root = Path(root).resolve()
+    meta_path = _find_devkit_file(root, "cars_meta.mat")
+    train_path = _find_devkit_file(root, "cars_train_annos.mat")
+    if meta_path is None or train_path is None:
+        raise DatasetError(f"{root}: not a Stanford Cars devkit layout (need devkit/cars_meta.mat and devkit/cars_train_annos.mat)")
+    names = [str(name) for name in _load_mat(meta_path, "class_names")]
+
+    frames = [_devkit_frame(train_path, root / "cars_train", "train", names, labeled=True)]
+    labeled_test = _find_devkit_file(root, "cars_test_annos_withlabels.mat")
+    unlabeled_test = _find_devkit_file(root, "cars_test_annos.mat")
+    if labeled_test is not None:
+        frames.append(_devkit_frame(labeled_test, root / "cars_test", "test", names, labeled=True))
+    elif unlabeled_test is not None:
+        frames.append(_devkit_frame(unlabeled_test, root / "cars_test", "test", names, labeled=False))
+    table = pd.concat(frames)
+    _require_every_class(table, names, f"{train_path}")
+    return make_table(table)
+
+
+def _devkit_frame(path: Path, image_dir: Path, split: str, names: list[str], labeled: bool) -> pd.DataFrame:
+    records = _devkit_records(path, labeled)
+    frame = pd.DataFrame.from_records(records, columns=["fname", *BBOX_COLUMNS, *(["class"] if labeled else [])])
+    # Row numbers in messages are the 1-based position of the record in the .mat file.
+    frame.index = pd.Index(range(1, len(frame) + 1), name=f"{path.name} record")
+    frame["path"] = [str(image_dir / name) for name in frame["fname"]]
+    frame["split"] = split
+    if labeled:
+        bad = frame[(frame["class"] < 1) | (frame["class"] > len(names))]
+        if len(bad):
+            row, value = bad.index[0], bad["class"].iloc[0]
+            raise DatasetError(
+                f"{path}: record {row} ({bad['fname'].iloc[0]}): class {value} is outside 1..{len(names)} "
+                f"({len(bad)} record(s) out of range)"
+            )
+        frame["label"] = frame["class"] - 1
+        frame["class_name"] = [names[label] for label in frame["label"]]
+    return frame
+
+
+def _require_every_class(table: pd.DataFrame, names: list[str], source: str) -> None:
+    present = set(table.loc[table["split"] == "train", "label"].dropna().astype(int))
+    empty = [f"{i} {names[i]!r}" for i in range(len(names)) if i not in present]
+    if empty:
+        raise DatasetError(f"{source}: {len(empty)} class(es) have no training images: {', '.join(empty[:5])}")
+
+
+def read_csv_annotations(csv_path: str | Path, root: str | Path | None = None, class_names: list[str] | None = None) -> pd.DataFrame:
+    """Read a CSV with a file column, a class column and optional bounding-box and split columns.
+
+    File paths are relative to `root` (default: the CSV's folder). The class column holds names,
+    or 0-based integer ids; `class_names`, when given, fixes the classes and their order, and a
+    name or id outside it is an error. Without a `split` column every row is a training row.
+    """
+    csv_path = Path(csv_path).resolve()
+    root = Path(root).resolve() if root else csv_path.parent
+    try:
+        raw = pd.read_csv(csv_path, skipinitialspace=True)
+    except FileNotFoundError:
+        raise DatasetError(f"{csv_path}: CSV file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{csv_path}: not a readable CSV ({error})") from None
+    raw.index = pd.Index(range(2, len(raw) + 2), name=f"{csv_path.name} line")  # line 1 is the header
+    file_column = _pick_column(raw, FILE_COLUMNS, csv_path, "file")
+    class_column = _pick_column(raw, CLASS_COLUMNS, csv_path, "class")
+    present_boxes = [c for c in BBOX_COLUMNS if c in raw]
+    if present_boxes and len(present_boxes) != len(BBOX_COLUMNS):
+        missing = sorted(set(BBOX_COLUMNS) - set(present_boxes))
+        raise DatasetError(f"{csv_path}: has some bounding-box columns but not {missing}")
+
+    frame = pd.DataFrame(index=raw.index)
+    frame["path"] = [str(root / str(name)) for name in raw[file_column]]
+    for column in present_boxes:
+        frame[column] = pd.to_numeric(raw[column], errors="coerce")
+    frame["split"] = raw["split"].astype(str).str.strip() if "split" in raw else "train"
+    bad_split = frame[~frame["split"].isin(["train", "test"])]
+    if len(bad_split):
+        raise DatasetError(f"{csv_path}: line {bad_split.index[0]}: split {bad_split['split'].iloc[0]!r} is not 'train' or 'test'")
+
+    classes = raw[class_column]
+    if pd.api.types.is_integer_dtype(classes):
+        names = class_names or [str(i) for i in range(int(classes.max()) + 1)]
+        out_of_range = raw[(classes < 0) | (classes >= len(names))]
+        if len(out_of_range):
+            line = out_of_range.index[0]
+            raise DatasetError(f"{csv_path}: line {line}: class id {classes[line]} is outside 0..{len(names) - 1}")
+        frame["label"] = classes
+    else:
+        classes = classes.astype(str).str.strip()
+        names = class_names or sorted(classes[frame["split"] == "train"].unique())
+        lookup = {name: i for i, name in enumerate(names)}
+        unknown = raw[~classes.isin(list(lookup))]
+        if len(unknown):
+            line = unknown.index[0]
+            raise DatasetError(
+                f"{csv_path}: line {line}: unknown class name {classes[line]!r} "
+                f"({len(unknown)} row(s) name classes with no training rows or outside the class list)"
+            )
+        frame["label"] = classes.map(lookup)
+    frame["class_name"] = [names[label] for label in frame["label"]]
+    _require_every_class(frame, names, str(csv_path))
+    return make_table(frame)
+
+
+def _pick_column(raw: pd.DataFrame, candidates: tuple[str, ...], path: Path, role: str) -> str:
+    for name in candidates:
+        if name in raw.columns:
+            return name
+    raise DatasetError(f"{path}: no {role} column: expected one of {list(candidates)}, found {list(raw.columns)}")
+
+
+def read_folder_annotations(root: str | Path) -> pd.DataFrame:
+    """Read `root/train/<class name>/*.jpg` and optionally `root/test/<class name>/*.jpg`.
+
+    Classes are the sorted folder names under `train/`; a test folder naming another class, or a
+    class folder with no images, is an error.
+    """
+    root = Path(root).resolve()
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise DatasetError(f"{root}: no train/ folder (expected train/<class name>/ and optionally test/<class name>/)")
+    names = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if not names:
+        raise DatasetError(f"{train_dir}: has no class folders")
+    lookup = {name: i for i, name in enumerate(names)}
+    rows = []
+    for split in ("train", "test"):
+        split_dir = root / split
+        if not split_dir.is_dir():
+            continue
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            if class_dir.name not in lookup:
+                raise DatasetError(f"{class_dir}: class {class_dir.name!r} has no folder under {train_dir}")
+            images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images and split == "train":
+                raise DatasetError(f"{class_dir}: class {class_dir.name!r} has no images (.jpg, .jpeg, .png)")
+            rows += [{"path": str(p), "label": lookup[class_dir.name], "class_name": class_dir.name, "split": split} for p in images]
+    return make_table(pd.DataFrame(rows))

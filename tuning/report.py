@@ -1,0 +1,322 @@
+"""The evaluation report of a run: `report.html` (one self-contained file) and `report.json`.
+
+`python -m tuning.report RUN_DIR` regenerates both from the run folder; the search calls the same
+`write_report` at its end. Everything is read from the files the search wrote (`experiment.json`,
+`dataset.parquet`, `trials.parquet`, `search.json`, `best/*`), so a report can be rebuilt later.
+
+report.json schema (version 1):
+  schema_version: 1
+  experiment: the experiment document (tables data, model, train, search, scheduler, resources, run)
+  dataset: {classes, rows_by_split: {train, val, test}}
+  search: {trials, stopped_early, failed, wall_time_s, metric, mode}
+  top_trials: [{trial_id, epochs, <metric>, status, stopped_early, <hyperparameter>: value, ...}]  best first
+  parameter_importance: {hyperparameter: importance 0..1} (Optuna fANOVA; {} with too few trials)
+  best: {hyperparameters, retrain_epochs, test: carclf.evaluate metrics (accuracy, top5_accuracy,
+         macro_precision, macro_recall, macro_f1, per_class [...], most_confused [...])} or null
+  worst_classes: the 20 classes with the lowest test accuracy [{class_name, accuracy, support, ...}]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+
+from carclf.data.table import class_names, load_index  # noqa: E402
+from carclf.files import read_json, write_json, write_text  # noqa: E402
+
+logger = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+WORST_CLASSES = 20
+CONFUSION_LIMIT = 30
+GRID_IMAGES = 24
+
+
+def _figure_to_data_uri(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _image_to_data_uri(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def top_trials(trials: pd.DataFrame, metric: str, mode: str, count: int = 10) -> list[dict[str, Any]]:
+    """The best `count` trials by their best reported `metric`, with their settings."""
+    if trials.empty or metric not in trials:
+        return []
+    config_columns = [c for c in trials.columns if c.startswith("config/")]
+    rows = trials.groupby("trial_id").agg(
+        epochs=("epoch", "max"), score=(metric, "max" if mode == "max" else "min"), status=("status", "first"),
+        stopped_early=("stopped_early", "first"), **{c.removeprefix("config/"): (c, "first") for c in config_columns},
+    )
+    rows = rows.sort_values("score", ascending=mode == "min").head(count).rename(columns={"score": metric})
+    return [{"trial_id": trial_id, **{k: _plain(v) for k, v in row.items()}} for trial_id, row in rows.iterrows()]
+
+
+def _plain(value: Any) -> Any:
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def parameter_importance(trials: pd.DataFrame, space: dict, metric: str, mode: str) -> dict[str, float]:
+    """Optuna's fANOVA importances from a study rebuilt from each trial's best `metric`."""
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    distributions = {key: _optuna_distribution(*next(iter(spec.items()))) for key, spec in space.items()}
+    for trial_id, rows in trials.dropna(subset=[metric]).groupby("trial_id"):
+        params = {key: _plain(rows[f"config/{key}"].iloc[0]) for key in space if f"config/{key}" in rows}
+        if len(params) != len(space):
+            continue
+        value = rows[metric].max() if mode == "max" else rows[metric].min()
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(value)))
+    if len(study.trials) < 2:
+        return {}
+    try:
+        return {key: float(value) for key, value in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError) as error:  # e.g. every trial scored the same
+        logger.info("no parameter importances: %s", error)
+        return {}
+
+
+def _optuna_distribution(kind: str, args: list):
+    if kind == "choice":
+        return optuna.distributions.CategoricalDistribution(args)
+    if kind == "randint":
+        return optuna.distributions.IntDistribution(args[0], args[1])
+    return optuna.distributions.FloatDistribution(args[0], args[1], log=kind == "loguniform")
+
+
+def plot_learning_curves(trials: pd.DataFrame, metric: str) -> str:
+    """Every trial's `metric` by epoch; an × marks where ASHA stopped a trial early."""
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for trial_id, rows in trials.groupby("trial_id"):
+        rows = rows.sort_values("epoch")
+        (line,) = axis.plot(rows["epoch"], rows[metric], marker=".", alpha=0.8, label=str(trial_id))
+        if rows["stopped_early"].iloc[0]:
+            axis.plot(rows["epoch"].iloc[-1], rows[metric].iloc[-1], "x", color=line.get_color(), markersize=11, mew=2.5)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(metric)
+    axis.set_title(f"{metric} of every trial (× = stopped early by ASHA)")
+    axis.grid(alpha=0.3)
+    if trials["trial_id"].nunique() <= 12:
+        axis.legend(fontsize=7, ncol=2)
+    return _figure_to_data_uri(figure)
+
+
+def plot_hyperparameters(trials: pd.DataFrame, space: dict, metric: str, mode: str) -> str:
+    """Each hyperparameter against the trial's best `metric`."""
+    best = trials.groupby("trial_id").agg(score=(metric, "max" if mode == "max" else "min"),
+                                          **{k: (f"config/{k}", "first") for k in space if f"config/{k}" in trials})
+    keys = [k for k in space if k in best]
+    figure, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 3), squeeze=False)
+    for axis, key in zip(axes[0], keys):
+        axis.scatter(best[key], best["score"], alpha=0.8)
+        if "loguniform" in space[key]:
+            axis.set_xscale("log")
+        axis.set_xlabel(key)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"best {metric}")
+    return _figure_to_data_uri(figure)
+
+
+def plot_importance(importance: dict[str, float]) -> str:
+    figure, axis = plt.subplots(figsize=(6, 0.5 + 0.4 * len(importance)))
+    names = list(importance)[::-1]
+    axis.barh(names, [importance[n] for n in names])
+    axis.set_xlabel("importance (Optuna fANOVA)")
+    return _figure_to_data_uri(figure)
+
+
+def plot_confusion(matrix: np.ndarray, names: list[str]) -> tuple[str, str]:
+    """A heatmap readable at any class count: all classes up to 30, else the 30 most-confused ones."""
+    note = "all classes"
+    if len(names) > CONFUSION_LIMIT:
+        errors = matrix.sum(axis=1) + matrix.sum(axis=0) - 2 * np.diag(matrix)
+        keep = np.sort(np.argsort(-errors)[:CONFUSION_LIMIT])
+        matrix, names = matrix[np.ix_(keep, keep)], [names[i] for i in keep]
+        note = f"the {CONFUSION_LIMIT} classes with the most errors"
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    size = 3 + 0.28 * len(names)
+    figure, axis = plt.subplots(figsize=(size + 1.5, size))
+    image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    axis.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    axis.set_yticks(range(len(names)), names, fontsize=7)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    figure.colorbar(image, ax=axis, fraction=0.04, label="share of the true class")
+    return _figure_to_data_uri(figure), note
+
+
+def prediction_grid(predictions: pd.DataFrame, names: list[str]) -> list[dict[str, Any]]:
+    """Up to 24 test images (wrong ones first) as thumbnails with true and predicted names."""
+    labeled = predictions.dropna(subset=["label"])
+    wrong = labeled[labeled["label"] != labeled["predicted"]]
+    right = labeled[labeled["label"] == labeled["predicted"]]
+    chosen = pd.concat([wrong.head(GRID_IMAGES // 2), right]).head(GRID_IMAGES) if len(labeled) else predictions.head(GRID_IMAGES)
+    cells = []
+    for row in chosen.itertuples():
+        try:
+            with Image.open(row.path) as image:
+                image = ImageOps.exif_transpose(image).convert("RGB")
+                image.thumbnail((160, 160))
+                uri = _image_to_data_uri(image)
+        except OSError as error:
+            logger.warning("report: cannot show %s: %s", row.path, error)
+            continue
+        true = names[int(row.label)] if pd.notna(row.label) else "(unlabeled)"
+        cells.append({"uri": uri, "true": true, "predicted": names[int(row.predicted)], "confidence": float(row.confidence),
+                      "wrong": pd.notna(row.label) and int(row.label) != int(row.predicted)})
+    return cells
+
+
+def build_report(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The report's numbers (report.json) and the figures and extras only the HTML shows."""
+    run_dir = Path(run_dir)
+    experiment = read_json(run_dir / "experiment.json")
+    index = load_index(run_dir / "dataset.parquet")
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    search_info = read_json(run_dir / "search.json") if (run_dir / "search.json").is_file() else {}
+    search = experiment["search"]
+    metric, mode, space = search["metric"], search["mode"], search["space"]
+    names = class_names(index)
+    per_trial = trials.groupby("trial_id").first()
+    numbers: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "experiment": experiment,
+        "dataset": {"classes": len(names), "rows_by_split": {k: int(v) for k, v in index["split"].value_counts().items()}},
+        "search": {"trials": int(len(per_trial)), "stopped_early": int(per_trial["stopped_early"].sum()),
+                   "failed": int((per_trial["status"] == "error").sum()), "wall_time_s": search_info.get("wall_time_s"),
+                   "metric": metric, "mode": mode},
+        "top_trials": top_trials(trials, metric, mode),
+        "parameter_importance": parameter_importance(trials, space, metric, mode),
+        "best": None,
+        "worst_classes": [],
+    }
+    extras: dict[str, Any] = {"curves": plot_learning_curves(trials, metric) if metric in trials else None,
+                              "hyperparameters": plot_hyperparameters(trials, space, metric, mode) if metric in trials else None}
+    if numbers["parameter_importance"]:
+        extras["importance"] = plot_importance(numbers["parameter_importance"])
+    best_dir = run_dir / "best"
+    if (best_dir / "metrics.json").is_file():
+        metrics = read_json(best_dir / "metrics.json")
+        test = dict(metrics["test"])
+        matrix = test.pop("confusion_matrix", None)
+        numbers["best"] = {"hyperparameters": read_json(best_dir / "config.json")["hyperparameters"],
+                           "retrain_epochs": metrics["retrain_epochs"], "test": test}
+        if test.get("labeled"):
+            numbers["worst_classes"] = sorted(test["per_class"], key=lambda c: (c["accuracy"], -c["support"]))[:WORST_CLASSES]
+        if matrix is not None:
+            extras["confusion"], extras["confusion_note"] = plot_confusion(np.array(matrix), names)
+        if (best_dir / "test_predictions.parquet").is_file():
+            extras["grid"] = prediction_grid(pd.read_parquet(best_dir / "test_predictions.parquet"), names)
+    return numbers, extras
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "<p>none</p>"
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(row.get(c)))}</td>" for c in columns) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _img(uri: str | None, alt: str) -> str:
+    return f'<img src="{uri}" alt="{html.escape(alt)}">' if uri else f"<p>({html.escape(alt)}: no data)</p>"
+
+
+def render_html(numbers: dict[str, Any], extras: dict[str, Any]) -> str:
+    """One HTML page with every figure embedded as a data URI: no network, no side files."""
+    e, search, dataset, best = numbers["experiment"], numbers["search"], numbers["dataset"], numbers["best"]
+    wall = f"{search['wall_time_s']:.0f} s" if search.get("wall_time_s") else "unknown"
+    parts = [
+        f"<h1>carclf report: {html.escape(e['run']['name'])}</h1>",
+        "<h2>Experiment and data</h2>",
+        _table([{"experiment": e["source"], "data": f"{e['data']['format']} {e['data']['root']}", "classes": dataset["classes"],
+                 **{f"{k} images": v for k, v in dataset["rows_by_split"].items()}, "image size": e["data"]["image_size"],
+                 "weights": e["model"]["weights"]}]),
+        _table([{"trials": search["trials"], "stopped early (ASHA)": search["stopped_early"], "failed": search["failed"],
+                 "wall time": wall, "metric": f"{search['mode']} {search['metric']}"}]),
+    ]
+    if best:
+        test = best["test"]
+        parts += ["<h2>Best configuration</h2>", _table([{**best["hyperparameters"], "retrain epochs": best["retrain_epochs"]}])]
+        if test.get("labeled"):
+            parts.append(_table([{"test images": test["count"], "top-1 accuracy": test["accuracy"], "top-5 accuracy": test["top5_accuracy"],
+                                  "macro precision": test["macro_precision"], "macro recall": test["macro_recall"], "macro F1": test["macro_f1"]}]))
+        else:
+            parts.append(f"<p>{html.escape(test.get('note', 'no test metrics'))}</p>")
+    parts += ["<h2>Top trials</h2>", _table(numbers["top_trials"]),
+              "<h2>Learning curves</h2>", _img(extras.get("curves"), "learning curves"),
+              "<h2>Hyperparameters against the validation metric</h2>", _img(extras.get("hyperparameters"), "hyperparameters"),
+              "<h2>Parameter importance</h2>",
+              _img(extras["importance"], "parameter importance") if "importance" in extras else "<p>not enough distinct trials to estimate importances</p>"]
+    if "confusion" in extras:
+        parts += [f"<h2>Confusion matrix ({html.escape(extras['confusion_note'])}, rows normalised)</h2>", _img(extras["confusion"], "confusion matrix")]
+    if best and best["test"].get("labeled"):
+        parts += ["<h2>Most-confused pairs</h2>", _table(best["test"]["most_confused"]),
+                  f"<h2>The {WORST_CLASSES} worst classes</h2>",
+                  _table(numbers["worst_classes"], ["class_name", "accuracy", "precision", "recall", "f1", "support"])]
+    if extras.get("grid"):
+        cells = "".join(
+            f'<figure class="{"wrong" if c["wrong"] else "right"}"><img src="{c["uri"]}" alt="{html.escape(c["true"])}">'
+            f'<figcaption>{"✗" if c["wrong"] else "✓"} true: {html.escape(c["true"])}<br>predicted: {html.escape(c["predicted"])} '
+            f'({c["confidence"]:.0%})</figcaption></figure>' for c in extras["grid"])
+        parts += ["<h2>Test images (wrong ones first, marked ✗)</h2>", f'<div class="grid">{cells}</div>']
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}table{border-collapse:collapse;margin:.5em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f3f3f3}img{max-width:100%}"
+             ".grid{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;width:170px;font-size:11px;padding:3px;border:3px solid #3a3}"
+             "figure.wrong{border-color:#d22;background:#fee}")
+    return f'<!doctype html><html><head><meta charset="utf-8"><title>carclf report</title><style>{style}</style></head><body>{"".join(parts)}</body></html>\n'
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write `report.json` and `report.html` into `run_dir` (atomically) and return their paths."""
+    run_dir = Path(run_dir)
+    numbers, extras = build_report(run_dir)
+    json_path = write_json(run_dir / "report.json", numbers)
+    html_path = write_text(run_dir / "report.html", render_html(numbers, extras))
+    return json_path, html_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tuning.report", description="Regenerate a run's report.html and report.json.")
+    parser.add_argument("run_dir", help="the run folder (e.g. runs/demo)")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    missing = [name for name in ("experiment.json", "dataset.parquet", "trials.parquet") if not (run_dir / name).is_file()]
+    if missing:
+        print(f"error: {run_dir}: not a finished run folder (missing {', '.join(missing)})", file=sys.stderr)
+        return 2
+    json_path, html_path = write_report(run_dir)
+    print(f"wrote {html_path} and {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

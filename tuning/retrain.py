@@ -1,0 +1,64 @@
+"""Retrain the best configuration on train + validation, evaluate it once on the test split.
+
+Writes `best/model.keras`, `best/labels.json`, `best/config.json`, `best/metrics.json` and
+`best/test_predictions.parquet` (plus `best/test_predictions.txt`, the evaluation server's
+format, when the test split is unlabeled). This is the only place the test split is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from carclf.config import RunSettings
+from carclf.data.splits import rows_for
+from carclf.data.table import class_names
+from carclf.evaluate import evaluate, write_server_predictions
+from carclf.files import atomic_path, write_json
+from carclf.runtime import configure_tensorflow
+from carclf.train import build_model, fit, save_labels, save_model
+
+logger = logging.getLogger(__name__)
+
+
+def retrain_and_evaluate(
+    index: pd.DataFrame, settings: RunSettings, best_config: dict[str, Any], epochs: int, best_dir: str | Path, cpus: int | None = None
+) -> dict[str, Any]:
+    """Train `best_config` for `epochs` on train + val, save it under `best_dir`, return test metrics."""
+    best_dir = Path(best_dir)
+    settings = settings.with_hyperparameters({**best_config, "epochs": epochs})
+    configure_tensorflow(cpus, settings.train.seed)
+    names = class_names(index)
+    model = build_model(len(names), settings)
+    logger.info("retraining the best configuration on train + val for %d epoch(s): %s", epochs, best_config)
+    history = fit(model, index, settings, train_splits=("train", "val"), validate=False, verbose=2)
+    save_model(model, best_dir / "model.keras")
+    save_labels(names, best_dir / "labels.json")
+    write_json(best_dir / "config.json", {"hyperparameters": best_config, "settings": dataclasses.asdict(settings)})
+
+    test_rows = rows_for(index, "test")
+    metrics: dict[str, Any] = {"retrain_epochs": epochs, "retrain_history": history.history}
+    if len(test_rows) == 0:
+        metrics["test"] = {"labeled": False, "count": 0, "note": "the dataset has no test split"}
+    else:
+        evaluation = evaluate(model, test_rows, settings.data, names, settings.train.batch_size)
+        metrics["test"] = evaluation.metrics()
+        predictions = pd.DataFrame({
+            "path": test_rows["path"].to_numpy(),
+            "label": test_rows["label"].to_numpy(),
+            "predicted": evaluation.predicted,
+            "confidence": evaluation.probabilities.max(axis=1),
+        })
+        with atomic_path(best_dir / "test_predictions.parquet") as partial:
+            predictions.to_parquet(partial, index=False)
+        if evaluation.labels is None:
+            write_server_predictions(evaluation, best_dir / "test_predictions.txt")
+            metrics["test"]["note"] = "the test split is unlabeled: no accuracy computed; predictions in test_predictions.txt"
+        else:
+            metrics["test"]["confusion_matrix"] = evaluation.confusion().tolist()
+    write_json(best_dir / "metrics.json", metrics)
+    return metrics
