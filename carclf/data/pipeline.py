@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from typing import Iterator
 
 import keras
@@ -61,14 +62,14 @@ def preprocess(images: tf.Tensor) -> tf.Tensor:
     return keras.applications.resnet50.preprocess_input(images)
 
 
-def augmenter(data: DataConfig, seed: int) -> keras.Sequential:
-    """Random horizontal flip and rotation up to `data.rotation_degrees`, applied per batch."""
+def augmenter(data: DataConfig, seed: int) -> keras.Sequential | None:
+    """Random horizontal flip and rotation up to `data.rotation_degrees`, per batch (None: neither)."""
     layers = []
     if data.horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if data.rotation_degrees > 0:
         layers.append(keras.layers.RandomRotation(data.rotation_degrees / 360.0, fill_mode="reflect", seed=seed + 1))
-    return keras.Sequential(layers, name="augmentation")
+    return keras.Sequential(layers, name="augmentation") if layers else None
 
 
 def make_dataset(
@@ -99,8 +100,8 @@ def make_dataset(
 
     dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=not training)
     dataset = dataset.batch(batch_size, num_parallel_calls=AUTOTUNE)
-    if training:
-        augment = augmenter(data, seed)
+    augment = augmenter(data, seed) if training else None
+    if augment is not None:
         dataset = dataset.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=AUTOTUNE)
     dataset = dataset.map(lambda x, y: (preprocess(x), y), num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)
@@ -111,6 +112,12 @@ def steps_per_pass(rows: pd.DataFrame, batch_size: int) -> int:
     return math.ceil(len(rows) / batch_size)
 
 
+def tf_error_reason(error: tf.errors.OpError) -> str:
+    """The readable part of a TensorFlow op error ("Unknown image file format..."), without the graph noise."""
+    text = re.sub(r"\{\{[^}]*\}\}|\[Op:[^\]]*\].*", "", error.message.splitlines()[0])
+    return text.strip()[:200]
+
+
 def find_unreadable_images(paths: list[str]) -> list[tuple[str, str]]:
     """Decode each image eagerly; return (path, reason) for those TensorFlow cannot read."""
     bad = []
@@ -118,7 +125,7 @@ def find_unreadable_images(paths: list[str]) -> list[tuple[str, str]]:
         try:
             tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
-            bad.append((path, error.message.splitlines()[0][:200]))
+            bad.append((path, tf_error_reason(error)))
     return bad
 
 

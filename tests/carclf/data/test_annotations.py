@@ -1,0 +1,157 @@
+"""The three readers, on the real devkit files and on small files made here."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.io
+
+from carclf.data.annotations import read_csv_annotations, read_devkit_annotations, read_folder_annotations
+from carclf.data.table import COLUMNS, DatasetError, class_names, load_index, save_index
+
+
+def test_real_devkit_training_annotations(devkit_root):
+    table = read_devkit_annotations(devkit_root)
+    train = table[table["split"] == "train"]
+    assert list(table.columns) == COLUMNS
+    assert len(train) == 8144
+    assert train["label"].nunique() == 196 and train["label"].min() == 0 and train["label"].max() == 195
+    first = train.iloc[0]
+    assert first["path"] == str(devkit_root.resolve() / "cars_train" / "00001.jpg")
+    assert first["class_name"] == "Audi TTS Coupe 2012"
+    assert (first["bbox_x1"], first["bbox_y1"], first["bbox_x2"], first["bbox_y2"]) == (39, 116, 569, 375)
+    counts = train["label"].value_counts()
+    assert counts.min() == 24 and counts.max() == 68
+    assert len(class_names(table)) == 196
+
+
+def test_real_unlabeled_test_rows_are_kept_without_label(devkit_root):
+    table = read_devkit_annotations(devkit_root)
+    test = table[table["split"] == "test"]
+    assert len(test) == 8041
+    assert test["label"].isna().all() and test["class_name"].isna().all()
+    assert test["bbox_x2"].notna().all()
+    assert test.iloc[0]["path"].endswith("cars_test/00001.jpg")
+
+
+def test_labeled_test_file_is_preferred(devkit_root):
+    # Stanford's later labeled release has the train file's layout; stand one in from the train file.
+    shutil.copy(devkit_root / "devkit" / "cars_train_annos.mat", devkit_root / "devkit" / "cars_test_annos_withlabels.mat")
+    test = read_devkit_annotations(devkit_root).query("split == 'test'")
+    assert len(test) == 8144 and test["label"].notna().all()
+
+
+def test_index_round_trips_through_parquet(devkit_root, tmp_path):
+    table = read_devkit_annotations(devkit_root)
+    loaded = load_index(save_index(table, tmp_path / "dataset.parquet"))
+    pd.testing.assert_frame_equal(loaded.reset_index(drop=True), table.reset_index(drop=True))
+
+
+def _write_devkit(root, records, names=("A", "B")):
+    (root / "devkit").mkdir(parents=True)
+    struct = np.zeros((1, len(records)), dtype=[(k, "O") for k in records[0]])
+    for i, record in enumerate(records):
+        for key, value in record.items():
+            struct[0, i][key] = value
+    scipy.io.savemat(root / "devkit" / "cars_train_annos.mat", {"annotations": struct})
+    cell = np.empty((1, len(names)), dtype=object)
+    cell[0, :] = list(names)
+    scipy.io.savemat(root / "devkit" / "cars_meta.mat", {"class_names": cell})
+
+
+def test_mat_file_with_wrong_fields_names_file_and_fields(tmp_path):
+    _write_devkit(tmp_path, [{"x1": 1, "class": 1, "fname": "a.jpg"}])
+    with pytest.raises(DatasetError, match=r"cars_train_annos\.mat.*lack field\(s\).*bbox_x1"):
+        read_devkit_annotations(tmp_path)
+
+
+def test_class_id_out_of_range_names_record(tmp_path):
+    box = {"bbox_x1": 1, "bbox_y1": 1, "bbox_x2": 5, "bbox_y2": 5}
+    _write_devkit(tmp_path, [{**box, "class": 1, "fname": "a.jpg"}, {**box, "class": 2, "fname": "b.jpg"},
+                             {**box, "class": 7, "fname": "c.jpg"}])
+    with pytest.raises(DatasetError, match=r"record 3 \(c\.jpg\): class 7 is outside 1\.\.2"):
+        read_devkit_annotations(tmp_path)
+
+
+def test_class_without_images_is_an_error(tmp_path):
+    box = {"bbox_x1": 1, "bbox_y1": 1, "bbox_x2": 5, "bbox_y2": 5}
+    _write_devkit(tmp_path, [{**box, "class": 1, "fname": "a.jpg"}], names=("A", "B"))
+    with pytest.raises(DatasetError, match=r"1 class\(es\) have no training images: 1 'B'"):
+        read_devkit_annotations(tmp_path)
+
+
+def test_not_a_mat_file(tmp_path):
+    (tmp_path / "devkit").mkdir()
+    (tmp_path / "devkit" / "cars_meta.mat").write_text("not matlab")
+    (tmp_path / "devkit" / "cars_train_annos.mat").write_text("not matlab")
+    with pytest.raises(DatasetError, match="cars_meta.mat: not a readable MATLAB"):
+        read_devkit_annotations(tmp_path)
+
+
+def test_csv_with_names_boxes_and_split(tmp_path):
+    (tmp_path / "labels.csv").write_text(
+        "file,class,bbox_x1,bbox_y1,bbox_x2,bbox_y2,split\n"
+        "a.jpg,Sedan,1,2,30,40,train\nb.jpg,Van,0,0,10,10,train\nc.jpg,Van,3,3,9,9,test\n"
+    )
+    table = read_csv_annotations(tmp_path / "labels.csv")
+    assert table["class_name"].tolist() == ["Sedan", "Van", "Van"]
+    assert table["label"].tolist() == [0, 1, 1]
+    assert table["split"].tolist() == ["train", "train", "test"]
+    assert table.iloc[0]["bbox_x2"] == 30
+    assert table.iloc[2]["path"] == str(tmp_path.resolve() / "c.jpg")
+
+
+def test_csv_with_integer_ids_and_class_list(tmp_path):
+    (tmp_path / "labels.csv").write_text("path,label\na.jpg,0\nb.jpg,1\n")
+    table = read_csv_annotations(tmp_path / "labels.csv", class_names=["Sedan", "Van"])
+    assert table["class_name"].tolist() == ["Sedan", "Van"]
+    assert table["bbox_x1"].isna().all()
+
+
+def test_csv_missing_column_names_file_and_expected_columns(tmp_path):
+    (tmp_path / "labels.csv").write_text("file,colour\na.jpg,red\n")
+    with pytest.raises(DatasetError, match=r"labels\.csv: no class column: expected one of"):
+        read_csv_annotations(tmp_path / "labels.csv")
+
+
+def test_csv_unknown_class_name_names_line(tmp_path):
+    (tmp_path / "labels.csv").write_text("file,class\na.jpg,Sedan\nb.jpg,Van\nc.jpg,Tractor\n")
+    with pytest.raises(DatasetError, match=r"line 4: unknown class name 'Tractor'"):
+        read_csv_annotations(tmp_path / "labels.csv", class_names=["Sedan", "Van"])
+
+
+def test_csv_class_id_out_of_range(tmp_path):
+    (tmp_path / "labels.csv").write_text("file,class_id\na.jpg,0\nb.jpg,5\n")
+    with pytest.raises(DatasetError, match=r"line 3: class id 5 is outside 0\.\.1"):
+        read_csv_annotations(tmp_path / "labels.csv", class_names=["Sedan", "Van"])
+
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+
+
+def test_folder_per_class(tmp_path):
+    for name in ("train/Van/1.jpg", "train/Van/2.png", "train/Sedan/3.jpg", "test/Sedan/4.jpeg", "train/Van/notes.txt"):
+        _touch(tmp_path / name)
+    table = read_folder_annotations(tmp_path)
+    assert sorted(table["class_name"].unique()) == ["Sedan", "Van"]
+    assert table.query("split == 'train'")["label"].value_counts().to_dict() == {1: 2, 0: 1}
+    assert table.query("split == 'test'")["class_name"].tolist() == ["Sedan"]
+
+
+def test_folder_class_without_images(tmp_path):
+    _touch(tmp_path / "train/Van/1.jpg")
+    (tmp_path / "train/Sedan").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"train/Sedan: class 'Sedan' has no images"):
+        read_folder_annotations(tmp_path)
+
+
+def test_folder_test_class_unknown_to_train(tmp_path):
+    _touch(tmp_path / "train/Van/1.jpg")
+    _touch(tmp_path / "test/Tractor/2.jpg")
+    with pytest.raises(DatasetError, match=r"class 'Tractor' has no folder under"):
+        read_folder_annotations(tmp_path)

@@ -1,0 +1,40 @@
+"""Evaluation metrics on known predictions, and the evaluation-server file for unlabeled rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from carclf.evaluate import Evaluation, write_server_predictions
+
+
+def _evaluation(labels):
+    # 6 images, 3 classes: predictions 0, 0, 1, 2, 2, 2
+    probabilities = np.array([[.8, .1, .1], [.6, .3, .1], [.2, .7, .1], [.1, .2, .7], [.3, .1, .6], [.1, .4, .5]])
+    return Evaluation(probabilities=probabilities, labels=None if labels is None else np.array(labels), class_names=["A", "B", "C"])
+
+
+def test_metrics_on_known_predictions():
+    metrics = _evaluation([0, 1, 1, 2, 2, 0]).metrics()
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    per_class = {c["class_name"]: c for c in metrics["per_class"]}
+    assert per_class["A"]["recall"] == pytest.approx(1 / 2) and per_class["A"]["precision"] == pytest.approx(1 / 2)
+    assert per_class["B"]["recall"] == pytest.approx(1 / 2) and per_class["B"]["precision"] == pytest.approx(1.0)
+    assert per_class["C"]["recall"] == pytest.approx(1.0) and per_class["C"]["precision"] == pytest.approx(2 / 3)
+    f1 = [2 * p * r / (p + r) for p, r in ((.5, .5), (1, .5), (2 / 3, 1))]
+    assert metrics["macro_f1"] == pytest.approx(np.mean(f1))
+    assert metrics["top5_accuracy"] == 1.0
+    assert {"true": "A", "predicted": "C", "count": 1} in metrics["most_confused"]
+    assert len(metrics["most_confused"]) == 2
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    matrix = _evaluation([0, 1, 1, 2, 2, 0]).confusion()
+    assert matrix.tolist() == [[1, 0, 1], [1, 1, 0], [0, 0, 2]]
+
+
+def test_unlabeled_rows_give_server_predictions(tmp_path):
+    evaluation = _evaluation(None)
+    assert evaluation.metrics() == {"labeled": False, "count": 6}
+    path = write_server_predictions(evaluation, tmp_path / "predictions.txt")
+    assert path.read_text().split() == ["1", "1", "2", "3", "3", "3"]  # 1-based class ids

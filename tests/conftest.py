@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny synthetic datasets, the real devkit files, settings for fast runs, Ray."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from carclf.config import DataConfig, ModelConfig, RunSettings, TrainConfig  # noqa: E402
+from carclf.data.sources import index_dataset  # noqa: E402
+from carclf.data.synthetic import SyntheticSpec, generate_synthetic_cars  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CARS = REPO.parent / "shared" / "data" / "stanford_cars"
+TINY_SPEC = SyntheticSpec(num_classes=4, train_per_class=10, test_per_class=3, width_range=(64, 80), height_range=(48, 60), seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_cars(tmp_path_factory) -> Path:
+    """A 4-class synthetic devkit dataset: 40 training and 12 test images of about 70x55 px."""
+    return generate_synthetic_cars(tmp_path_factory.mktemp("tiny_cars"), TINY_SPEC)
+
+
+@pytest.fixture(scope="session")
+def tiny_settings(tiny_cars) -> RunSettings:
+    """Settings that train a ResNet50 in seconds: 32 px, random weights, the top two blocks trained."""
+    return RunSettings(
+        data=DataConfig(format="devkit", root=str(tiny_cars), image_size=32, validation_fraction=0.25),
+        model=ModelConfig(weights="none", dropout=0.0),
+        train=TrainConfig(epochs=2, batch_size=8, learning_rate=0.005, lr_decay=1e-4, unfreeze_depth=2),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_settings):
+    return index_dataset(tiny_settings.data)
+
+
+@pytest.fixture(scope="session")
+def real_devkit() -> Path:
+    """The real Stanford Cars devkit annotation files (no images)."""
+    devkit = SHARED_CARS / "devkit"
+    if not (devkit / "cars_meta.mat").is_file():
+        pytest.skip(f"real devkit files not found at {devkit}")
+    return devkit
+
+
+@pytest.fixture
+def devkit_root(tmp_path, real_devkit) -> Path:
+    """A dataset root holding a copy of the real devkit files, for readers that look for images."""
+    shutil.copytree(real_devkit, tmp_path / "devkit")
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def real_samples() -> list[Path]:
+    samples = sorted((SHARED_CARS / "samples").glob("*.jpg"))
+    if not samples:
+        pytest.skip("real sample photos not found")
+    return samples
+
+
+@pytest.fixture
+def ray_cluster():
+    """A real local Ray cluster of 2 CPUs, always shut down."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, dashboard_host="127.0.0.1",
+             runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}}, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
