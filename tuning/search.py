@@ -203,15 +203,23 @@ def trials_table(results, max_epochs: int) -> pd.DataFrame:
         frame["trial_path"] = result.path
         frame["status"] = "error" if result.error else "terminated"
         frame["stopped_early"] = result.error is None and last_epoch < max_epochs
-        for key, value in result.config.items():
+        for key, value in (result.config or {}).items():  # None for a trial interrupted before it started
             frame[f"config/{key}"] = value
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def finished(results) -> bool:
-    """False when the search was interrupted (trials still pending or paused)."""
-    return results.num_terminated + results.num_errors >= len(results)
+def search_interrupted(experiment: Experiment, elapsed_s: float) -> bool:
+    """True when trials are still pending or paused, or samples were never started (and no budget ran out).
+
+    Read from the run's saved experiment state, because after a SIGINT Ray returns normally with
+    the trials it had created so far.
+    """
+    statuses = [trial.status for trial in tune.ExperimentAnalysis(str(experiment.run_dir)).trials]
+    if any(status not in ("TERMINATED", "ERROR") for status in statuses):
+        return True
+    budget = experiment.search.time_budget_s
+    return len(statuses) < experiment.search.num_samples and not (budget and elapsed_s >= budget)
 
 
 def summarize(trials: pd.DataFrame, metric: str, mode: str, top: int = 5) -> str:
@@ -250,11 +258,12 @@ def run_search(experiment: Experiment, args: argparse.Namespace) -> Path:
     start_ray(args)
     try:
         check_cluster_resources(experiment)
+        fit_started = time.time()
         results = make_tuner(experiment, index, args.resume).fit()
         trials = trials_table(results, experiment.scheduler.max_epochs)
         with atomic_path(run_dir / TRIALS_FILE) as partial:
             trials.to_parquet(partial, index=False)
-        if not finished(results):
+        if search_interrupted(experiment, time.time() - fit_started):
             raise SearchError(f"the search was interrupted; continue it with: python -m tuning.search --resume "
                               f"--experiment {args.experiment} --storage-path {run_dir.parent} --name {run_dir.name}")
         print(summarize(trials, experiment.search.metric, experiment.search.mode), flush=True)
@@ -281,6 +290,8 @@ def run_search(experiment: Experiment, args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # Checkpointing every epoch is the design; Ray's warning about frequent snapshots is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         experiment = resolve_experiment(args)
@@ -295,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DatasetError, ImageDecodeError, WeightsError, SearchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"done: results in {run_dir} (best/model.keras, trials.parquet, report.html, report.json)")
+    produced = "best/model.keras, trials.parquet, report.html, report.json" if experiment.run.retrain else "trials.parquet"
+    print(f"done: results in {run_dir} ({produced})")
     return 0
 
 

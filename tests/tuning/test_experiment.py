@@ -1,0 +1,94 @@
+"""Experiment files: the shipped ones load, and every bad value names the file and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from carclf.config import ConfigError
+from tuning.experiment import DEMO_EXPERIMENT, load_experiment
+from tuning.search_space import param_space
+
+EXPERIMENTS = DEMO_EXPERIMENT.parent
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "stanford_cars.toml"])
+def test_shipped_experiments_load(name):
+    experiment = load_experiment(EXPERIMENTS / name)
+    assert {"batch_size", "learning_rate", "lr_decay", "unfreeze_depth"} <= set(experiment.search.space)
+    assert experiment.search.start[0] == {"batch_size": 32, "learning_rate": 0.005, "lr_decay": 0.0001, "unfreeze_depth": 0, **(
+        {"dropout": 0.2} if "dropout" in experiment.search.space else {})}
+    assert experiment.trial_settings().train.epochs == experiment.scheduler.max_epochs
+
+
+def test_stanford_experiment_is_a_gpu_imagenet_run():
+    experiment = load_experiment(EXPERIMENTS / "stanford_cars.toml")
+    assert experiment.settings.data.image_size == 224 and experiment.settings.model.weights == "imagenet"
+    assert 0 < experiment.resources.gpus_per_trial < 1
+
+
+def test_demo_defaults():
+    experiment = load_experiment()
+    assert experiment.settings.data.format == "synthetic" and experiment.resources.gpus_per_trial == 0
+    assert experiment.run_dir.name == "demo"
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "exp.toml"
+    path.write_text(DEMO_EXPERIMENT.read_text() + "\n" + text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [(["train.learning_rate=0"], r"\[train\]: key learning_rate must be > 0"),
+     (["data.validation_fraction=1.0"], r"\[data\]: key validation_fraction must be strictly between 0 and 1"),
+     (["search.num_samples='many'"], r"\[search\]: key 'num_samples' must be int, got str"),
+     (["resources.gpus_per_trial=-1"], r"\[resources\]: key gpus_per_trial must be >= 0"),
+     (["scheduler.grace_period=9"], r"\[scheduler\]: key grace_period must be in 1\.\.max_epochs"),
+     (["search.space.unfreeze_depth={ randint = [0, 20] }"], r"\[search\.space\] unfreeze_depth: value 20 is not allowed.*0\.\.16"),
+     (["search.space.learning_rate={ loguniform = [0.0, 0.1] }"], r"\[search\.space\] learning_rate: loguniform needs low > 0"),
+     (["search.space.colour={ choice = [1] }"], r"\[search\.space\] colour: not a tunable key"),
+     (["search.space.batch_size={ normal = [1, 2] }"], r"\[search\.space\] batch_size: must be one distribution"),
+     (["data.format='zip'"], r"\[data\]: key format must be one of"),
+     (["model.weights=''"], r"\[model\]: key weights must be")],
+)
+def test_bad_values_name_file_and_key(overrides, message):
+    with pytest.raises(ConfigError, match=rf"demo\.toml.*{message}"):
+        load_experiment(DEMO_EXPERIMENT, overrides)
+
+
+def test_unknown_key_and_table(tmp_path):
+    with pytest.raises(ConfigError, match=r"exp\.toml \[scheduler\]: unknown key\(s\) \['patience'\]"):
+        load_experiment(_write(tmp_path, "").parent / "exp.toml", ["scheduler.patience=3"])
+    with pytest.raises(ConfigError, match=r"exp\.toml: unknown table\(s\) \['optimiser'\]"):
+        load_experiment(_write(tmp_path, "[optimiser]\nname = 'adam'\n"))
+
+
+def test_start_point_outside_space(tmp_path):
+    path = _write(tmp_path, "[[search.start]]\nbatch_size = 48\nlearning_rate = 0.01\nlr_decay = 0.0001\nunfreeze_depth = 0\n")
+    with pytest.raises(ConfigError, match=r"\[\[search\.start\]\] #2 batch_size: 48 is outside its search space"):
+        load_experiment(path)
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    (tmp_path / "broken.toml").write_text("[data\nformat = 1")
+    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
+        load_experiment(tmp_path / "broken.toml")
+    with pytest.raises(ConfigError, match=r"nope\.toml: experiment file not found"):
+        load_experiment(tmp_path / "nope.toml")
+
+
+def test_param_space_becomes_tune_domains():
+    space = param_space({"unfreeze_depth": {"randint": [0, 16]}, "batch_size": {"choice": [16, 32]},
+                         "learning_rate": {"loguniform": [1e-4, 1e-1]}})
+    assert space["unfreeze_depth"].lower == 0 and space["unfreeze_depth"].upper == 17  # both ends included
+    assert space["batch_size"].categories == [16, 32]
+    assert space["learning_rate"].lower == pytest.approx(1e-4)
+
+
+def test_saved_experiment_reads_back(tmp_path):
+    from tuning.experiment import experiment_from_document
+
+    experiment = load_experiment(DEMO_EXPERIMENT, ["train.momentum=0.8"])
+    again = experiment_from_document(experiment.to_dict(), "saved.json")
+    assert again.settings == experiment.settings and again.search == experiment.search and again.name == "demo"
