@@ -132,6 +132,7 @@ def plot_hyperparameters(trials: pd.DataFrame, space: dict, metric: str, mode: s
         if "loguniform" in space[key]:
             axis.set_xscale("log")
         axis.set_xlabel(key)
+        axis.tick_params(axis="x", labelrotation=35, labelsize=7)
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"best {metric}")
     return _figure_to_data_uri(figure)

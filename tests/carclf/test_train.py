@@ -38,7 +38,7 @@ def test_steps_per_epoch_repeats_the_data(tiny_index, tiny_settings):
     settings = dataclasses.replace(tiny_settings, train=train)
     model = build_model(len(class_names(tiny_index)), settings)
     fit(model, tiny_index, settings)
-    assert int(model.optimizer.iterations) == 7  # more than one pass over 30 rows in batches of 8
+    assert int(model.optimizer.iterations) == 7  # more than one pass over 32 rows in batches of 8
 
 
 def test_train_command_saves_model_and_labels(tiny_cars, tmp_path):

@@ -36,7 +36,7 @@ def test_two_short_trials_report_every_epoch_with_checkpoints(ray_cluster, tiny_
         assert result.config["learning_rate"] in (0.01, 0.002)
         model, epochs_done = restore_from_checkpoint(result.checkpoint)
         assert epochs_done == 2
-        assert int(model.optimizer.iterations) == 2 * 4  # 30 training rows in batches of 8
+        assert int(model.optimizer.iterations) == 2 * 4  # 32 training rows in batches of 8
 
 
 def _fails_once_after_two_epochs(config, index, settings):
@@ -58,7 +58,7 @@ def test_restored_trial_continues_at_next_epoch_with_optimizer_state(ray_cluster
     assert result.error is None
     rows = result.metrics_dataframe
     assert rows["epoch"].tolist() == [1, 2, 3]  # not 1, 2, 1, 2, 3
-    steps = 4  # 30 rows, batches of 8
+    steps = 4  # 32 rows, batches of 8
     for epoch, rate in zip(rows["epoch"], rows["learning_rate"]):
         # The decay keeps counting optimizer steps across the restart: the state was restored.
         assert rate == pytest.approx(0.01 / (1 + 0.05 * epoch * steps), rel=1e-5)
