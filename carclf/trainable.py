@@ -31,7 +31,7 @@ class ReportToTune(keras.callbacks.Callback):
     """Reports each epoch's logs and a checkpoint to Ray Tune."""
 
     def on_epoch_end(self, epoch, logs=None):
-        metrics: dict[str, Any] = {"epoch": epoch + 1}
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "node_id": ray.get_runtime_context().get_node_id()}
         for key, value in (logs or {}).items():
             value = float(value)
             metrics[key] = value if math.isfinite(value) else None

@@ -129,9 +129,6 @@ def start_ray(args: argparse.Namespace) -> None:
     if args.address:
         context = ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
     else:
-        if args.dashboard_host not in LOOPBACK:
-            logger.warning("the Ray dashboard will listen on %s: it has no authentication, anyone who reaches it "
-                           "can run code on this machine", args.dashboard_host)
         context = ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host=args.dashboard_host,
                            runtime_env=runtime_env, log_to_driver=False)
     if context.dashboard_url:
@@ -296,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         experiment = resolve_experiment(args)
         print(describe_plan(experiment, args), flush=True)
+        if not args.address and args.dashboard_host not in LOOPBACK:
+            logger.warning("the Ray dashboard will listen on %s: it has no authentication, and anyone who reaches it "
+                           "can run code on this machine; prefer an SSH tunnel to 127.0.0.1", args.dashboard_host)
         if args.dry_run:
             print("dry run: the experiment is valid; nothing was started")
             return 0

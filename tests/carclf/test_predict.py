@@ -61,3 +61,16 @@ def test_box_argument_parsing():
     assert parse_image_argument("a@b.jpg@1,2,3,4").box == (1, 2, 3, 4)
     assert parse_image_argument("a@b.jpg@1,2,3,4").path == "a@b.jpg"
     assert parse_image_argument("me@home.jpg").box is None
+
+
+def test_model_with_code_is_refused_by_safe_mode(tmp_path, real_samples):
+    """A .keras file carrying a Lambda (arbitrary code) must not be loaded."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Lambda(lambda x: keras.ops.mean(x, axis=(1, 2)))(inputs))
+    keras.Model(inputs, outputs).save(tmp_path / "model.keras")
+    save_labels(["a", "b"], tmp_path / "labels.json")
+    result = _predict("--model", tmp_path / "model.keras", real_samples[0])
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "safe_mode" in result.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import sys
 
 import pytest
@@ -40,19 +42,25 @@ def test_two_short_trials_report_every_epoch_with_checkpoints(ray_cluster, tiny_
 
 
 def _fails_once_after_two_epochs(config, index, settings):
-    """First attempt: train 2 of 3 epochs, then crash. The retry must continue from epoch 2's checkpoint."""
+    """First attempt: train 2 of 3 epochs, then crash (`config["crash"]`: raise, or SIGKILL the process).
+
+    The retry must continue from epoch 2's checkpoint.
+    """
     if tune.get_checkpoint() is None:
         short = dataclasses.replace(settings, train=dataclasses.replace(settings.train, epochs=2))
-        train_car_classifier(config, index, short)
+        train_car_classifier({}, index, short)
+        if config["crash"] == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError("injected failure after epoch 2")
-    train_car_classifier(config, index, settings)
+    train_car_classifier({}, index, settings)
 
 
-def test_restored_trial_continues_at_next_epoch_with_optimizer_state(ray_cluster, tiny_index, tiny_settings, tmp_path):
+@pytest.mark.parametrize("crash", ["raise", "sigkill"])
+def test_restored_trial_continues_at_next_epoch_with_optimizer_state(ray_cluster, tiny_index, tiny_settings, tmp_path, crash):
     train = dataclasses.replace(tiny_settings.train, epochs=3, learning_rate=0.01, lr_decay=0.05, unfreeze_depth=0)
     settings = dataclasses.replace(tiny_settings, train=train)
     trainable = tune.with_parameters(_fails_once_after_two_epochs, index=tiny_index, settings=settings)
-    tuner = tune.Tuner(tune.with_resources(trainable, {"cpu": 1}), param_space={},
+    tuner = tune.Tuner(tune.with_resources(trainable, {"cpu": 1}), param_space={"crash": crash},
                        run_config=_run_config(tmp_path, "resume", max_failures=1))
     result = tuner.fit()[0]
     assert result.error is None

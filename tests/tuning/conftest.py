@@ -25,8 +25,8 @@ def search_command(tiny_cars: Path, storage: Path, name: str, *extra: str) -> li
     ]
 
 
-def run(command: list[str], timeout: int = 420) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+def run(command: list[str], timeout: int = 420, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="session")

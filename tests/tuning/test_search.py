@@ -90,7 +90,8 @@ def _finished_trials(run_dir):
     return done
 
 
-def test_interrupted_search_resumes_without_rerunning_finished_trials(tiny_cars, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_interrupted_search_resumes_without_rerunning_finished_trials(tiny_cars, tmp_path, stop):
     command = search_command(tiny_cars, tmp_path, "resume", "--num-samples", "4", "--max-concurrent", "1",
                              "--set", "scheduler.max_epochs=2", "--set", "scheduler.grace_period=2", "--no-retrain")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -100,16 +101,27 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tiny_cars,
         time.sleep(0.5)
     finished_before = set(_finished_trials(run_dir))
     assert len(finished_before) >= 2, "the search did not get far enough to interrupt"
+    dataset_before = (run_dir / "dataset.parquet").read_bytes()
     interrupted_at = time.time()
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=180)
-    assert process.returncode != 0 and "--resume" in stderr.strip().splitlines()[-1]
+    assert process.returncode != 0
+    if stop == signal.SIGINT:  # a graceful stop says how to continue
+        assert "--resume" in stderr.strip().splitlines()[-1]
 
     result = run(command + ["--resume"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (run_dir / "dataset.parquet").read_bytes() == dataset_before  # reused, not rewritten
+    assert not list(run_dir.rglob(".partial-*"))
     trials = pd.read_parquet(run_dir / "trials.parquet")
     assert trials["trial_id"].nunique() == 4
     assert trials.groupby("trial_id")["epoch"].apply(list).map(lambda e: e == [1, 2]).all()  # no epoch run twice
     for name in finished_before:
         rows = trials[trials["trial_path"].str.endswith(name)]
         assert len(rows) == 2 and (rows["timestamp"] <= interrupted_at).all()  # kept, not re-run
+
+
+def test_dashboard_on_another_host_warns(tiny_cars, tmp_path):
+    result = run(search_command(tiny_cars, tmp_path, "dash", "--dashboard-host", "0.0.0.0", "--dry-run"), timeout=120)
+    assert result.returncode == 0
+    assert "dashboard will listen on 0.0.0.0: it has no authentication" in result.stderr

@@ -72,3 +72,11 @@ def test_skip_bad_rows_drops_and_counts(tmp_path):
     assert checked["path"].tolist() == [rows[0]["path"]]
     assert report.skipped == 2
     assert set(report.problems) == {"missing image file", "bounding box outside the image"}
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    from carclf.config import DataConfig
+    from carclf.data.sources import index_dataset
+
+    with pytest.raises(DatasetError, match=rf"{tmp_path / 'nowhere'}: data folder not found"):
+        index_dataset(DataConfig(format="devkit", root=str(tmp_path / "nowhere")))

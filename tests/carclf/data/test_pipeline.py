@@ -79,3 +79,11 @@ def test_corrupt_image_error_names_the_file(tmp_path, tiny_index):
     message = str(raised.value)
     assert "2 image(s) cannot be decoded" in message
     assert "truncated.jpg" in message and "text.jpg" in message and good not in message
+
+
+def test_very_large_image_loads_and_resizes(tmp_path):
+    Image.new("RGB", (6000, 4000), (10, 200, 30)).save(tmp_path / "huge.jpg", quality=70)
+    rows = _rows([{"path": str(tmp_path / "huge.jpg"), "label": 0, "bbox_x1": 100, "bbox_y1": 100, "bbox_x2": 5900, "bbox_y2": 3900}])
+    images, _ = next(iter(make_dataset(rows, DataConfig(image_size=32), 1, training=False)))
+    assert images.shape == (1, 32, 32, 3)
+    assert abs(_undo_preprocess(images[0])[..., 1].mean() - 200) < 5
