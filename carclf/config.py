@@ -38,6 +38,8 @@ class DataConfig:
     horizontal_flip: bool = True
     rotation_degrees: float = 20.0
     skip_bad_rows: bool = False
+    decode_once: bool = True  # the search decodes every image once into a shared store
+    cache_dir: str = ""  # where decoded stores live (default ~/.cache/carclf/decoded)
 
     def check(self) -> None:
         _require(self.format in DATA_FORMATS, "format", f"must be one of {DATA_FORMATS}, got {self.format!r}")
@@ -78,6 +80,7 @@ class TrainConfig:
     momentum: float = 0.9
     label_smoothing: float = 0.0
     seed: int = 0
+    feature_views: int = 4  # head-only trials train on cached backbone features of this many augmented views (0: off)
 
     def check(self) -> None:
         _require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
@@ -88,6 +91,7 @@ class TrainConfig:
         check_unfreeze_depth(self.unfreeze_depth)
         _require(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")
         _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        _require(self.feature_views >= 0, "feature_views", f"must be >= 0, got {self.feature_views}")
 
 
 @dataclass(frozen=True)

@@ -85,9 +85,10 @@ class Evaluation:
         return pairs
 
 
-def evaluate(model: keras.Model, rows: pd.DataFrame, data: DataConfig, class_names: list[str], batch_size: int = 32) -> Evaluation:
+def evaluate(model: keras.Model, rows: pd.DataFrame, data: DataConfig, class_names: list[str], batch_size: int = 32,
+             image_store: str | Path | None = None) -> Evaluation:
     """Predict every row (in table order, no augmentation) and keep the labels where all rows have one."""
-    dataset = make_dataset(rows, data, batch_size, training=False).map(lambda images, labels: images)
+    dataset = make_dataset(rows, data, batch_size, training=False, image_store=image_store).map(lambda images, labels: images)
     with naming_bad_images(rows):
         probabilities = model.predict(dataset, verbose=0)
     labeled = rows["label"].notna().all()

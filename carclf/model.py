@@ -83,9 +83,19 @@ def build_classifier(num_classes: int, image_size: int, model: ModelConfig, unfr
                 layer.momentum = RANDOM_INIT_BN_MOMENTUM
     features = backbone(inputs, training=False) if pretrained else backbone(inputs)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
-    pooled = keras.layers.Dropout(model.dropout, name="dropout")(pooled)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classes")(pooled)
-    return keras.Model(inputs, outputs, name="car_classifier")
+    return keras.Model(inputs, classification_head(pooled, num_classes, model.dropout), name="car_classifier")
+
+
+def classification_head(pooled, num_classes: int, dropout: float):
+    """Dropout and a softmax Dense layer on pooled features: the part every configuration trains."""
+    pooled = keras.layers.Dropout(dropout, name="dropout")(pooled)
+    return keras.layers.Dense(num_classes, activation="softmax", name="classes")(pooled)
+
+
+def build_head(num_classes: int, feature_size: int, model: ModelConfig) -> keras.Model:
+    """The classifier's head alone, trained on cached pooled features (see `carclf.features`)."""
+    inputs = keras.Input((feature_size,), name="features")
+    return keras.Model(inputs, classification_head(inputs, num_classes, model.dropout), name="car_classifier_head")
 
 
 def learning_rate_schedule(train: TrainConfig) -> keras.optimizers.schedules.LearningRateSchedule:

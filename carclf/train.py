@@ -64,21 +64,24 @@ def fit(
     initial_epoch: int = 0,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = 0,
+    image_store: str | Path | None = None,
 ) -> keras.callbacks.History:
     """Train `model` on the `train_splits` rows, validating on "val" after each epoch if `validate`.
 
     Runs epochs `initial_epoch` .. `epochs` (default `settings.train.epochs`), so a run restored
     from a checkpoint continues where it stopped. `steps_per_epoch` 0 means one pass per epoch.
+    `image_store` reads decoded pixels from a `carclf.data.store` instead of the image files.
     """
     train = settings.train
     train_rows = rows_for(index, *train_splits)
     steps = train.steps_per_epoch or steps_per_pass(train_rows, train.batch_size)
-    train_data = make_dataset(
-        train_rows, settings.data, train.batch_size, training=True, seed=train.seed, repeat=bool(train.steps_per_epoch)
-    )
+    train_data = make_dataset(train_rows, settings.data, train.batch_size, training=True, seed=train.seed,
+                              repeat=bool(train.steps_per_epoch), image_store=image_store)
     validation_rows = rows_for(index, "val") if validate else train_rows.iloc[:0]
     validation_data = (
-        make_dataset(validation_rows, settings.data, train.batch_size, training=False) if len(validation_rows) else None
+        make_dataset(validation_rows, settings.data, train.batch_size, training=False, image_store=image_store)
+        if len(validation_rows)
+        else None
     )
     with naming_bad_images(pd.concat([train_rows, validation_rows])):
         return model.fit(

@@ -19,6 +19,8 @@ from ray import tune
 
 from carclf.config import RunSettings
 from carclf.data.table import class_names
+from carclf.features import fit_head, load_head_features
+from carclf.model import build_head, compile_classifier
 from carclf.files import read_json, write_json
 from carclf.runtime import configure_tensorflow
 from carclf.train import build_model, fit, save_model
@@ -57,19 +59,29 @@ def assigned_cpus() -> int | None:
     return max(1, int(cpus)) if cpus else None
 
 
-def train_car_classifier(config: dict[str, Any], index: pd.DataFrame, settings: RunSettings) -> None:
+def train_car_classifier(config: dict[str, Any], index: pd.DataFrame, settings: RunSettings, image_store: str | None = None,
+                         head_features: str | None = None) -> None:
     """Train one trial: `config` holds the sampled hyperparameters, `settings` everything else.
 
-    `index` (the dataset table) and `settings` arrive through `tune.with_parameters`, so the
-    table travels once through Ray's object store instead of being re-read by every trial.
+    `index` (the dataset table), `settings`, `image_store` (the decoded pixels, see
+    `carclf.data.store`) and `head_features` (cached frozen features, see `carclf.features`)
+    arrive through `tune.with_parameters`, so the table travels once through Ray's object store
+    instead of being re-read by every trial. Head-only trials train on the cached features.
     """
     settings = settings.with_hyperparameters(config)
     configure_tensorflow(assigned_cpus(), settings.train.seed)
+    features = load_head_features(head_features) if head_features and settings.train.unfreeze_depth == 0 else None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         model, epochs_done = restore_from_checkpoint(checkpoint)
+    elif features is not None:
+        head = build_head(len(class_names(index)), features["train"].shape[-1], settings.model)
+        model, epochs_done = compile_classifier(head, settings.train), 0
     else:
         model, epochs_done = build_model(len(class_names(index)), settings), 0
     if epochs_done >= settings.train.epochs:
         return
-    fit(model, index, settings, initial_epoch=epochs_done, callbacks=[ReportToTune()])
+    if features is not None:
+        fit_head(model, features, settings, initial_epoch=epochs_done, callbacks=[ReportToTune()])
+    else:
+        fit(model, index, settings, initial_epoch=epochs_done, callbacks=[ReportToTune()], image_store=image_store)

@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 
 def retrain_and_evaluate(
-    index: pd.DataFrame, settings: RunSettings, best_config: dict[str, Any], epochs: int, best_dir: str | Path, cpus: int | None = None
+    index: pd.DataFrame, settings: RunSettings, best_config: dict[str, Any], epochs: int, best_dir: str | Path,
+    cpus: int | None = None, image_store: str | None = None,
 ) -> dict[str, Any]:
     """Train `best_config` for `epochs` on train + val, save it under `best_dir`, return test metrics."""
     best_dir = Path(best_dir)
@@ -35,7 +36,7 @@ def retrain_and_evaluate(
     names = class_names(index)
     model = build_model(len(names), settings)
     logger.info("retraining the best configuration on train + val for %d epoch(s): %s", epochs, best_config)
-    history = fit(model, index, settings, train_splits=("train", "val"), validate=False, verbose=2)
+    history = fit(model, index, settings, train_splits=("train", "val"), validate=False, verbose=2, image_store=image_store)
     save_model(model, best_dir / "model.keras")
     save_labels(names, best_dir / "labels.json")
     write_json(best_dir / "config.json", {"hyperparameters": best_config, "settings": dataclasses.asdict(settings)})
@@ -45,7 +46,7 @@ def retrain_and_evaluate(
     if len(test_rows) == 0:
         metrics["test"] = {"labeled": False, "count": 0, "note": "the dataset has no test split"}
     else:
-        evaluation = evaluate(model, test_rows, settings.data, names, settings.train.batch_size)
+        evaluation = evaluate(model, test_rows, settings.data, names, settings.train.batch_size, image_store)
         metrics["test"] = evaluation.metrics()
         predictions = pd.DataFrame({
             "path": test_rows["path"].to_numpy(),

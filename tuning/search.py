@@ -27,6 +27,8 @@ from ray.tune.search.optuna import OptunaSearch
 from carclf.config import ConfigError
 from carclf.data.pipeline import ImageDecodeError
 from carclf.data.sources import index_dataset
+from carclf.data.store import build_image_store
+from carclf.features import build_head_features
 from carclf.data.table import DatasetError, load_index, save_index
 from carclf.files import atomic_path, read_json, write_json
 from carclf.model import WeightsError
@@ -123,6 +125,15 @@ def prepare_index(experiment: Experiment, resume: bool) -> pd.DataFrame:
     return index
 
 
+def prepare_image_store(experiment: Experiment, index: pd.DataFrame) -> str | None:
+    """Decode every image once before the trials (see `carclf.data.store`), unless turned off."""
+    data = experiment.settings.data
+    if not data.decode_once:
+        return None
+    print(f"decoding {len(index)} images once at {data.image_size} px ...", flush=True)
+    return str(build_image_store(index, data, data.cache_dir or None))
+
+
 def start_ray(args: argparse.Namespace) -> None:
     """Start a local cluster with the dashboard on `--dashboard-host`, or join `--address`."""
     runtime_env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}}
@@ -152,15 +163,39 @@ def check_cluster_resources(experiment: Experiment) -> None:
                           "lower --cpus-per-trial")
 
 
-def make_trainable(experiment: Experiment, index: pd.DataFrame):
+def can_train_head_only(experiment: Experiment) -> bool:
+    """Whether some trial may have unfreeze depth 0 (so cached frozen features would serve it)."""
+    spec = experiment.search.space.get("unfreeze_depth")
+    if spec is None:
+        return experiment.settings.train.unfreeze_depth == 0
+    kind, args = next(iter(spec.items()))
+    return 0 in args if kind == "choice" else args[0] <= 0
+
+
+def prepare_head_features(experiment: Experiment, index: pd.DataFrame, image_store: str | None) -> str | None:
+    """Compute frozen features once, as a Ray task with a trial's resources (a GPU where trials get one)."""
+    views = experiment.settings.train.feature_views
+    if views == 0 or not can_train_head_only(experiment):
+        return None
+    resources = experiment.resources
+    print(f"computing frozen backbone features once ({views} augmented views) for head-only trials ...", flush=True)
+    task = ray.remote(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial)(build_head_features)
+    path = task.remote(index, experiment.trial_settings(), views, experiment.settings.data.cache_dir or None, image_store,
+                       max(1, int(resources.cpus_per_trial)))
+    return str(ray.get(path))
+
+
+def make_trainable(experiment: Experiment, index: pd.DataFrame, image_store: str | None, head_features: str | None):
     resources = {"cpu": experiment.resources.cpus_per_trial, "gpu": experiment.resources.gpus_per_trial}
-    trainable = tune.with_parameters(train_car_classifier, index=index, settings=experiment.trial_settings())
+    trainable = tune.with_parameters(train_car_classifier, index=index, settings=experiment.trial_settings(),
+                                     image_store=image_store, head_features=head_features)
     return tune.with_resources(trainable, resources)
 
 
-def make_tuner(experiment: Experiment, index: pd.DataFrame, resume: bool):
+def make_tuner(experiment: Experiment, index: pd.DataFrame, resume: bool, image_store: str | None = None,
+               head_features: str | None = None):
     """The `Tuner`: OptunaSearch (seeded TPE) behind a concurrency limit, ASHA on the epoch."""
-    trainable = make_trainable(experiment, index)
+    trainable = make_trainable(experiment, index, image_store, head_features)
     run_dir = experiment.run_dir
     if resume:
         return tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=True)
@@ -252,11 +287,13 @@ def run_search(experiment: Experiment, args: argparse.Namespace) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / EXPERIMENT_FILE, experiment.to_dict())
     index = prepare_index(experiment, args.resume)
+    image_store = prepare_image_store(experiment, index)
     start_ray(args)
     try:
         check_cluster_resources(experiment)
+        head_features = prepare_head_features(experiment, index, image_store)
         fit_started = time.time()
-        results = make_tuner(experiment, index, args.resume).fit()
+        results = make_tuner(experiment, index, args.resume, image_store, head_features).fit()
         trials = trials_table(results, experiment.scheduler.max_epochs)
         with atomic_path(run_dir / TRIALS_FILE) as partial:
             trials.to_parquet(partial, index=False)
@@ -272,7 +309,7 @@ def run_search(experiment: Experiment, args: argparse.Namespace) -> Path:
         retrain = ray.remote(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial)(retrain_and_evaluate)
         print(f"retraining the best configuration for {epochs} epoch(s) on train + val: {config}", flush=True)
         metrics = ray.get(retrain.remote(index, experiment.settings, config, epochs, run_dir / "best",
-                                         max(1, int(resources.cpus_per_trial))))
+                                         max(1, int(resources.cpus_per_trial)), image_store))
     finally:
         ray.shutdown()
     write_report(run_dir)

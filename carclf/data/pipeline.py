@@ -11,8 +11,10 @@ name; `naming_bad_images` turns that into an error naming the file(s).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
+from pathlib import Path
 from typing import Iterator
 
 import keras
@@ -49,21 +51,39 @@ def crop_window(box: tf.Tensor, height: tf.Tensor, width: tf.Tensor, crop_to_bbo
 
 
 def sampling_transform(window: tf.Tensor, size: int, angle: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
-    """Projective transform from output pixels to input pixels: crop, resize, rotate and mirror at once.
+    """Projective transform(s) from output pixels to input pixels: crop, resize, rotate and mirror at once.
 
     Output pixel u (centre at u + 0.5 on a `size` canvas) is offset from the centre, mirrored if
     `flip` is -1, rotated by `angle` (radians), scaled to the window and shifted to its centre.
-    Input coordinates are pixel indices (centres at integers), hence the -0.5.
+    Input coordinates are pixel indices (centres at integers), hence the -0.5. `angle` and `flip`
+    may be scalars (one transform, shape [8]) or vectors (one per image, shape [n, 8]).
     """
     scale_x = (window[2] - window[0]) / size
     scale_y = (window[3] - window[1]) / size
     centre_x, centre_y = (window[0] + window[2]) / 2, (window[1] + window[3]) / 2
     cos, sin, k = tf.cos(angle), tf.sin(angle), 0.5 - size / 2
+    zero = tf.zeros_like(cos)
     return tf.stack([
         scale_x * cos * flip, -scale_x * sin, centre_x - 0.5 + scale_x * (cos * flip * k - sin * k),
         scale_y * sin * flip, scale_y * cos, centre_y - 0.5 + scale_y * (sin * flip * k + cos * k),
-        0.0, 0.0,
-    ])
+        zero, zero,
+    ], axis=-1)
+
+
+def random_angles_and_flips(count, rotation_degrees: float, horizontal_flip: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    """Uniform angles within ±`rotation_degrees` (radians) and mirror signs (-1 or 1), `count` of each."""
+    max_angle = rotation_degrees * np.pi / 180.0
+    angle = tf.random.uniform(count, -max_angle, max_angle) if max_angle > 0 else tf.zeros(count)
+    flip = tf.where(tf.random.uniform(count) < 0.5, -1.0, 1.0) if horizontal_flip else tf.ones(count)
+    return angle, flip
+
+
+def transform_images(images: tf.Tensor, transforms: tf.Tensor, size: int) -> tf.Tensor:
+    """Bilinear sampling of `images` (n, h, w, 3) through `transforms` (n, 8); reflected borders."""
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.constant([size, size]), fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="REFLECT",
+    )
 
 
 def sample_view(image: tf.Tensor, window: tf.Tensor, size: int, rotation_degrees: float = 0.0, horizontal_flip: bool = False) -> tf.Tensor:
@@ -77,13 +97,8 @@ def sample_view(image: tf.Tensor, window: tf.Tensor, size: int, rotation_degrees
     if rotation_degrees == 0 and not horizontal_flip:
         corners = tf.cast(tf.concat([tf.floor(window[:2]), tf.math.ceil(window[2:])], axis=0), tf.int32)
         return tf.image.resize(image[corners[1] : corners[3], corners[0] : corners[2]], (size, size))
-    max_angle = rotation_degrees * np.pi / 180.0
-    angle = tf.random.uniform([], -max_angle, max_angle) if max_angle > 0 else tf.constant(0.0)
-    flip = tf.where(tf.random.uniform([]) < 0.5, -1.0, 1.0) if horizontal_flip else tf.constant(1.0)
-    view = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[tf.newaxis], transforms=sampling_transform(window, size, angle, flip)[tf.newaxis],
-        output_shape=tf.constant([size, size]), fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
-    )
+    angle, flip = random_angles_and_flips([], rotation_degrees, horizontal_flip)
+    view = transform_images(image[tf.newaxis], sampling_transform(window, size, angle, flip)[tf.newaxis], size)
     return tf.cast(view[0], tf.float32)
 
 
@@ -112,31 +127,64 @@ def make_dataset(
     training: bool,
     seed: int = 0,
     repeat: bool = False,
+    image_store: str | Path | None = None,
+    shuffle: bool | None = None,
 ) -> tf.data.Dataset:
     """Batches of (preprocessed images, labels) from `rows` of the dataset table.
 
     Training: reshuffled every epoch (seeded), flipped and rotated. Evaluation: table order,
     no augmentation. Unlabeled rows get label -1. `repeat` makes the dataset endless, for a fixed
-    `steps_per_epoch`.
+    `steps_per_epoch`. With `image_store` (see `carclf.data.store`), pixels come from the decoded
+    store instead of the files. `shuffle` (default: `training`) turns the per-epoch shuffle off for
+    ordered augmented views.
     """
     if len(rows) == 0:
         raise DatasetError("no rows to build a dataset from")
     labels = rows["label"].fillna(-1).to_numpy(dtype=np.int32)
-    dataset = tf.data.Dataset.from_tensor_slices((rows["path"].to_numpy(dtype=str), box_array(rows), labels))
-    if training:
+    rotation, flip = (data.rotation_degrees, data.horizontal_flip) if training else (0.0, False)
+    if image_store is None:
+        source = (rows["path"].to_numpy(dtype=str), box_array(rows))
+    else:
+        read, positions = stored_batch_reader(image_store, data.image_size, rows["path"])
+        source = (positions,)
+    dataset = tf.data.Dataset.from_tensor_slices((*source, labels))
+    if training if shuffle is None else shuffle:
         dataset = dataset.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
 
-    rotation, flip = (data.rotation_degrees, data.horizontal_flip) if training else (0.0, False)
+    if image_store is None:
+        def load(path, box, label):
+            return load_image(path, box, data.image_size, data.crop_to_bbox, data.bbox_margin, rotation, flip), label
 
-    def load(path, box, label):
-        return load_image(path, box, data.image_size, data.crop_to_bbox, data.bbox_margin, rotation, flip), label
-
-    dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=not training)
-    dataset = dataset.batch(batch_size)
+        dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=shuffle is False or not training).batch(batch_size)
+    else:
+        dataset = dataset.batch(batch_size).map(lambda positions, y: (read(positions, rotation, flip), y), num_parallel_calls=AUTOTUNE)
     dataset = dataset.map(lambda x, y: (preprocess(x), y), num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)
+
+
+def stored_batch_reader(image_store: str | Path, size: int, paths: pd.Series):
+    """A function (positions, rotation, flip) → float32 batch over the store's memory map, and the
+    store positions of `paths`."""
+    pixels = np.load(image_store, mmap_mode="r")
+    stored = pd.Index(json.loads(Path(image_store).with_suffix(".paths.json").read_text()))
+    positions = stored.get_indexer(paths.astype(str))
+    if pixels.shape[1:] != (size, size, 3) or (positions < 0).any():
+        missing = paths[positions < 0].head(3).tolist()
+        raise DatasetError(f"{image_store}: this decoded store does not hold these {size} px images "
+                           f"(e.g. {missing}); rebuild it")
+    whole = tf.constant([0.0, 0.0, float(size), float(size)])
+
+    def read(positions: tf.Tensor, rotation_degrees: float, horizontal_flip: bool) -> tf.Tensor:
+        images = tf.numpy_function(lambda p: pixels[p], [positions], tf.uint8, stateful=False)
+        images.set_shape([None, size, size, 3])
+        if rotation_degrees == 0 and not horizontal_flip:
+            return tf.cast(images, tf.float32)
+        angle, flip = random_angles_and_flips(tf.shape(positions), rotation_degrees, horizontal_flip)
+        return tf.cast(transform_images(images, sampling_transform(whole, size, angle, flip), size), tf.float32)
+
+    return read, positions
 
 
 def steps_per_pass(rows: pd.DataFrame, batch_size: int) -> int:
