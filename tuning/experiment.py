@@ -26,6 +26,8 @@ from carclf.config import (
 
 DEMO_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "demo.toml"
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+ALGORITHMS = ("optuna", "random")  # random: a baseline to compare Optuna's TPE against
+SCHEDULERS = ("asha", "none")  # none: every trial runs all epochs
 METRIC_MODES = ("max", "min")
 
 
@@ -33,6 +35,7 @@ METRIC_MODES = ("max", "min")
 class SearchConfig:
     """How many trials, how many at once, what to optimise, and the space to search."""
 
+    algorithm: str = "optuna"
     num_samples: int = 8
     max_concurrent: int = 2
     seed: int = 0
@@ -43,6 +46,8 @@ class SearchConfig:
     start: list = field(default_factory=list)
 
     def check(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.num_samples < 1:
             raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.max_concurrent < 1:
@@ -57,13 +62,16 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """ASHA: a trial trains at most `max_epochs`; rungs start at `grace_period`."""
+    """ASHA: a trial trains at most `max_epochs`; rungs start at `grace_period`. `kind = "none"` stops nothing early."""
 
+    kind: str = "asha"
     max_epochs: int = 10
     grace_period: int = 1
     reduction_factor: float = 3.0
 
     def check(self) -> None:
+        if self.kind not in SCHEDULERS:
+            raise ConfigError(f"kind must be one of {SCHEDULERS}, got {self.kind!r}")
         if self.max_epochs < 1:
             raise ConfigError(f"max_epochs must be >= 1, got {self.max_epochs}")
         if not 1 <= self.grace_period <= self.max_epochs:

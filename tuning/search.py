@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import pandas as pd
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from carclf.config import ConfigError
@@ -100,11 +100,13 @@ def describe_plan(experiment: Experiment, args: argparse.Namespace) -> str:
         f"run folder   {experiment.run_dir}{' (resuming)' if args.resume else ''}",
         f"data         {data.format} at {data.root or '(synthetic cache)'}, {data.image_size} px, crop to box: {data.crop_to_bbox}",
         f"model        ResNet50, weights {experiment.settings.model.weights}",
-        f"search       {search.num_samples} trials of Optuna TPE (seed {search.seed}), {search.max_concurrent} at once, "
+        f"search       {search.num_samples} trials of {'Optuna TPE' if search.algorithm == 'optuna' else 'random search'} "
+        f"(seed {search.seed}), {search.max_concurrent} at once, "
         f"{search.mode} {search.metric}" + (f", budget {search.time_budget_s:.0f} s" if search.time_budget_s else ""),
         f"space        {search.space}",
         f"starts at    {search.start}",
-        f"ASHA         up to {scheduler.max_epochs} epochs, grace {scheduler.grace_period}, reduction {scheduler.reduction_factor}",
+        (f"ASHA         up to {scheduler.max_epochs} epochs, grace {scheduler.grace_period}, reduction {scheduler.reduction_factor}"
+         if scheduler.kind == "asha" else f"no early stopping: every trial trains {scheduler.max_epochs} epochs"),
         f"resources    {resources.cpus_per_trial} CPU + {resources.gpus_per_trial} GPU per trial",
         f"cluster      {args.address or 'local'}",
         f"then         {'retrain on train + val, evaluate on test, report' if experiment.run.retrain else 'stop (no retraining)'}",
@@ -194,22 +196,28 @@ def make_trainable(experiment: Experiment, index: pd.DataFrame, image_store: str
 
 def make_tuner(experiment: Experiment, index: pd.DataFrame, resume: bool, image_store: str | None = None,
                head_features: str | None = None):
-    """The `Tuner`: OptunaSearch (seeded TPE) behind a concurrency limit, ASHA on the epoch."""
+    """The `Tuner`: OptunaSearch (seeded TPE) or random search behind a concurrency limit, ASHA on the epoch."""
     trainable = make_trainable(experiment, index, image_store, head_features)
     run_dir = experiment.run_dir
     if resume:
         return tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=True)
     search = experiment.search
-    searcher = OptunaSearch(points_to_evaluate=list(search.start) or None, seed=search.seed)
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=experiment.scheduler.max_epochs,
-                              grace_period=experiment.scheduler.grace_period,
-                              reduction_factor=experiment.scheduler.reduction_factor)
+    if search.algorithm == "optuna":
+        searcher = OptunaSearch(points_to_evaluate=list(search.start) or None, seed=search.seed)
+    else:
+        searcher = BasicVariantGenerator(points_to_evaluate=list(search.start) or None, random_state=search.seed)
+    if experiment.scheduler.kind == "asha":
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=experiment.scheduler.max_epochs,
+                                  grace_period=experiment.scheduler.grace_period,
+                                  reduction_factor=experiment.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,
         param_space=param_space(search.space),
         tune_config=tune.TuneConfig(
             metric=search.metric, mode=search.mode, num_samples=search.num_samples,
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
+            search_alg=searcher, max_concurrent_trials=search.max_concurrent,
             scheduler=scheduler, time_budget_s=search.time_budget_s or None,
         ),
         run_config=tune.RunConfig(
