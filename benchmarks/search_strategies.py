@@ -39,6 +39,7 @@ def run_search(storage: Path, name: str, *overrides: str) -> dict:
     wall = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
+    print(f"{name}: {wall:.0f} s", flush=True)
     trials = pd.read_parquet(storage / name / "trials.parquet")
     per_trial = trials.groupby("trial_id")
     search_s = json.loads((storage / name / "search.json").read_text())["wall_time_s"]
@@ -102,7 +103,7 @@ def main() -> None:
         rows["Keras Tuner Hyperband (sequential, search only)"] = run_keras_tuner(work)
     table = pd.DataFrame(rows).T
     with pd.option_context("display.width", 140, "display.float_format", "{:.3f}".format):
-        print(table)
+        print(table.to_string())
     before, after = rows["before (no store, no cached features)"], rows["after (store + cached features)"]
     print(f"demo wall time after / before: {after['wall_s'] / before['wall_s']:.2f}")
     random = rows["random search, no early stopping"]

@@ -23,6 +23,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
+
 from carclf.config import DataConfig, ModelConfig, RunSettings, TrainConfig  # noqa: E402
 from carclf.data.sources import index_dataset  # noqa: E402
 from carclf.data.store import build_image_store  # noqa: E402
@@ -36,6 +38,12 @@ from carclf.train import build_model, fit  # noqa: E402
 
 def second_epoch_seconds(history) -> float:
     return history.history["seconds_per_epoch"][-1]
+
+
+def fresh_model(num_classes: int, settings: RunSettings):
+    """A new classifier in a clean Keras session, so no run inherits another's graph state."""
+    keras.backend.clear_session()
+    return build_model(num_classes, settings)
 
 
 def main() -> None:
@@ -59,8 +67,8 @@ def main() -> None:
         started = time.perf_counter()
         store = build_image_store(index, settings.data, work / "cache")
         build_seconds = time.perf_counter() - started
-        files = second_epoch_seconds(fit(build_model(len(names), settings), index, settings))
-        stored = second_epoch_seconds(fit(build_model(len(names), settings), index, settings, image_store=store))
+        files = second_epoch_seconds(fit(fresh_model(len(names), settings), index, settings))
+        stored = second_epoch_seconds(fit(fresh_model(len(names), settings), index, settings, image_store=store))
         print(f"{size:3d} px  depth 0  JPEG files {files:6.2f} s   decoded store {stored:6.2f} s   "
               f"ratio {files / stored:5.2f}x   (store built once in {build_seconds:.1f} s)")
 
@@ -69,6 +77,7 @@ def main() -> None:
         started = time.perf_counter()
         features = load_head_features(build_head_features(index, settings, views=4, cache_dir=work / "cache", image_store=store))
         feature_seconds = time.perf_counter() - started
+        keras.backend.clear_session()
         head = compile_classifier(build_head(len(names), features["train"].shape[-1], settings.model), settings.train)
         cached = second_epoch_seconds(fit_head(head, features, settings))
         print(f"224 px  head only  ordinary (store) {stored:6.2f} s   cached features {cached:6.3f} s   "

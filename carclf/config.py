@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from carclf.files import plain_value
+
 DATA_FORMATS = ("synthetic", "devkit", "csv", "folders")
 MAX_UNFREEZE_DEPTH = 16
 
@@ -110,7 +112,7 @@ class RunSettings:
         if unknown:
             raise ConfigError(f"unknown hyperparameter(s) {sorted(unknown)}: not a [model] or [train] key")
         model = dataclasses.replace(self.model, **{k: v for k, v in values.items() if k in model_keys})
-        train = dataclasses.replace(self.train, **{k: _python_scalar(v) for k, v in values.items() if k in train_keys})
+        train = dataclasses.replace(self.train, **{k: plain_value(v) for k, v in values.items() if k in train_keys})
         model.check()
         train.check()
         return dataclasses.replace(self, model=model, train=train)
@@ -131,11 +133,6 @@ def check_unfreeze_depth(depth: int) -> None:
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{key} {message}")
-
-
-def _python_scalar(value: Any) -> Any:
-    """Optuna and NumPy hand back numpy scalars; dataclasses and JSON want plain Python values."""
-    return value.item() if hasattr(value, "item") else value
 
 
 def _type_matches(value: Any, annotation: Any) -> bool:

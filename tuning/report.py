@@ -37,7 +37,7 @@ import pandas as pd  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 from carclf.data.table import class_names, load_index  # noqa: E402
-from carclf.files import read_json, write_json, write_text  # noqa: E402
+from carclf.files import plain_value, read_json, write_json, write_text  # noqa: E402
 
 logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -69,12 +69,7 @@ def top_trials(trials: pd.DataFrame, metric: str, mode: str, count: int = 10) ->
         stopped_early=("stopped_early", "first"), **{c.removeprefix("config/"): (c, "first") for c in config_columns},
     )
     rows = rows.sort_values("score", ascending=mode == "min").head(count).rename(columns={"score": metric})
-    return [{"trial_id": trial_id, **{k: _plain(v) for k, v in row.items()}} for trial_id, row in rows.iterrows()]
-
-
-def _plain(value: Any) -> Any:
-    value = value.item() if hasattr(value, "item") else value
-    return None if isinstance(value, float) and not np.isfinite(value) else value
+    return [{"trial_id": trial_id, **{k: plain_value(v) for k, v in row.items()}} for trial_id, row in rows.iterrows()]
 
 
 def parameter_importance(trials: pd.DataFrame, space: dict, metric: str, mode: str) -> dict[str, float]:
@@ -82,7 +77,7 @@ def parameter_importance(trials: pd.DataFrame, space: dict, metric: str, mode: s
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     distributions = {key: _optuna_distribution(*next(iter(spec.items()))) for key, spec in space.items()}
     for trial_id, rows in trials.dropna(subset=[metric]).groupby("trial_id"):
-        params = {key: _plain(rows[f"config/{key}"].iloc[0]) for key in space if f"config/{key}" in rows}
+        params = {key: plain_value(rows[f"config/{key}"].iloc[0]) for key in space if f"config/{key}" in rows}
         if len(params) != len(space):
             continue
         value = rows[metric].max() if mode == "max" else rows[metric].min()

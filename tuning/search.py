@@ -234,8 +234,8 @@ def trials_table(results, max_epochs: int) -> pd.DataFrame:
     frames = []
     for result in results:
         frame = result.metrics_dataframe
-        if frame is None or frame.empty:
-            frame = pd.DataFrame({"epoch": pd.Series(dtype="Int64")})
+        if frame is None or frame.empty:  # failed before its first report: keep one row, so it is counted
+            frame = pd.DataFrame({"epoch": pd.array([pd.NA], dtype="Int64")})
         frame = frame[[c for c in frame.columns if not c.startswith("config/")]].copy()
         trial_id = result.metrics.get("trial_id") if result.metrics else Path(result.path).name
         last_epoch = int(frame["epoch"].max()) if frame["epoch"].notna().any() else 0
@@ -273,17 +273,11 @@ def summarize(trials: pd.DataFrame, metric: str, mode: str, top: int = 5) -> str
 
 def best_trial(trials: pd.DataFrame, metric: str, mode: str) -> tuple[dict[str, Any], int]:
     """The best trial's configuration and the epochs it reached."""
-    scored = trials.dropna(subset=[metric])
-    if scored.empty:
+    best = top_trials(trials, metric, mode, count=1)
+    if not best or best[0][metric] is None:
         raise SearchError(f"no trial reported {metric}; see the trial errors above")
-    row = scored.loc[scored[metric].idxmax() if mode == "max" else scored[metric].idxmin()]
-    mine = trials[trials["trial_id"] == row["trial_id"]]
-    config = {c.removeprefix("config/"): _plain(row[c]) for c in trials.columns if c.startswith("config/")}
-    return config, int(mine["epoch"].max())
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
+    keys = [column.removeprefix("config/") for column in trials.columns if column.startswith("config/")]
+    return {key: best[0][key] for key in keys}, int(best[0]["epochs"])
 
 
 def run_search(experiment: Experiment, args: argparse.Namespace) -> Path:

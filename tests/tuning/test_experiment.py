@@ -50,6 +50,9 @@ def _write(tmp_path, text):
      (["search.space.colour={ choice = [1] }"], r"\[search\.space\] colour: not a tunable key"),
      (["search.space.batch_size={ normal = [1, 2] }"], r"\[search\.space\] batch_size: must be one distribution"),
      (["data.format='zip'"], r"\[data\]: key format must be one of"),
+     (["search.algorithm='grid'"], r"\[search\]: key algorithm must be one of \('optuna', 'random'\)"),
+     (["scheduler.kind='pbt'"], r"\[scheduler\]: key kind must be one of \('asha', 'none'\)"),
+     (["train.feature_views=-1"], r"\[train\]: key feature_views must be >= 0"),
      (["model.weights=''"], r"\[model\]: key weights must be")],
 )
 def test_bad_values_name_file_and_key(overrides, message):
