@@ -31,7 +31,7 @@ def tiny_settings(tiny_cars) -> RunSettings:
     return RunSettings(
         data=DataConfig(format="devkit", root=str(tiny_cars), image_size=32, validation_fraction=0.25),
         model=ModelConfig(weights="none", dropout=0.0),
-        train=TrainConfig(epochs=2, batch_size=8, learning_rate=0.005, lr_decay=1e-4, unfreeze_depth=2),
+        train=TrainConfig(epochs=2, batch_size=8, learning_rate=0.001, lr_decay=1e-4, unfreeze_depth=2),
     )
 
 
