@@ -15,7 +15,6 @@ epoch time is the second epoch's (the first pays for graph tracing).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import tempfile
 import time

@@ -26,6 +26,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         partial.unlink(missing_ok=True)
 
 
+def cache_home() -> Path:
+    """carclf's folder in the user's cache (`$XDG_CACHE_HOME/carclf`, else `~/.cache/carclf`)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "carclf"
+
+
 def plain_value(value: Any) -> Any:
     """NumPy and pandas scalars as plain Python values (NaN as None), ready for dataclasses and JSON."""
     value = value.item() if hasattr(value, "item") else value

@@ -289,10 +289,10 @@ def run_search(experiment: Experiment, args: argparse.Namespace) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / EXPERIMENT_FILE, experiment.to_dict())
     index = prepare_index(experiment, args.resume)
-    image_store = prepare_image_store(experiment, index)
     start_ray(args)
     try:
-        check_cluster_resources(experiment)
+        check_cluster_resources(experiment)  # before any long preparation: a search must fail at once
+        image_store = prepare_image_store(experiment, index)
         head_features = prepare_head_features(experiment, index, image_store)
         fit_started = time.time()
         results = make_tuner(experiment, index, args.resume, image_store, head_features).fit()

@@ -86,6 +86,12 @@ def transform_images(images: tf.Tensor, transforms: tf.Tensor, size: int) -> tf.
     )
 
 
+def augment_views(images: tf.Tensor, window: tf.Tensor, size: int, rotation_degrees: float, horizontal_flip: bool) -> tf.Tensor:
+    """`window` of each of `images` (n, h, w, 3), each randomly rotated and mirrored, as float32 (n, size, size, 3)."""
+    angle, flip = random_angles_and_flips(tf.shape(images)[:1], rotation_degrees, horizontal_flip)
+    return tf.cast(transform_images(images, sampling_transform(window, size, angle, flip), size), tf.float32)
+
+
 def sample_view(image: tf.Tensor, window: tf.Tensor, size: int, rotation_degrees: float = 0.0, horizontal_flip: bool = False) -> tf.Tensor:
     """One `size`x`size` float32 view of `image` (uint8 HxWx3): the window, randomly rotated and mirrored.
 
@@ -97,9 +103,7 @@ def sample_view(image: tf.Tensor, window: tf.Tensor, size: int, rotation_degrees
     if rotation_degrees == 0 and not horizontal_flip:
         corners = tf.cast(tf.concat([tf.floor(window[:2]), tf.math.ceil(window[2:])], axis=0), tf.int32)
         return tf.image.resize(image[corners[1] : corners[3], corners[0] : corners[2]], (size, size))
-    angle, flip = random_angles_and_flips([], rotation_degrees, horizontal_flip)
-    view = transform_images(image[tf.newaxis], sampling_transform(window, size, angle, flip)[tf.newaxis], size)
-    return tf.cast(view[0], tf.float32)
+    return augment_views(image[tf.newaxis], window, size, rotation_degrees, horizontal_flip)[0]
 
 
 def decode(path: tf.Tensor) -> tf.Tensor:
@@ -148,7 +152,8 @@ def make_dataset(
         read, positions = stored_batch_reader(image_store, data.image_size, rows["path"])
         source = (positions,)
     dataset = tf.data.Dataset.from_tensor_slices((*source, labels))
-    if training if shuffle is None else shuffle:
+    shuffled = training if shuffle is None else shuffle
+    if shuffled:
         dataset = dataset.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
@@ -157,18 +162,23 @@ def make_dataset(
         def load(path, box, label):
             return load_image(path, box, data.image_size, data.crop_to_bbox, data.bbox_margin, rotation, flip), label
 
-        dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=shuffle is False or not training).batch(batch_size)
+        dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=not shuffled).batch(batch_size)
     else:
         dataset = dataset.batch(batch_size).map(lambda positions, y: (read(positions, rotation, flip), y), num_parallel_calls=AUTOTUNE)
     dataset = dataset.map(lambda x, y: (preprocess(x), y), num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE)
 
 
+def store_paths_file(image_store: str | Path) -> Path:
+    """The image paths, in store order, beside a decoded store (see `carclf.data.store`)."""
+    return Path(image_store).with_suffix(".paths.json")
+
+
 def stored_batch_reader(image_store: str | Path, size: int, paths: pd.Series):
     """A function (positions, rotation, flip) → float32 batch over the store's memory map, and the
     store positions of `paths`."""
     pixels = np.load(image_store, mmap_mode="r")
-    stored = pd.Index(json.loads(Path(image_store).with_suffix(".paths.json").read_text()))
+    stored = pd.Index(json.loads(store_paths_file(image_store).read_text()))
     positions = stored.get_indexer(paths.astype(str))
     if pixels.shape[1:] != (size, size, 3) or (positions < 0).any():
         missing = paths[positions < 0].head(3).tolist()
@@ -181,8 +191,7 @@ def stored_batch_reader(image_store: str | Path, size: int, paths: pd.Series):
         images.set_shape([None, size, size, 3])
         if rotation_degrees == 0 and not horizontal_flip:
             return tf.cast(images, tf.float32)
-        angle, flip = random_angles_and_flips(tf.shape(positions), rotation_degrees, horizontal_flip)
-        return tf.cast(transform_images(images, sampling_transform(whole, size, angle, flip), size), tf.float32)
+        return augment_views(images, whole, size, rotation_degrees, horizontal_flip)
 
     return read, positions
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -14,14 +13,14 @@ from carclf.data.checks import check_index
 from carclf.data.splits import split_train_validation
 from carclf.data.synthetic import generate_synthetic_cars
 from carclf.data.table import DatasetError
+from carclf.files import cache_home
 
 logger = logging.getLogger(__name__)
 
 
 def default_synthetic_root() -> Path:
     """Where the demo data is generated unless `data.root` says otherwise."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "carclf" / "synthetic_cars"
+    return cache_home() / "synthetic_cars"
 
 
 def dataset_root(data: DataConfig) -> Path:

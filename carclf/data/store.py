@@ -24,16 +24,15 @@ import pandas as pd
 import tensorflow as tf
 
 from carclf.config import DataConfig
-from carclf.data.pipeline import box_array, crop_window, decode, naming_bad_images, sample_view
-from carclf.files import atomic_path, write_json
+from carclf.data.pipeline import box_array, crop_window, decode, naming_bad_images, sample_view, store_paths_file
+from carclf.files import atomic_path, cache_home, write_json
 
 logger = logging.getLogger(__name__)
 STORE_FORMAT = 1
 
 
 def default_cache_dir() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "carclf" / "decoded"
+    return cache_home() / "decoded"
 
 
 def store_key(index: pd.DataFrame, data: DataConfig) -> str:
@@ -51,7 +50,7 @@ def build_image_store(index: pd.DataFrame, data: DataConfig, cache_dir: str | Pa
     """Decode every row of `index` once into `cache_dir/images-<key>.npy` (reused when it exists)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     path = cache_dir / f"images-{store_key(index, data)}.npy"
-    if path.is_file() and paths_file(path).is_file():
+    if path.is_file() and store_paths_file(path).is_file():
         logger.info("reusing the decoded image store %s", path)
         return path
     size = data.image_size
@@ -64,7 +63,7 @@ def build_image_store(index: pd.DataFrame, data: DataConfig, cache_dir: str | Pa
 
     images = tf.data.Dataset.from_tensor_slices((index["path"].to_numpy(dtype=str), box_array(index)))
     images = images.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(64).prefetch(tf.data.AUTOTUNE)
-    write_json(paths_file(path), index["path"].tolist())
+    write_json(store_paths_file(path), index["path"].tolist())
     with atomic_path(path) as partial, naming_bad_images(index):
         pixels = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(index), size, size, 3))
         start = 0
@@ -76,6 +75,3 @@ def build_image_store(index: pd.DataFrame, data: DataConfig, cache_dir: str | Pa
     return path
 
 
-def paths_file(store: str | Path) -> Path:
-    """The image paths, in store order, beside the store."""
-    return Path(store).with_suffix(".paths.json")

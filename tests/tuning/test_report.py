@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tuning.report import CONFUSION_LIMIT, plot_confusion, write_report
+from tuning.report import CONFUSION_LIMIT, plot_confusion
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 
 import keras
-import numpy as np
 
 from carclf.config import DataConfig
 from carclf.data.annotations import read_devkit_annotations
