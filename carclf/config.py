@@ -19,6 +19,10 @@ from carclf.files import plain_value
 
 DATA_FORMATS = ("synthetic", "devkit", "csv", "folders")
 MAX_UNFREEZE_DEPTH = 16
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+# What every training epoch reports, and which way is better (a search metric must be one of them).
+METRIC_MODES = {"val_accuracy": "max", "val_top5_accuracy": "max", "val_loss": "min",
+                "accuracy": "max", "top5_accuracy": "max", "loss": "min"}
 
 
 class ConfigError(ValueError):
@@ -27,7 +31,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the images are and how they become tensors."""
+    """Where the images are and what the network sees of them (see `carclf.data.images`)."""
 
     format: str = "synthetic"
     root: str = ""
@@ -40,8 +44,7 @@ class DataConfig:
     horizontal_flip: bool = True
     rotation_degrees: float = 20.0
     skip_bad_rows: bool = False
-    decode_once: bool = True  # the search decodes every image once into a shared store
-    cache_dir: str = ""  # where decoded stores live (default ~/.cache/carclf/decoded)
+    cache_dir: str = ""  # decoded stores and cached features (default ~/.cache/carclf)
 
     def check(self) -> None:
         _require(self.format in DATA_FORMATS, "format", f"must be one of {DATA_FORMATS}, got {self.format!r}")
@@ -61,11 +64,11 @@ class DataConfig:
 class ModelConfig:
     """The classifier: backbone weights and head."""
 
-    weights: str = "imagenet"
+    weights: str = "imagenet"  # "imagenet", "synthetic" (carclf's own pretrained backbone), "none", or a file
     dropout: float = 0.2
 
     def check(self) -> None:
-        _require(self.weights != "", "weights", "must be 'imagenet', 'none' or a path to a weights file")
+        _require(self.weights != "", "weights", "must be 'imagenet', 'synthetic', 'none' or a path to a weights file")
         _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 
 
@@ -74,26 +77,32 @@ class TrainConfig:
     """One training run's hyperparameters; the search overrides some of them per trial."""
 
     epochs: int = 10
-    steps_per_epoch: int = 0  # 0 means one full pass over the training rows
+    epoch_images: int = 0  # training images per epoch, whatever the batch size; 0: one pass (see carclf.data.batches)
     batch_size: int = 32
     learning_rate: float = 0.005
     lr_decay: float = 1e-4
     unfreeze_depth: int = 0
+    head_epochs: int = 0  # two-phase fine-tuning: this many head-only epochs first
+    fine_tune_lr_scale: float = 0.1  # the learning rate of the fine-tuning phase, relative to learning_rate
     momentum: float = 0.9
     label_smoothing: float = 0.0
     seed: int = 0
-    feature_views: int = 4  # head-only trials train on cached backbone features of this many augmented views (0: off)
+    feature_views: int = 4  # head-only epochs train on cached backbone features of this many augmented views (0: off)
+    precision: str = "auto"  # "auto": mixed bfloat16 where the GPU supports it, float32 on CPU
 
     def check(self) -> None:
         _require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        _require(self.steps_per_epoch >= 0, "steps_per_epoch", f"must be >= 0, got {self.steps_per_epoch}")
+        _require(self.epoch_images >= 0, "epoch_images", f"must be >= 0, got {self.epoch_images}")
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         _require(self.lr_decay >= 0, "lr_decay", f"must be >= 0, got {self.lr_decay}")
         check_unfreeze_depth(self.unfreeze_depth)
+        _require(self.head_epochs >= 0, "head_epochs", f"must be >= 0, got {self.head_epochs}")
+        _require(self.fine_tune_lr_scale > 0, "fine_tune_lr_scale", f"must be > 0, got {self.fine_tune_lr_scale}")
         _require(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1), got {self.momentum}")
         _require(0.0 <= self.label_smoothing < 1.0, "label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         _require(self.feature_views >= 0, "feature_views", f"must be >= 0, got {self.feature_views}")
+        _require(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass(frozen=True)
@@ -106,20 +115,43 @@ class RunSettings:
 
     def with_hyperparameters(self, values: Mapping[str, Any]) -> RunSettings:
         """Return a copy where `values` (a trial's sampled settings) replace model or train fields."""
-        model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
-        train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = set(values) - model_keys - train_keys
+        unknown = set(values) - set(TUNABLE_KEYS)
         if unknown:
-            raise ConfigError(f"unknown hyperparameter(s) {sorted(unknown)}: not a [model] or [train] key")
-        model = dataclasses.replace(self.model, **{k: v for k, v in values.items() if k in model_keys})
-        train = dataclasses.replace(self.train, **{k: plain_value(v) for k, v in values.items() if k in train_keys})
+            raise ConfigError(f"not tunable: {sorted(unknown)}; the tunable keys are {sorted(TUNABLE_KEYS)}")
+        values = {key: _as_type(key, plain_value(value)) for key, value in values.items()}
+        model = dataclasses.replace(self.model, **{k: v for k, v in values.items() if k in MODEL_TUNABLE})
+        train = dataclasses.replace(self.train, **{k: v for k, v in values.items() if k not in MODEL_TUNABLE})
         model.check()
         train.check()
         return dataclasses.replace(self, model=model, train=train)
 
+    def with_train(self, **values: Any) -> RunSettings:
+        """A copy with some `[train]` values replaced (and checked)."""
+        train = dataclasses.replace(self.train, **values)
+        train.check()
+        return dataclasses.replace(self, train=train)
 
-TUNABLE_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig)) + ("dropout",)
+
+# What a search may tune, with each key's type. The others ([train] epochs, seed, epoch_images,
+# feature_views, precision) are settings of the whole search, not choices between trials.
+TUNABLE_KEYS: dict[str, type] = {
+    "batch_size": int, "learning_rate": float, "lr_decay": float, "unfreeze_depth": int, "head_epochs": int,
+    "fine_tune_lr_scale": float, "momentum": float, "label_smoothing": float, "dropout": float,
+}
+MODEL_TUNABLE = ("dropout",)
 RUN_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def _as_type(key: str, value: Any) -> Any:
+    """A sampled value as its key's type: an int key refuses 2.5 (and takes 2.0 as 2), a float key takes 2."""
+    kind = TUNABLE_KEYS[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if kind is int:
+        if float(value) != int(value):
+            raise ConfigError(f"{key} takes whole numbers, got {value!r}")
+        return int(value)
+    return float(value)
 
 
 def check_unfreeze_depth(depth: int) -> None:

@@ -1,6 +1,11 @@
-"""Evaluation of a trained classifier on labeled rows, or predictions for unlabeled ones.
+"""Predictions over rows of the store, and the metrics computed from them.
 
-Metrics: top-1 and top-5 accuracy, per-class accuracy (recall), precision, macro F1, the
+Predictions run in fixed-size batches, the last one padded (`carclf.data.batches.padded_batches`)
+and its padding's outputs dropped, so the compiled predict step never sees a new shape and every
+row counts exactly once. The same metric functions serve validation during training
+(`classification_metrics`) and the final test evaluation (`Evaluation`).
+
+Test metrics: top-1 and top-5 accuracy, per-class accuracy (recall), precision, macro F1, the
 confusion matrix and the most-confused class pairs. For an unlabeled test split (Stanford's
 unlabeled release) no accuracy can be computed; the predictions are written one 1-based class id
 per line in test-file order, the format of the dataset's evaluation server.
@@ -10,20 +15,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
 import pandas as pd
 
-from carclf.config import DataConfig
-from carclf.data.pipeline import make_dataset, naming_bad_images
+from carclf.data.batches import padded_batches
 from carclf.files import write_text
+
+PROBABILITY_FLOOR = 1e-7  # Keras' epsilon: the cross-entropy of a zero probability stays finite
+
+
+def predict_probabilities(model: keras.Model, read: Callable[[np.ndarray], np.ndarray], count: int, batch_size: int) -> np.ndarray:
+    """The model's outputs for items 0..count-1, where `read(positions)` returns their inputs."""
+    outputs = []
+    for positions, real in padded_batches(count, batch_size):
+        outputs.append(keras.ops.convert_to_numpy(model.predict_on_batch(read(positions)))[:real])
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def classification_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Cross-entropy loss, accuracy and top-5 accuracy (top-k for fewer than 5 classes), exactly."""
+    labels = np.asarray(labels, dtype=np.int64)
+    chosen = probabilities[np.arange(len(labels)), labels]
+    k = min(5, probabilities.shape[1])
+    top_k = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
+    return {
+        "loss": float(-np.log(np.clip(chosen, PROBABILITY_FLOOR, 1.0)).mean()),
+        "accuracy": float((probabilities.argmax(axis=1) == labels).mean()),
+        "top5_accuracy": float((top_k == labels[:, None]).any(axis=1).mean()),
+    }
 
 
 @dataclass
 class Evaluation:
-    """Predictions for `rows` and, when they are labeled, the metrics."""
+    """Predictions for some rows and, when they are labeled, the metrics."""
 
     probabilities: np.ndarray  # (n, num_classes)
     labels: np.ndarray | None  # (n,), None when unlabeled
@@ -51,8 +78,6 @@ class Evaluation:
         recall = np.divide(correct, support, out=np.zeros_like(correct), where=support > 0)
         precision = np.divide(correct, predicted_count, out=np.zeros_like(correct), where=predicted_count > 0)
         f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(correct), where=(precision + recall) > 0)
-        k = min(5, len(self.class_names))
-        top_k = np.argsort(-self.probabilities, axis=1)[:, :k]
         per_class = [
             {"label": i, "class_name": name, "support": int(support[i]), "accuracy": float(recall[i]),
              "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i])}
@@ -61,8 +86,7 @@ class Evaluation:
         return {
             "labeled": True,
             "count": int(len(self.labels)),
-            "accuracy": float((self.predicted == self.labels).mean()),
-            "top5_accuracy": float((top_k == self.labels[:, None]).any(axis=1).mean()),
+            **classification_metrics(self.probabilities, self.labels),
             "macro_precision": float(precision[support > 0].mean()),
             "macro_recall": float(recall[support > 0].mean()),
             "macro_f1": float(f1[support > 0].mean()),
@@ -85,12 +109,11 @@ class Evaluation:
         return pairs
 
 
-def evaluate(model: keras.Model, rows: pd.DataFrame, data: DataConfig, class_names: list[str], batch_size: int = 32,
-             image_store: str | Path | None = None) -> Evaluation:
-    """Predict every row (in table order, no augmentation) and keep the labels where all rows have one."""
-    dataset = make_dataset(rows, data, batch_size, training=False, image_store=image_store).map(lambda images, labels: images)
-    with naming_bad_images(rows):
-        probabilities = model.predict(dataset, verbose=0)
+def evaluate(model: keras.Model, rows: pd.DataFrame, pixels: np.ndarray, class_names: list[str], batch_size: int = 32) -> Evaluation:
+    """Predict every row (table order, no augmentation) from the store's `pixels`; keep the labels
+    where every row has one."""
+    store_rows = rows["store_row"].to_numpy(dtype=np.int64)
+    probabilities = predict_probabilities(model, lambda positions: pixels[store_rows[positions]], len(rows), batch_size)
     labeled = rows["label"].notna().all()
     labels = rows["label"].to_numpy(dtype=np.int64) if labeled else None
     return Evaluation(probabilities=probabilities, labels=labels, class_names=class_names)

@@ -1,11 +1,19 @@
-"""Cached frozen features: head-only trials train on the backbone's outputs, computed once.
+"""Cached frozen features: head-only epochs train on the backbone's outputs, computed once per search.
 
-With unfreeze depth 0 the backbone never changes, so its pooled output for an image differs
-between epochs only through augmentation. `build_head_features` runs the backbone once over
-`views` augmented views of every training image and the clean validation images;
-`fit_head` then trains the dropout + Dense head on those features, view `e % views` in epoch e,
-with the same optimizer, metrics and callbacks as `carclf.train.fit`, so the searcher and the
-report see the same numbers, only sooner.
+While the backbone is frozen (unfreeze depth 0, or the first phase of two-phase fine-tuning) its
+pooled output for an image changes between epochs only through augmentation. So the frozen
+network runs once over `views` augmented views of every training image (each view's angles and
+flips seeded by (seed, view)) and once over the clean validation images, through the very layers
+a depth-0 classifier uses (`carclf.layers.flip_and_rotate`, `carclf.model.pooled_features`), and
+the features are kept in float32. Each training epoch then draws, for every image, one of its
+views at random (seeded); validation sees the same features the network would compute.
+
+The cache is a folder `features/<key>/` of `.npy` files read as memory maps, with a manifest
+written last. The key covers everything the features depend on: the weights file's content, the
+decoded store (files, boxes, image settings), each row's label and split, the augmentation, the
+number of views and the seed; a truncated file or one whose bytes do not match the manifest's
+checksum is rebuilt. Random weights (`"none"`) are never cached: such a backbone is rebuilt
+differently by every trial.
 """
 
 from __future__ import annotations
@@ -14,91 +22,157 @@ import hashlib
 import json
 import logging
 import math
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
-import keras
 import numpy as np
-import tensorflow as tf
+import pandas as pd
+from keras import ops
 
 from carclf.config import RunSettings
-from carclf.data.pipeline import make_dataset, naming_bad_images
-from carclf.data.splits import rows_for
-from carclf.data.store import default_cache_dir, store_key
-from carclf.files import atomic_path
-from carclf.model import build_backbone
-from carclf.runtime import configure_tensorflow
-from carclf.train import EpochStats
+from carclf.data.batches import padded_batches
+from carclf.data.store import file_sha256, open_image_store, verify_store
+from carclf.data.table import rows_for
+from carclf.files import cache_folder, read_json, write_json
+from carclf.layers import compiled_flip_and_rotate
+from carclf.model import build_feature_extractor
+from carclf.runtime import resolve_precision
 
 logger = logging.getLogger(__name__)
-FEATURES_FORMAT = 1
+FEATURES_FORMAT = 2
+EXTRACT_BATCH = 64
+FILES = ("train.npy", "val.npy")
 
 
-def features_key(index, settings: RunSettings, views: int) -> str:
-    """A hash of what the features depend on: images, image settings, weights, augmentation, seed."""
+class FeatureCacheError(RuntimeError):
+    """A feature cache folder is incomplete or does not hold what its manifest promises."""
+
+
+@dataclass(frozen=True)
+class HeadFeatures:
+    """Features for head-only epochs: `train` (views, n, 2048) and `val` (m, 2048), memory-mapped."""
+
+    train: np.ndarray
+    train_labels: np.ndarray
+    val: np.ndarray
+    val_labels: np.ndarray
+
+
+def can_cache_features(settings: RunSettings) -> bool:
+    return settings.train.feature_views > 0 and settings.model.weights.lower() != "none"
+
+
+def features_key(index: pd.DataFrame, store: str | Path, settings: RunSettings) -> str:
+    """A hash of everything the cached features depend on (see the module docstring)."""
     data, weights = settings.data, settings.model.weights
-    weights_stamp = Path(weights).stat().st_mtime_ns if Path(weights).is_file() else 0
-    described = {"format": FEATURES_FORMAT, "images": store_key(index, data), "weights": weights, "weights_stamp": weights_stamp,
-                 "views": views, "flip": data.horizontal_flip, "rotation": data.rotation_degrees, "seed": settings.train.seed}
+    rows = rows_for(index, "train", "val")
+    described = {
+        "format": FEATURES_FORMAT, "store": verify_store(store)["key"], "weights": file_sha256(weights),
+        "views": settings.train.feature_views, "seed": settings.train.seed,
+        "flip": data.horizontal_flip, "rotation": data.rotation_degrees,
+        "rows": rows[["store_row", "label", "split"]].astype(str).to_numpy().tolist(),
+    }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def feature_extractor(settings: RunSettings) -> keras.Model:
-    """The frozen backbone + global average pooling, exactly as a depth-0 classifier computes it."""
-    size = settings.data.image_size
-    backbone = build_backbone(size, settings.model.weights)
-    backbone.trainable = False
-    inputs = keras.Input((size, size, 3))
-    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(backbone(inputs, training=False)))
+def view_transforms(count: int, view: int, settings: RunSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The angles (radians) and flips of augmented view `view` of `count` images: seeded, repeatable."""
+    rng = np.random.default_rng([settings.train.seed, view])
+    limit = math.radians(settings.data.rotation_degrees)
+    angles = rng.uniform(-limit, limit, count).astype(np.float32)
+    flips = rng.random(count) < 0.5 if settings.data.horizontal_flip else np.zeros(count, bool)
+    return angles, flips
 
 
-def build_head_features(index, settings: RunSettings, views: int, cache_dir: str | Path | None = None,
-                        image_store: str | None = None, cpus: int | None = None) -> Path:
-    """Compute (or reuse) `features-<key>.npz`: `views` augmented training views and the validation set."""
-    path = Path(cache_dir or default_cache_dir()) / f"features-{features_key(index, settings, views)}.npz"
-    if path.is_file():
-        logger.info("reusing cached head features %s", path)
-        return path
-    configure_tensorflow(cpus, settings.train.seed)  # the same random backbone a depth-0 trial builds
-    extractor = feature_extractor(settings)
+def feature_folder(index: pd.DataFrame, store: str | Path, settings: RunSettings) -> Path:
+    return cache_folder(settings.data.cache_dir, "features") / features_key(index, store, settings)
+
+
+def cached_head_features(index: pd.DataFrame, store: str | Path, settings: RunSettings) -> Path | None:
+    """The verified feature folder for `settings`, or None when it must be built (a damaged one is named)."""
+    folder = feature_folder(index, store, settings)
+    try:
+        verify_features(folder, checksum=True)
+    except FeatureCacheError as error:
+        if folder.exists():
+            logger.warning("rebuilding the cached features: %s", error)
+        return None
+    logger.info("reusing cached head features %s", folder)
+    return folder
+
+
+def build_head_features(index: pd.DataFrame, store: str | Path, settings: RunSettings) -> Path:
+    """Compute (or reuse, once verified) the feature folder for `settings`; returns its path."""
+    folder = cached_head_features(index, store, settings)
+    if folder is not None:
+        return folder
+    folder = feature_folder(index, store, settings)
+    views = settings.train.feature_views
     train_rows, validation_rows = rows_for(index, "train"), rows_for(index, "val")
+    logger.info("computing frozen features: %d views of %d training images, %d validation images",
+                views, len(train_rows), len(validation_rows))
+    pixels = open_image_store(store, settings.data.image_size)
+    extractor = build_feature_extractor(settings.data, settings.model, resolve_precision(settings.train.precision))
+    partial = folder.with_name(f".partial-{folder.name}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    train = np.lib.format.open_memmap(partial / "train.npy", "w+", np.float32, (views, len(train_rows), extractor.output_shape[-1]))
+    for view in range(views):
+        train[view] = extract(extractor, pixels, train_rows, *view_transforms(len(train_rows), view, settings))
+    train.flush()
+    del train
+    np.save(partial / "val.npy", extract(extractor, pixels, validation_rows))
+    write_json(partial / "manifest.json", {
+        "format": FEATURES_FORMAT, "views": views,
+        "train_labels": rows_for(index, "train")["label"].astype(int).tolist(),
+        "val_labels": validation_rows["label"].astype(int).tolist(),
+        "sha256": {name: file_sha256(partial / name) for name in FILES},
+    })
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder
 
-    def features(rows, training: bool, seed: int) -> np.ndarray:
-        images = make_dataset(rows, settings.data, 64, training=training, seed=seed, shuffle=False, image_store=image_store)
-        with naming_bad_images(rows):
-            return extractor.predict(images.map(lambda x, y: x), verbose=0).astype(np.float16)
 
-    logger.info("computing frozen features: %d views of %d training images, %d validation images", views, len(train_rows), len(validation_rows))
-    train = np.stack([features(train_rows, True, settings.train.seed + view) for view in range(views)])
-    validation = features(validation_rows, False, 0)
-    with atomic_path(path) as partial:
-        with partial.open("wb") as handle:
-            np.savez(handle, train=train, train_labels=train_rows["label"].to_numpy(np.int32),
-                     val=validation, val_labels=validation_rows["label"].to_numpy(np.int32))
-    return path
-
-
-def load_head_features(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path) as stored:
-        return {name: stored[name] for name in stored.files}
+def extract(extractor, pixels: np.ndarray, rows: pd.DataFrame, angles: np.ndarray | None = None,
+            flips: np.ndarray | None = None) -> np.ndarray:
+    """Pooled features of `rows`' stored pixels, each view flipped and rotated as given (none: clean)."""
+    store_rows = rows["store_row"].to_numpy(dtype=np.int64)
+    outputs = []
+    for positions, real in padded_batches(len(rows), EXTRACT_BATCH):
+        images = pixels[store_rows[positions]]
+        if angles is not None:
+            images = compiled_flip_and_rotate(images, angles[positions], flips[positions])
+        outputs.append(ops.convert_to_numpy(extractor.predict_on_batch(ops.cast(images, "float32")))[:real])
+    return np.concatenate(outputs).astype(np.float32)
 
 
-def fit_head(model: keras.Model, features: dict[str, np.ndarray], settings: RunSettings, *, initial_epoch: int = 0,
-             callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int | str = 0) -> keras.callbacks.History:
-    """Train the head on cached features; epoch e uses view e % views. Same logs as `carclf.train.fit`."""
-    train = settings.train
-    views, count = features["train"].shape[:2]
-    steps = train.steps_per_epoch or math.ceil(count / train.batch_size)
+def verify_features(folder: str | Path, checksum: bool = False) -> dict:
+    """The manifest of a complete feature folder, or `FeatureCacheError` saying what is wrong."""
+    folder = Path(folder)
+    if not (folder / "manifest.json").is_file():
+        raise FeatureCacheError(f"{folder}: no manifest.json: the feature cache is incomplete")
+    manifest = read_json(folder / "manifest.json")
+    if manifest.get("format") != FEATURES_FORMAT:
+        raise FeatureCacheError(f"{folder}: written by another version of carclf")
+    expected_rows = {"train.npy": len(manifest["train_labels"]), "val.npy": len(manifest["val_labels"])}
+    for name in FILES:
+        try:
+            array = np.load(folder / name, mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise FeatureCacheError(f"{folder / name}: unreadable or truncated ({error})") from None
+        if array.shape[-2] != expected_rows[name]:
+            raise FeatureCacheError(f"{folder / name}: holds {array.shape[-2]} rows, the manifest says {expected_rows[name]}")
+        if checksum and file_sha256(folder / name) != manifest["sha256"][name]:
+            raise FeatureCacheError(f"{folder / name}: its bytes do not match the manifest's checksum (changed or damaged)")
+    return manifest
 
-    def view(number: int) -> tf.data.Dataset:
-        pairs = tf.data.Dataset.from_tensor_slices((features["train"][number].astype(np.float32), features["train_labels"]))
-        pairs = pairs.shuffle(count, seed=train.seed + number, reshuffle_each_iteration=True).batch(train.batch_size)
-        return pairs.repeat().take(steps)  # exactly one epoch's batches
 
-    epochs = view(0)
-    for number in range(1, views):
-        epochs = epochs.concatenate(view(number))
-    epochs = epochs.repeat().skip((initial_epoch % views) * steps).prefetch(tf.data.AUTOTUNE)
-    validation = tf.data.Dataset.from_tensor_slices((features["val"].astype(np.float32), features["val_labels"])).batch(train.batch_size)
-    return model.fit(epochs, epochs=train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps, validation_data=validation,
-                     callbacks=[EpochStats(steps * train.batch_size), *callbacks], shuffle=False, verbose=verbose)
+def open_head_features(folder: str | Path) -> HeadFeatures:
+    """The cached features as memory maps (pages shared by every trial on the node)."""
+    manifest = verify_features(folder)
+    folder = Path(folder)
+    return HeadFeatures(train=np.load(folder / "train.npy", mmap_mode="r"),
+                        train_labels=np.asarray(manifest["train_labels"], dtype=np.int32),
+                        val=np.load(folder / "val.npy", mmap_mode="r"),
+                        val_labels=np.asarray(manifest["val_labels"], dtype=np.int32))

@@ -31,6 +31,12 @@ def cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "carclf"
 
 
+def cache_folder(cache_dir: str, kind: str) -> Path:
+    """Where cached `kind` files live ("decoded", "features", "backbones"): under `data.cache_dir`
+    when it is set (a shared disk on a cluster), else under `cache_home()`."""
+    return (Path(cache_dir).expanduser() if cache_dir else cache_home()) / kind
+
+
 def plain_value(value: Any) -> Any:
     """NumPy and pandas scalars as plain Python values (NaN as None), ready for dataclasses and JSON."""
     value = value.item() if hasattr(value, "item") else value

@@ -1,27 +1,35 @@
 """The ResNet50 transfer-learning classifier and its optimizer, as in Keras' fine-tuning guide.
 
+The model takes the stored uint8 crop: augmentation (training only) and ResNet50's preprocessing
+are its first layers (`carclf.layers`), so a saved model needs nothing of carclf's beside it.
+
 A pretrained backbone is called with `training=False` so its BatchNorm layers keep their
-ImageNet statistics while fine-tuning; a randomly initialised one (`weights = "none"`) has no
-statistics to protect, so its BatchNorm layers train normally, with a momentum of 0.9 so their
-moving statistics settle within a few dozen steps on a small dataset (at Keras' 0.99, or frozen,
-validation activations blow up through 50 unnormalised layers). A global-average-pooling, dropout and Dense head gives one output
-per class.
+statistics while fine-tuning; a randomly initialised one (`weights = "none"`) has no statistics to
+protect, so its BatchNorm layers train normally, with a momentum of 0.9 so their moving statistics
+settle within a few dozen steps on a small dataset (at Keras' 0.99, or frozen, validation
+activations blow up through 50 unnormalised layers). A global-average-pooling, dropout and Dense
+head gives one output per class; the Dense layer and its softmax stay float32 under mixed
+precision, so the loss and the top-5 metric see float32 probabilities.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
+from typing import Iterator
 
 import keras
 from keras import ops
 
-from carclf.config import ModelConfig, TrainConfig, check_unfreeze_depth
+from carclf.config import DataConfig, ModelConfig, TrainConfig, check_unfreeze_depth
+from carclf.layers import RandomFlipRotation, ResNetPreprocessing
 
 BACKBONE_NAME = "resnet50"
 # ResNet50's 16 residual blocks, bottom to top: conv2 has 3, conv3 4, conv4 6, conv5 3.
 RESIDUAL_BLOCKS = [f"conv{stage}_block{block}" for stage, count in ((2, 3), (3, 4), (4, 6), (5, 3)) for block in range(1, count + 1)]
 RANDOM_INIT_BN_MOMENTUM = 0.9
+FEATURE_SIZE = 2048  # ResNet50's pooled output
 _BLOCK_OF_LAYER = re.compile(r"^(conv\d_block\d+)_")
 
 
@@ -29,23 +37,31 @@ class WeightsError(RuntimeError):
     """The backbone weights cannot be obtained or do not fit."""
 
 
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build layers under Keras' dtype policy `name` ("float32", "mixed_bfloat16", ...), then restore
+    the previous one: a layer keeps the policy it was built with."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_backbone(image_size: int, weights: str) -> keras.Model:
-    """ResNet50 without its top: `weights` is "imagenet", "none", or a local `.h5`/`.weights.h5` file."""
+    """ResNet50 without its top: `weights` is "none" or a local `.h5` / `.weights.h5` file.
+
+    Names such as "imagenet" are turned into files once per search, before any trial starts
+    (`carclf.weights.resolve_weights`).
+    """
     shape = (image_size, image_size, 3)
+    backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=shape, name=BACKBONE_NAME)
     if weights.lower() == "none":
-        return keras.applications.ResNet50(include_top=False, weights=None, input_shape=shape, name=BACKBONE_NAME)
-    if weights == "imagenet":
-        try:
-            return keras.applications.ResNet50(include_top=False, weights="imagenet", input_shape=shape, name=BACKBONE_NAME)
-        except Exception as error:  # Keras raises a bare Exception for a failed download
-            raise WeightsError(
-                f"could not download the ImageNet weights for ResNet50 ({error}). Without internet, download "
-                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 elsewhere and set model.weights to its path."
-            ) from None
+        return backbone
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found (model.weights must be 'imagenet', 'none' or a file)")
-    backbone = keras.applications.ResNet50(include_top=False, weights=None, input_shape=shape, name=BACKBONE_NAME)
+        raise WeightsError(f"{path}: weights file not found (model.weights must be 'imagenet', 'synthetic', 'none' or a file)")
     try:
         backbone.load_weights(path)
     except Exception as error:  # shape mismatches and format errors come as several types
@@ -69,38 +85,94 @@ def set_unfreeze_depth(backbone: keras.Model, unfreeze_depth: int) -> None:
             layer.trainable = unfreeze_depth == len(RESIDUAL_BLOCKS)
 
 
-def build_classifier(num_classes: int, image_size: int, model: ModelConfig, unfreeze_depth: int) -> keras.Model:
-    """ResNet50 → global average pooling → dropout → softmax Dense (see the module docstring on BatchNorm)."""
+def pooled_features(images, backbone: keras.Model, pretrained: bool):
+    """Preprocessing, the backbone and global average pooling: what the head sees of float32 pixels."""
+    features = backbone(ResNetPreprocessing(name="preprocessing")(images), training=False if pretrained else None)
+    return keras.layers.GlobalAveragePooling2D(name="pool")(features)
+
+
+def build_classifier(num_classes: int, data: DataConfig, model: ModelConfig, unfreeze_depth: int, seed: int = 0,
+                     precision: str = "float32") -> keras.Model:
+    """uint8 image → flip/rotation (training only) → preprocessing → ResNet50 → pooling → dropout → softmax.
+
+    See the module docstring on BatchNorm. `seed` seeds the augmentation.
+    """
     if num_classes < 2:
         raise ValueError(f"need at least 2 classes, got {num_classes}")
-    backbone = build_backbone(image_size, model.weights)
-    set_unfreeze_depth(backbone, unfreeze_depth)
-    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
-    pretrained = model.weights.lower() != "none"
-    if not pretrained:
-        for layer in backbone.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = RANDOM_INIT_BN_MOMENTUM
-    features = backbone(inputs, training=False) if pretrained else backbone(inputs)
-    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
-    return keras.Model(inputs, classification_head(pooled, num_classes, model.dropout), name="car_classifier")
+    size = data.image_size
+    with dtype_policy(precision):
+        backbone = build_backbone(size, model.weights)
+        set_unfreeze_depth(backbone, unfreeze_depth)
+        pretrained = model.weights.lower() != "none"
+        if not pretrained:
+            for layer in backbone.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.momentum = RANDOM_INIT_BN_MOMENTUM
+        inputs = keras.Input(shape=(size, size, 3), dtype="uint8", name="image")
+        augmented = RandomFlipRotation(data.rotation_degrees, data.horizontal_flip, seed=seed, name="augmentation")(inputs)
+        pooled = pooled_features(augmented, backbone, pretrained)
+        return keras.Model(inputs, classification_head(pooled, num_classes, model.dropout, seed), name="car_classifier")
 
 
-def classification_head(pooled, num_classes: int, dropout: float):
-    """Dropout and a softmax Dense layer on pooled features: the part every configuration trains."""
-    pooled = keras.layers.Dropout(dropout, name="dropout")(pooled)
-    return keras.layers.Dense(num_classes, activation="softmax", name="classes")(pooled)
+def classification_head(pooled, num_classes: int, dropout: float, seed: int):
+    """Dropout and a float32 softmax Dense layer on pooled features: the part every configuration trains.
+
+    Seeded, so the head starts alike whether it trains on cached features or through the network.
+    """
+    pooled = keras.layers.Dropout(dropout, seed=seed, name="dropout")(pooled)
+    initializer = keras.initializers.GlorotUniform(seed=seed)
+    return keras.layers.Dense(num_classes, activation="softmax", kernel_initializer=initializer, dtype="float32", name="classes")(pooled)
 
 
-def build_head(num_classes: int, feature_size: int, model: ModelConfig) -> keras.Model:
+def build_head(num_classes: int, model: ModelConfig, seed: int = 0) -> keras.Model:
     """The classifier's head alone, trained on cached pooled features (see `carclf.features`)."""
-    inputs = keras.Input((feature_size,), name="features")
-    return keras.Model(inputs, classification_head(inputs, num_classes, model.dropout), name="car_classifier_head")
+    inputs = keras.Input((FEATURE_SIZE,), name="features")
+    return keras.Model(inputs, classification_head(inputs, num_classes, model.dropout, seed), name="car_classifier_head")
 
 
-def learning_rate_schedule(train: TrainConfig) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Legacy Keras' `decay`: lr / (1 + decay * step), stepped every batch."""
-    return keras.optimizers.schedules.InverseTimeDecay(train.learning_rate, decay_steps=1, decay_rate=train.lr_decay)
+def build_feature_extractor(data: DataConfig, model: ModelConfig, precision: str = "float32") -> keras.Model:
+    """float32 pixels (already augmented) → pooled features, exactly as a depth-0 classifier computes them."""
+    with dtype_policy(precision):
+        backbone = build_backbone(data.image_size, model.weights)
+        backbone.trainable = False
+        inputs = keras.Input((data.image_size, data.image_size, 3), name="pixels")
+        return keras.Model(inputs, pooled_features(inputs, backbone, model.weights.lower() != "none"), name="features")
+
+
+@keras.saving.register_keras_serializable(package="carclf")
+class DecayingSGD(keras.optimizers.SGD):
+    """SGD with momentum and legacy Keras' decay, lr / (1 + decay * step), stepped every batch.
+
+    The rate, the decay and the momentum are optimizer variables rather than numbers, so a compiled
+    train step takes them as inputs: trials that differ only in these values run the same compiled
+    program, and JAX's persistent compilation cache serves a later trial without compiling again.
+    Momentum slots always exist for the same reason.
+    """
+
+    def __init__(self, learning_rate: float = 0.01, decay: float = 0.0, momentum: float = 0.9,
+                 name: str = "decaying_sgd", **kwargs):
+        super().__init__(learning_rate=float(learning_rate), momentum=float(momentum), name=name, **kwargs)
+        self.decay = self.add_variable((), initializer=keras.initializers.Constant(float(decay)), name="decay")
+        self.momentum_rate = self.add_variable((), initializer=keras.initializers.Constant(float(momentum)), name="momentum_rate")
+
+    def build(self, variables):
+        if self.built:
+            return
+        super(keras.optimizers.SGD, self).build(variables)  # the base optimizer's build, without SGD's
+        self.momentums = self.add_optimizer_variables(variables, "momentum")
+
+    def _get_current_learning_rate(self):
+        return self._learning_rate / (1.0 + self.decay * ops.cast(self.iterations, "float32"))
+
+    def update_step(self, gradient, variable, learning_rate):
+        learning_rate = ops.cast(learning_rate, variable.dtype)
+        momentum = ops.cast(self.momentum_rate, variable.dtype)
+        velocity = self.momentums[self._get_variable_index(variable)]
+        self.assign(velocity, velocity * momentum - ops.cast(gradient, variable.dtype) * learning_rate)
+        self.assign_add(variable, velocity)
+
+    def get_config(self):
+        return {**super().get_config(), "decay": float(ops.convert_to_numpy(self.decay))}
 
 
 @keras.saving.register_keras_serializable(package="carclf")
@@ -119,20 +191,21 @@ class SparseCrossentropyWithSmoothing(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
-def compile_classifier(model: keras.Model, train: TrainConfig) -> keras.Model:
-    """SGD with momentum and inverse-time decay; accuracy and top-5 accuracy."""
-    # The stock loss keeps saved models loadable without carclf; smoothing needs our own.
+def compile_classifier(model: keras.Model, train: TrainConfig, learning_rate: float | None = None) -> keras.Model:
+    """SGD with momentum and inverse-time decay at `learning_rate` (default `train.learning_rate`);
+    accuracy and top-5 accuracy. Keras wraps the optimizer for loss scaling under mixed float16."""
     loss = (
         keras.losses.SparseCategoricalCrossentropy()
         if train.label_smoothing == 0
         else SparseCrossentropyWithSmoothing(train.label_smoothing)
     )
+    num_classes = model.output_shape[-1]
     model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=learning_rate_schedule(train), momentum=train.momentum),
+        optimizer=DecayingSGD(learning_rate or train.learning_rate, decay=train.lr_decay, momentum=train.momentum),
         loss=loss,
         metrics=[
             keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes), name="top5_accuracy"),
         ],
     )
     return model
@@ -140,4 +213,14 @@ def compile_classifier(model: keras.Model, train: TrainConfig) -> keras.Model:
 
 def current_learning_rate(model: keras.Model) -> float:
     """The learning rate the optimizer applies at its current step."""
-    return float(ops.convert_to_numpy(model.optimizer.learning_rate))
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under loss scaling
+    return float(ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def transfer_weights(source: keras.Model, target: keras.Model) -> None:
+    """Copy the weights of every layer `target` shares by name with `source` (the head after a
+    head-only phase, or a backbone), so a second phase starts where the first ended."""
+    names = {layer.name for layer in source.layers}
+    for layer in target.layers:
+        if layer.name in names and layer.weights:
+            layer.set_weights(source.get_layer(layer.name).get_weights())

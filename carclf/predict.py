@@ -1,15 +1,21 @@
 """`python -m carclf.predict --model RUN_DIR/best/model.keras IMAGE [IMAGE ...]`: classify car photos.
 
-Prints each image's top classes by name with probabilities, using `labels.json` beside the model
-and the training preprocessing recorded in `config.json` beside it (image size, bounding-box
-crop). Give a box as `IMAGE@x1,y1,x2,y2`. A bad or missing image gets an error line naming it
-and the others are still classified; the exit status is 1 if any image failed.
+Each photo goes through the same function that built the training store
+(`carclf.data.images.load_crop`: EXIF orientation, box crop with margin, resize), so prediction
+sees what training saw; the model itself does the rest. `labels.json` beside the model names the
+classes (and must match the model's outputs), and `config.json` beside it, when present, gives
+the crop settings. Give a box as `IMAGE@x1,y1,x2,y2`, in the upright photo's pixels.
+
+Text output lists each image's top classes. With `--json` every input gets one JSON line, failures
+included (`"error"`), so a consumer sees as many results as inputs. A bad image does not stop the
+others; the exit status is 1 if any image failed, 2 if the model cannot be used.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +23,16 @@ from typing import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from carclf.config import DataConfig
-from carclf.data.pipeline import NO_BOX, load_image, preprocess, tf_error_reason
+from carclf.data.images import ImageError, load_crop
 from carclf.files import read_json
+
+BOX_TEXT = re.compile(r"[-+\d\s.,]*")
+
+
+class PredictorError(ValueError):
+    """The model, its labels or a command-line value cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -31,42 +42,72 @@ class ImageRequest:
 
 
 def parse_image_argument(argument: str) -> ImageRequest:
-    """`photo.jpg` or `photo.jpg@x1,y1,x2,y2`."""
+    """`photo.jpg` or `photo.jpg@x1,y1,x2,y2` (whole numbers); a file name may itself contain '@'."""
     path, at, box = argument.rpartition("@")
-    if at:
-        parts = box.split(",")
-        if len(parts) == 4 and all(p.strip().lstrip("-").isdigit() for p in parts):
-            return ImageRequest(path, tuple(int(p) for p in parts))
-    return ImageRequest(argument, None)
+    if not at or not BOX_TEXT.fullmatch(box):
+        return ImageRequest(argument, None)
+    parts = [part.strip() for part in box.split(",")]
+    if len(parts) != 4 or not all(re.fullmatch(r"-?\d+", part) for part in parts):
+        raise ImageError(f"{path}: box {box!r} must be four whole numbers x1,y1,x2,y2")
+    return ImageRequest(path, tuple(int(part) for part in parts))
 
 
-def load_predictor(model_path: str | Path) -> tuple[keras.Model, list[str], DataConfig]:
-    """The model (loaded in Keras' safe mode), its class names, and its data settings."""
+@dataclass(frozen=True)
+class Predictor:
+    model: keras.Model
+    class_names: list[str]
+    data: DataConfig
+
+    def top(self, probabilities: np.ndarray, k: int) -> list[tuple[str, float]]:
+        best = np.argsort(-probabilities)[: min(k, len(self.class_names))]
+        return [(self.class_names[i], float(probabilities[i])) for i in best]
+
+
+def load_predictor(model_path: str | Path) -> Predictor:
+    """The model (Keras' safe mode, without its training configuration), its class names and crop settings."""
     model_path = Path(model_path)
     labels_path = model_path.with_name("labels.json")
     if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path}: model file not found")
+        raise PredictorError(f"{model_path}: model file not found")
     if not labels_path.is_file():
-        raise FileNotFoundError(f"{labels_path}: labels.json not found beside the model")
-    model = keras.models.load_model(model_path, safe_mode=True)
-    names = read_json(labels_path)["class_names"]
+        raise PredictorError(f"{labels_path}: labels.json not found beside the model")
+    try:
+        model = keras.models.load_model(model_path, safe_mode=True, compile=False)
+    except (ValueError, OSError, TypeError) as error:
+        raise PredictorError(f"{model_path}: not a model Keras can load safely: {error}") from None
+    try:
+        names = read_json(labels_path)["class_names"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise PredictorError(f"{labels_path}: not a labels file (expected {{\"class_names\": [...]}}): {error}") from None
+    outputs = model.output_shape[-1]
+    if not isinstance(names, list) or len(names) != outputs:
+        count = len(names) if isinstance(names, list) else "no list of"
+        raise PredictorError(f"{labels_path}: names {count} classes, but {model_path.name} has {outputs} outputs: "
+                             "the labels belong to another model")
+    size = int(model.input_shape[1])
     config_path = model_path.with_name("config.json")
-    if config_path.is_file():
-        data = DataConfig(**read_json(config_path)["settings"]["data"])
-    else:  # a model saved by `carclf.train`: the input shape tells the size
-        data = DataConfig(image_size=int(model.input_shape[1]))
-    return model, names, data
+    saved = read_json(config_path)["settings"]["data"] if config_path.is_file() else {}
+    data = DataConfig(**{**saved, "image_size": size})
+    return Predictor(model, names, data)
 
 
-def predict_image(model: keras.Model, names: list[str], data: DataConfig, request: ImageRequest, top_k: int) -> list[tuple[str, float]]:
-    """The `top_k` (class name, probability) pairs for one image, most likely first."""
-    if not Path(request.path).is_file():
-        raise FileNotFoundError("file not found")
-    box = tf.constant(request.box or (NO_BOX,) * 4, dtype=tf.int32)
-    image = load_image(tf.constant(request.path), box, data.image_size, data.crop_to_bbox and request.box is not None, data.bbox_margin)
-    probabilities = model.predict(preprocess(image[tf.newaxis]), verbose=0)[0]
-    best = np.argsort(-probabilities)[:top_k]
-    return [(names[i], float(probabilities[i])) for i in best]
+def classify(predictor: Predictor, requests: Sequence[ImageRequest], top_k: int) -> list[dict]:
+    """One result per request, in order: `{"image", "box", "top": [...]}` or `{"image", "box", "error"}`."""
+    results, crops = [], []
+    for request in requests:
+        result = {"image": request.path, "box": list(request.box) if request.box else None}
+        try:
+            box = request.box if predictor.data.crop_to_bbox else None
+            crops.append(load_crop(request.path, box, predictor.data.image_size, predictor.data.bbox_margin))
+        except (ImageError, OSError) as error:
+            result["error"] = str(error).removeprefix(f"{request.path}: ")
+        results.append(result)
+    if crops:
+        probabilities = iter(predictor.model.predict(np.stack(crops), batch_size=32, verbose=0))
+        for result in results:
+            if "error" not in result:
+                result["top"] = [{"class_name": name, "probability": p} for name, p in predictor.top(next(probabilities), top_k)]
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,32 +117,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
     args = parser.parse_args(argv)
+    if args.top_k < 1:
+        parser.error(f"--top-k must be at least 1, got {args.top_k}")
+    entries: list[ImageRequest | dict] = []  # a request, or the error that its argument already is
+    for argument in args.images:
+        try:
+            entries.append(parse_image_argument(argument))
+        except ImageError as error:
+            path = argument.rpartition("@")[0]
+            entries.append({"image": path, "box": None, "error": str(error).removeprefix(f"{path}: ")})
     try:
-        model, names, data = load_predictor(args.model)
-    except (FileNotFoundError, ValueError, OSError) as error:
+        predictor = load_predictor(args.model)
+    except PredictorError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    failures = 0
-    for argument in args.images:
-        request = parse_image_argument(argument)
-        try:
-            top = predict_image(model, names, data, request, max(1, args.top_k))
-        except FileNotFoundError as error:
-            failures += 1
-            print(f"error: {request.path}: {error}", file=sys.stderr)
-            continue
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
-            failures += 1
-            reason = tf_error_reason(error)
-            print(f"error: {request.path}: cannot classify: {reason}", file=sys.stderr)
-            continue
+    classified = iter(classify(predictor, [entry for entry in entries if isinstance(entry, ImageRequest)], args.top_k))
+    ordered = [next(classified) if isinstance(entry, ImageRequest) else entry for entry in entries]
+    for argument, result in zip(args.images, ordered):
         if args.json:
-            print(json.dumps({"image": request.path, "top": [{"class_name": n, "probability": p} for n, p in top]}))
+            print(json.dumps({"input": argument, **result}))
+        elif "error" in result:
+            print(f"error: {result['image']}: {result['error']}", file=sys.stderr)
         else:
-            print(request.path)
-            for rank, (name, probability) in enumerate(top, start=1):
-                print(f"  {rank}. {name}  {probability:.1%}")
-    return 1 if failures else 0
+            print(argument)
+            for rank, entry in enumerate(result["top"], start=1):
+                print(f"  {rank}. {entry['class_name']}  {entry['probability']:.1%}")
+    return 1 if any("error" in result for result in ordered) else 0
 
 
 if __name__ == "__main__":

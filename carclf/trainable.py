@@ -1,14 +1,21 @@
-"""The Ray Tune function trainable: `carclf.train.fit` reported to Tune every epoch.
+"""The Ray Tune function trainable: `carclf.train.train_classifier` reported to Tune every epoch.
 
-This is the only module of `carclf` that knows Ray. Each epoch it calls `tune.report` with the
-epoch's metrics and a checkpoint (the `.keras` model, which holds the weights and the optimizer
-state, and the epoch), so ASHA, retried failures and `--resume` continue from the last epoch.
+This is the only module of `carclf` that knows Ray. Every epoch it reports the epoch's metrics and
+the trial's objective, `best_<metric>`: the best value of the search metric over the epochs so far
+(the first epoch that reached it is `best_epoch`). ASHA, Optuna, the ranking of trials and the
+number of epochs the winner is retrained for all read that one rule. A diverged epoch (the loss
+no longer finite) ends the trial and reports the worst possible objective.
+
+Checkpoints are light (`carclf.checkpoints`) and rare: at the trial's last epoch and at most every
+`checkpoint_minutes`; they serve `--resume` and retried failures.
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,71 +24,112 @@ import pandas as pd
 import ray
 from ray import tune
 
+from carclf.checkpoints import read_checkpoint_state, save_checkpoint
 from carclf.config import RunSettings
-from carclf.data.table import class_names
-from carclf.features import fit_head, load_head_features
-from carclf.model import build_head, compile_classifier
-from carclf.files import read_json, write_json
-from carclf.runtime import configure_tensorflow
-from carclf.train import build_model, fit, save_model
+from carclf.runtime import configure_process, resolve_precision
+from carclf.train import TrainingData, phase_of, train_classifier
 
-MODEL_FILE = "model.keras"
-STATE_FILE = "state.json"
+OUT_OF_MEMORY_SIGNS = ("RESOURCE_EXHAUSTED", "out of memory", "OOM when allocating")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The search metric and direction; `objective` is the name trials report their best value under."""
+
+    metric: str = "val_accuracy"
+    mode: str = "max"
+
+    @property
+    def objective(self) -> str:
+        return f"best_{self.metric}"
+
+    @property
+    def worst(self) -> float:
+        return -math.inf if self.mode == "max" else math.inf
+
+    def improves(self, value: float, best: float | None) -> bool:
+        if not math.isfinite(value):
+            return False
+        return best is None or (value > best if self.mode == "max" else value < best)
 
 
 class ReportToTune(keras.callbacks.Callback):
-    """Reports each epoch's logs and a checkpoint to Ray Tune."""
+    """Reports each epoch's logs, the objective and (when due) a light checkpoint to Ray Tune."""
+
+    def __init__(self, settings: RunSettings, selection: Selection, precision: str, checkpoint_minutes: float,
+                 restored: dict[str, Any] | None = None):
+        super().__init__()
+        self.settings, self.selection, self.precision = settings, selection, precision
+        self.checkpoint_seconds = checkpoint_minutes * 60
+        self.best = (restored or {}).get("best")
+        self.best_epoch = (restored or {}).get("best_epoch", 0)
+        self._last_checkpoint = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        metrics: dict[str, Any] = {"epoch": epoch + 1, "node_id": ray.get_runtime_context().get_node_id()}
-        for key, value in (logs or {}).items():
-            value = float(value)
-            metrics[key] = value if math.isfinite(value) else None
+        logs, number = dict(logs or {}), epoch + 1
+        value = float(logs.get(self.selection.metric, math.nan))
+        if self.selection.improves(value, self.best):
+            self.best, self.best_epoch = value, number
+        diverged = bool(logs.pop("diverged", 0.0))
+        metrics: dict[str, Any] = {key: (float(v) if math.isfinite(float(v)) else None) for key, v in logs.items()}
+        metrics.update({
+            "epoch": number, "phase": phase_of(self.settings.train, number), "precision": self.precision,
+            "diverged": diverged, "best_epoch": self.best_epoch,
+            self.selection.objective: self.selection.worst if diverged or self.best is None else self.best,
+            "node_id": ray.get_runtime_context().get_node_id(),
+        })
+        due = number == self.settings.train.epochs or time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds
+        if not due or diverged:
+            tune.report(metrics)
+            return
+        state = {"epoch": number, "phase": metrics["phase"], "best": self.best, "best_epoch": self.best_epoch}
         with tempfile.TemporaryDirectory() as folder:
-            save_model(self.model, Path(folder) / MODEL_FILE)
-            write_json(Path(folder) / STATE_FILE, {"epoch": epoch + 1})
+            started = time.perf_counter()
+            metrics["checkpoint_bytes"] = save_checkpoint(self.model, folder, state)
+            metrics["checkpoint_seconds"] = time.perf_counter() - started
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        self._last_checkpoint = time.monotonic()
 
 
-def restore_from_checkpoint(checkpoint: tune.Checkpoint) -> tuple[keras.Model, int]:
-    """The model (with its optimizer state) and the number of epochs already trained."""
-    with checkpoint.as_directory() as folder:
-        model = keras.models.load_model(Path(folder) / MODEL_FILE)
-        epochs_done = read_json(Path(folder) / STATE_FILE)["epoch"]
-    return model, epochs_done
-
-
-def assigned_cpus() -> int | None:
-    """The CPUs Ray reserved for this trial (None outside Ray)."""
+def assigned_resources() -> tuple[int | None, float]:
+    """The CPUs and the share of a GPU Ray reserved for this trial ((None, 1.0) outside Ray)."""
     if not ray.is_initialized():
-        return None
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-    return max(1, int(cpus)) if cpus else None
+        return None, 1.0
+    resources = ray.get_runtime_context().get_assigned_resources()
+    cpus = max(1, int(resources["CPU"])) if resources.get("CPU") else None
+    gpus = resources.get("GPU", 0.0)
+    return cpus, gpus if 0 < gpus < 1 else 1.0
 
 
-def train_car_classifier(config: dict[str, Any], index: pd.DataFrame, settings: RunSettings, image_store: str | None = None,
-                         head_features: str | None = None) -> None:
+def train_car_classifier(config: dict[str, Any], index: pd.DataFrame, settings: RunSettings, store: str,
+                         features: str | None = None, selection: Selection = Selection(), checkpoint_minutes: float = 10.0) -> None:
     """Train one trial: `config` holds the sampled hyperparameters, `settings` everything else.
 
-    `index` (the dataset table), `settings`, `image_store` (the decoded pixels, see
-    `carclf.data.store`) and `head_features` (cached frozen features, see `carclf.features`)
-    arrive through `tune.with_parameters`, so the table travels once through Ray's object store
-    instead of being re-read by every trial. Head-only trials train on the cached features.
+    `index` (the dataset table), `settings` (with `model.weights` already a file), `store` (the
+    decoded pixels) and `features` (cached frozen features, or None) arrive through
+    `tune.with_parameters`, so the table travels once through Ray's object store.
     """
     settings = settings.with_hyperparameters(config)
-    configure_tensorflow(assigned_cpus(), settings.train.seed)
-    features = load_head_features(head_features) if head_features and settings.train.unfreeze_depth == 0 else None
+    cpus, gpu_share = assigned_resources()
+    configure_process(cpus, settings.train.seed, gpu_share)
+    precision = resolve_precision(settings.train.precision)
+    data = TrainingData(index, Path(store), Path(features) if features else None)
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        model, epochs_done = restore_from_checkpoint(checkpoint)
-    elif features is not None:
-        head = build_head(len(class_names(index)), features["train"].shape[-1], settings.model)
-        model, epochs_done = compile_classifier(head, settings.train), 0
-    else:
-        model, epochs_done = build_model(len(class_names(index)), settings), 0
-    if epochs_done >= settings.train.epochs:
-        return
-    if features is not None:
-        fit_head(model, features, settings, initial_epoch=epochs_done, callbacks=[ReportToTune()])
-    else:
-        fit(model, index, settings, initial_epoch=epochs_done, callbacks=[ReportToTune()], image_store=image_store)
+    with tempfile.TemporaryDirectory() as folder:
+        restored = None
+        if checkpoint is not None:
+            checkpoint.to_directory(folder)
+            restored = read_checkpoint_state(folder)
+            if restored["epoch"] >= settings.train.epochs:
+                return
+        reporter = ReportToTune(settings, selection, precision, checkpoint_minutes, restored)
+        try:
+            train_classifier(data, settings, callbacks=[reporter], resume=Path(folder) if restored else None,
+                             workers=max(1, min(4, (cpus or 2) - 1)))
+        except Exception as error:
+            if any(sign in str(error) for sign in OUT_OF_MEMORY_SIGNS):
+                raise MemoryError(
+                    f"out of GPU memory training batch size {settings.train.batch_size} at {settings.data.image_size} px "
+                    f"with {gpu_share:.2g} of the GPU ({precision}); lower the batch size or raise resources.gpus_per_trial"
+                ) from None
+            raise

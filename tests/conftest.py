@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny synthetic datasets, the real devkit files, settings for fast runs, Ray."""
+"""Shared fixtures: tiny synthetic datasets, the real devkit files, settings for fast runs, the
+synthetic pretrained backbone, Ray.
+
+The session's decoded stores and features go to a temporary cache folder (`data.cache_dir`); the
+synthetic backbone goes to carclf's own cache, where it is kept by its recipe.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,20 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from carclf.config import DataConfig, ModelConfig, RunSettings, TrainConfig  # noqa: E402
-from carclf.data.sources import index_dataset  # noqa: E402
+from carclf.data.sources import prepare_dataset  # noqa: E402
 from carclf.data.synthetic import SyntheticSpec, generate_synthetic_cars  # noqa: E402
+from carclf.files import cache_home  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CARS = REPO.parent / "shared" / "data" / "stanford_cars"
 TINY_SPEC = SyntheticSpec(num_classes=4, train_per_class=10, test_per_class=3, width_range=(64, 80), height_range=(48, 60), seed=3)
+BACKBONE_CACHE = str(cache_home())  # the synthetic backbone outlives a test session (it is keyed by its recipe)
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    """One cache folder for the session's decoded stores and features."""
+    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="session")
@@ -26,18 +39,35 @@ def tiny_cars(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_settings(tiny_cars) -> RunSettings:
+def tiny_settings(tiny_cars, session_cache) -> RunSettings:
     """Settings that train a ResNet50 in seconds: 32 px, random weights, the top two blocks trained."""
     return RunSettings(
-        data=DataConfig(format="devkit", root=str(tiny_cars), image_size=32, validation_fraction=0.25),
+        data=DataConfig(format="devkit", root=str(tiny_cars), image_size=32, validation_fraction=0.25, cache_dir=str(session_cache)),
         model=ModelConfig(weights="none", dropout=0.0),
-        train=TrainConfig(epochs=2, batch_size=8, learning_rate=0.001, lr_decay=1e-4, unfreeze_depth=2),
+        train=TrainConfig(epochs=2, batch_size=8, learning_rate=0.001, lr_decay=1e-4, unfreeze_depth=2, precision="float32"),
     )
 
 
 @pytest.fixture(scope="session")
-def tiny_index(tiny_settings):
-    return index_dataset(tiny_settings.data)
+def tiny_dataset(tiny_settings):
+    """The tiny dataset indexed, checked, split (32 train, 8 val, 12 test) and decoded into its store."""
+    return prepare_dataset(tiny_settings.data)
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_dataset):
+    return tiny_dataset.index
+
+
+@pytest.fixture(scope="session")
+def synthetic_backbone(tiny_settings) -> Path:
+    """carclf's synthetic pretrained ResNet50 at 32 px, built once (about a minute) and cached by its recipe."""
+    from carclf.pretrained import synthetic_backbone
+    from carclf.runtime import configure_process
+
+    settings = RunSettings(data=DataConfig(image_size=32, cache_dir=BACKBONE_CACHE), train=TrainConfig(precision="float32"))
+    configure_process(2, seed=0)
+    return synthetic_backbone(settings)
 
 
 @pytest.fixture(scope="session")
@@ -67,10 +97,11 @@ def real_samples() -> list[Path]:
 @pytest.fixture
 def ray_cluster():
     """A real local Ray cluster of 2 CPUs, always shut down."""
+    import keras
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, dashboard_host="127.0.0.1",
-             runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}}, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
+             runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": keras.backend.backend()}})
     try:
         yield ray
     finally:

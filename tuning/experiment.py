@@ -3,17 +3,20 @@
 An experiment file has the run tables of `carclf.config` (`[data]`, `[model]`, `[train]`) and
 the tables of the search: `[search]` (with `[search.space]` and `[[search.start]]`),
 `[scheduler]` (ASHA), `[resources]` and `[run]`. Unknown keys, wrong types and impossible values
-are errors naming the file and the key.
+are errors naming the file and the key; so is a search-space distribution that does not fit its
+hyperparameter (integers take `randint` or a `choice` of integers) and a key that is not tunable.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from carclf.config import (
+    METRIC_MODES,
     RUN_SECTIONS,
     TUNABLE_KEYS,
     ConfigError,
@@ -24,11 +27,19 @@ from carclf.config import (
     read_toml,
 )
 
-DEMO_EXPERIMENT = Path(__file__).resolve().parents[1] / "experiments" / "demo.toml"
+EXPERIMENTS = Path(str(importlib.resources.files("tuning.experiments")))
+DEMO_EXPERIMENT = EXPERIMENTS / "demo.toml"
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 ALGORITHMS = ("optuna", "random")  # random: a baseline to compare Optuna's TPE against
 SCHEDULERS = ("asha", "none")  # none: every trial runs all epochs
-METRIC_MODES = ("max", "min")
+# Why some [train] keys cannot be searched over: they describe the whole search, not one trial.
+NOT_TUNABLE = {
+    "epochs": "trials train up to scheduler.max_epochs and the winner is retrained for its best epoch",
+    "seed": "one seed for the whole search keeps trials comparable; set train.seed",
+    "epoch_images": "equal epochs are what make ASHA's rungs fair",
+    "feature_views": "the cached features are built once, before the trials",
+    "precision": "set train.precision for the whole search",
+}
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,8 @@ class SearchConfig:
     max_concurrent: int = 2
     seed: int = 0
     metric: str = "val_accuracy"
-    mode: str = "max"
+    mode: str = ""  # "max" or "min"; empty: the metric's own direction
+    startup_trials: int = 0  # Optuna's random start-up trials before TPE; 0: a third of num_samples, 2..10
     time_budget_s: float = 0.0  # 0: no budget
     space: dict = field(default_factory=dict)
     start: list = field(default_factory=list)
@@ -52,12 +64,27 @@ class SearchConfig:
             raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.max_concurrent < 1:
             raise ConfigError(f"max_concurrent must be >= 1, got {self.max_concurrent}")
-        if self.mode not in METRIC_MODES:
-            raise ConfigError(f"mode must be one of {METRIC_MODES}, got {self.mode!r}")
+        if self.metric not in METRIC_MODES:
+            raise ConfigError(f"metric {self.metric!r} is not reported by the trials; they report {sorted(METRIC_MODES)}")
+        if self.mode not in ("", METRIC_MODES[self.metric]):
+            raise ConfigError(f"mode {self.mode!r} does not fit metric {self.metric!r}, which is better "
+                              f"{'higher' if METRIC_MODES[self.metric] == 'max' else 'lower'} (mode {METRIC_MODES[self.metric]!r})")
+        if self.startup_trials < 0:
+            raise ConfigError(f"startup_trials must be >= 0, got {self.startup_trials}")
         if self.time_budget_s < 0:
             raise ConfigError(f"time_budget_s must be >= 0, got {self.time_budget_s}")
         if not self.space:
             raise ConfigError("space must name at least one hyperparameter ([search.space])")
+
+    @property
+    def direction(self) -> str:
+        """"max" or "min": the mode given, or the metric's own."""
+        return self.mode or METRIC_MODES[self.metric]
+
+    @property
+    def optuna_startup_trials(self) -> int:
+        """Random trials before TPE starts modelling: the setting, or a third of the search, 2..10."""
+        return self.startup_trials or max(2, min(10, self.num_samples // 3))
 
 
 @dataclass(frozen=True)
@@ -82,7 +109,7 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    """What one trial reserves; fractional GPUs let several trials share a card."""
+    """What one trial reserves; fractional GPUs let several trials share a card, each with its share of memory."""
 
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -98,19 +125,24 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """Where the run lives (`storage_path/name`), checkpoints kept, and retries of failed trials."""
+    """Where the run lives (`storage_path/name`), checkpoints kept and how often, and retries."""
 
     storage_path: str = "runs"
     name: str = ""  # default: the experiment file's name
     checkpoints_to_keep: int = 1
+    checkpoint_minutes: float = 10.0  # a trial checkpoints at its end and at most this often
     max_failures: int = 2
     retrain: bool = True
 
     def check(self) -> None:
         if self.checkpoints_to_keep < 1:
             raise ConfigError(f"checkpoints_to_keep must be >= 1, got {self.checkpoints_to_keep}")
+        if self.checkpoint_minutes <= 0:
+            raise ConfigError(f"checkpoint_minutes must be > 0, got {self.checkpoint_minutes}")
         if self.max_failures < 0:
             raise ConfigError(f"max_failures must be >= 0, got {self.max_failures}")
+        if "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"name must be a plain folder name, got {self.name!r}")
 
 
 SEARCH_SECTIONS = {"search": SearchConfig, "scheduler": SchedulerConfig, "resources": ResourcesConfig, "run": OutputConfig}
@@ -137,8 +169,19 @@ class Experiment:
 
     def trial_settings(self) -> RunSettings:
         """Settings a trial starts from: the search trains up to the scheduler's `max_epochs`."""
-        train = dataclasses.replace(self.settings.train, epochs=self.scheduler.max_epochs)
-        return dataclasses.replace(self.settings, train=train)
+        return self.settings.with_train(epochs=self.scheduler.max_epochs)
+
+    def batch_sizes(self) -> list[int]:
+        """Every batch size a trial may use (for equal epochs, `carclf.data.batches.epoch_images`)."""
+        spec = self.search.space.get("batch_size")
+        if spec is None:
+            return [self.settings.train.batch_size]
+        kind, args = next(iter(spec.items()))
+        return [int(v) for v in args] if kind == "choice" else list(range(int(args[0]), int(args[1]) + 1))
+
+    def nothing_to_choose(self) -> bool:
+        """True when every hyperparameter in the space has a single value."""
+        return all(next(iter(spec)) == "choice" and len(set(next(iter(spec.values())))) == 1 for spec in self.search.space.values())
 
     def to_dict(self) -> dict[str, Any]:
         """The experiment as a document `experiment_from_document` reads back (the run name resolved)."""
@@ -155,29 +198,32 @@ def load_experiment(path: str | Path = DEMO_EXPERIMENT, overrides: list[str] | N
 
 def experiment_from_document(document: dict[str, Any], where: str) -> Experiment:
     """Validate an experiment document (a parsed TOML file, or a saved `Experiment.to_dict()`)."""
+    source = document.get("source", where)
     document = {key: value for key, value in document.items() if key != "source"}
     unknown = sorted(set(document) - set(RUN_SECTIONS) - set(SEARCH_SECTIONS))
     if unknown:
         raise ConfigError(f"{where}: unknown table(s) {unknown}; expected some of {sorted([*RUN_SECTIONS, *SEARCH_SECTIONS])}")
     settings = parse_run_settings(document, where)
     sections = {name: parse_section(cls, document.get(name, {}), f"{where} [{name}]") for name, cls in SEARCH_SECTIONS.items()}
-    experiment = Experiment(source=where, settings=settings, **sections)
+    experiment = Experiment(source=source, settings=settings, **sections)
     check_space(experiment, where)
     return experiment
 
 
 def check_space(experiment: Experiment, where: str) -> None:
-    """Every distribution is well formed and every value it can take is a valid setting."""
+    """Every distribution is well formed, fits its hyperparameter's type, and every value it can take is valid."""
     space = experiment.search.space
     settings = experiment.trial_settings()
     for key, spec in space.items():
         at = f"{where} [search.space] {key}"
+        if key in NOT_TUNABLE:
+            raise ConfigError(f"{at}: not tunable: {NOT_TUNABLE[key]}")
         if key not in TUNABLE_KEYS:
             raise ConfigError(f"{at}: not a tunable key; expected one of {sorted(TUNABLE_KEYS)}")
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
             raise ConfigError(f"{at}: must be one distribution, e.g. {{ loguniform = [1e-4, 1e-1] }}; one of {DISTRIBUTIONS}")
         kind, args = next(iter(spec.items()))
-        _check_distribution(kind, args, at)
+        _check_distribution(kind, args, TUNABLE_KEYS[key], at)
         for value in args:
             _check_value(settings, key, value, at)
     for number, point in enumerate(experiment.search.start, start=1):
@@ -187,18 +233,31 @@ def check_space(experiment: Experiment, where: str) -> None:
         extra = sorted(set(point) - set(space))
         if extra:
             raise ConfigError(f"{at}: key(s) {extra} are not in [search.space]")
+        missing = sorted(set(space) - set(point))
+        if missing:
+            raise ConfigError(f"{at}: key(s) {missing} of [search.space] have no value")
         for key, value in point.items():
             _check_value(settings, key, value, f"{at} {key}")
             if not _in_distribution(value, *next(iter(space[key].items()))):
                 raise ConfigError(f"{at} {key}: {value!r} is outside its search space {space[key]}")
 
 
-def _check_distribution(kind: str, args: Any, at: str) -> None:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_distribution(kind: str, args: Any, value_type: type, at: str) -> None:
     if not isinstance(args, list) or not args:
         raise ConfigError(f"{at}: {kind} needs a non-empty list")
+    if value_type is int and kind in ("uniform", "loguniform"):
+        raise ConfigError(f"{at}: takes whole numbers: use randint = [low, high] or a choice of integers, not {kind}")
     if kind == "choice":
+        if not all(_is_number(a) for a in args):
+            raise ConfigError(f"{at}: choice needs numbers, got {args!r}")
+        if value_type is int and not all(isinstance(a, int) for a in args):
+            raise ConfigError(f"{at}: takes whole numbers: a choice of integers, got {args!r}")
         return
-    if len(args) != 2 or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+    if len(args) != 2 or not all(_is_number(a) for a in args):
         raise ConfigError(f"{at}: {kind} needs [low, high] numbers, got {args!r}")
     low, high = args
     if not low < high:

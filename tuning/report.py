@@ -4,14 +4,16 @@
 `write_report` at its end. Everything is read from the files the search wrote (`experiment.json`,
 `dataset.parquet`, `trials.parquet`, `search.json`, `best/*`), so a report can be rebuilt later.
 
-report.json schema (version 1):
-  schema_version: 1
+report.json schema (version 2):
+  schema_version: 2
   experiment: the experiment document (tables data, model, train, search, scheduler, resources, run)
   dataset: {classes, rows_by_split: {train, val, test}}
-  search: {trials, stopped_early, failed, wall_time_s, metric, mode}
-  top_trials: [{trial_id, epochs, <metric>, status, stopped_early, <hyperparameter>: value, ...}]  best first
-  parameter_importance: {hyperparameter: importance 0..1} (Optuna fANOVA; {} with too few trials)
-  best: {hyperparameters, retrain_epochs, test: carclf.evaluate metrics (accuracy, top5_accuracy,
+  search: {trials, finished, stopped_early, diverged, failed, wall_time_s, metric, mode, validation_size, selection}
+  top_trials: [{trial_id, <metric>, standard_error, best_epoch, epochs, status, precision, <hyperparameter>: value, ...}]
+              best first; <metric> is the trial's best epoch's value (the selection rule)
+  within_noise: trial ids of top trials whose score is within 1.96 standard errors of the best's
+  parameter_importance: {hyperparameter: importance 0..1} (Optuna fANOVA on the trials' scores; {} with too few)
+  best: {hyperparameters, retrain_epochs, precision, test: carclf.evaluate metrics (loss, accuracy, top5_accuracy,
          macro_precision, macro_recall, macro_f1, per_class [...], most_confused [...])} or null
   worst_classes: the 20 classes with the lowest test accuracy [{class_name, accuracy, support, ...}]
 """
@@ -25,7 +27,7 @@ import io
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import matplotlib
 
@@ -38,9 +40,14 @@ from PIL import Image, ImageOps  # noqa: E402
 
 from carclf.data.table import class_names, load_index  # noqa: E402
 from carclf.files import plain_value, read_json, write_json, write_text  # noqa: E402
+from carclf.trainable import Selection  # noqa: E402
+from carclf.config import METRIC_MODES  # noqa: E402
+from tuning.trials import STATUSES, top_trials, trial_summaries, within_noise  # noqa: E402
 
 logger = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SELECTION_RULE = ("each trial is scored by its best epoch's {metric}; that score ranks the trials, Optuna learns it, "
+                  "ASHA compares it, and the winner is retrained for that epoch count")
 WORST_CLASSES = 20
 CONFUSION_LIMIT = 30
 GRID_IMAGES = 24
@@ -59,29 +66,15 @@ def _image_to_data_uri(image: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def top_trials(trials: pd.DataFrame, metric: str, mode: str, count: int = 10) -> list[dict[str, Any]]:
-    """The best `count` trials by their best reported `metric`, with their settings."""
-    if trials.empty or metric not in trials:
-        return []
-    config_columns = [c for c in trials.columns if c.startswith("config/")]
-    rows = trials.groupby("trial_id").agg(
-        epochs=("epoch", "max"), score=(metric, "max" if mode == "max" else "min"), status=("status", "first"),
-        stopped_early=("stopped_early", "first"), **{c.removeprefix("config/"): (c, "first") for c in config_columns},
-    )
-    rows = rows.sort_values("score", ascending=mode == "min").head(count).rename(columns={"score": metric})
-    return [{"trial_id": trial_id, **{k: plain_value(v) for k, v in row.items()}} for trial_id, row in rows.iterrows()]
-
-
-def parameter_importance(trials: pd.DataFrame, space: dict, metric: str, mode: str) -> dict[str, float]:
-    """Optuna's fANOVA importances from a study rebuilt from each trial's best `metric`."""
-    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+def parameter_importance(trials: pd.DataFrame, space: dict, selection: Selection) -> dict[str, float]:
+    """Optuna's fANOVA importances from a study rebuilt from each trial's score (the selection rule)."""
+    study = optuna.create_study(direction="maximize" if selection.mode == "max" else "minimize")
     distributions = {key: _optuna_distribution(*next(iter(spec.items()))) for key, spec in space.items()}
-    for trial_id, rows in trials.dropna(subset=[metric]).groupby("trial_id"):
-        params = {key: plain_value(rows[f"config/{key}"].iloc[0]) for key in space if f"config/{key}" in rows}
-        if len(params) != len(space):
+    for _, row in trial_summaries(trials, selection).iterrows():
+        params = {key: plain_value(row.get(key)) for key in space}
+        if any(value is None for value in params.values()) or not np.isfinite(float(row["score"])):
             continue
-        value = rows[metric].max() if mode == "max" else rows[metric].min()
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(value)))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(row["score"])))
     if len(study.trials) < 2:
         return {}
     try:
@@ -100,36 +93,38 @@ def _optuna_distribution(kind: str, args: list):
 
 
 def plot_learning_curves(trials: pd.DataFrame, metric: str) -> str:
-    """Every trial's `metric` by epoch; an × marks where ASHA stopped a trial early."""
+    """Every trial's `metric` by epoch; × marks where ASHA stopped a trial early, ✕ in red a diverged one."""
     figure, axis = plt.subplots(figsize=(8, 4.5))
-    for trial_id, rows in trials.groupby("trial_id"):
+    for trial_id, rows in trials.dropna(subset=["epoch"]).groupby("trial_id"):
         rows = rows.sort_values("epoch")
         (line,) = axis.plot(rows["epoch"], rows[metric], marker=".", alpha=0.8, label=str(trial_id))
-        if rows["stopped_early"].iloc[0]:
-            axis.plot(rows["epoch"].iloc[-1], rows[metric].iloc[-1], "x", color=line.get_color(), markersize=11, mew=2.5)
-    axis.set_xlabel("epoch")
+        status = rows["status"].iloc[0]
+        if status in ("stopped early", "diverged"):
+            colour = "red" if status == "diverged" else line.get_color()
+            axis.plot(rows["epoch"].iloc[-1], rows[metric].fillna(0).iloc[-1], "x", color=colour, markersize=11, mew=2.5)
+    axis.set_xlabel("epoch (every epoch holds the same number of training images)")
     axis.set_ylabel(metric)
-    axis.set_title(f"{metric} of every trial (× = stopped early by ASHA)")
+    axis.set_title(f"{metric} of every trial (× = stopped early by ASHA, red × = diverged)")
     axis.grid(alpha=0.3)
     if trials["trial_id"].nunique() <= 12:
         axis.legend(fontsize=7, ncol=2)
     return _figure_to_data_uri(figure)
 
 
-def plot_hyperparameters(trials: pd.DataFrame, space: dict, metric: str, mode: str) -> str:
-    """Each hyperparameter against the trial's best `metric`."""
-    best = trials.groupby("trial_id").agg(score=(metric, "max" if mode == "max" else "min"),
-                                          **{k: (f"config/{k}", "first") for k in space if f"config/{k}" in trials})
-    keys = [k for k in space if k in best]
+def plot_hyperparameters(trials: pd.DataFrame, space: dict, selection: Selection) -> str:
+    """Each hyperparameter against the trial's score (its best epoch's metric)."""
+    scores = trial_summaries(trials, selection)
+    scores = scores[np.isfinite(scores["score"].astype(float))]
+    keys = [k for k in space if k in scores]
     figure, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 3), squeeze=False)
     for axis, key in zip(axes[0], keys):
-        axis.scatter(best[key], best["score"], alpha=0.8)
+        axis.scatter(scores[key].astype(float), scores["score"].astype(float), alpha=0.8)
         if "loguniform" in space[key]:
             axis.set_xscale("log")
         axis.set_xlabel(key)
         axis.tick_params(axis="x", labelrotation=35, labelsize=7)
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"best {metric}")
+    axes[0][0].set_ylabel(f"best {selection.metric}")
     return _figure_to_data_uri(figure)
 
 
@@ -184,46 +179,64 @@ def prediction_grid(predictions: pd.DataFrame, names: list[str]) -> list[dict[st
     return cells
 
 
+class RunFileError(ValueError):
+    """A file of the run folder cannot be read."""
+
+
+def read_run_file(path: Path, reader: Callable[[Path], Any]) -> Any:
+    """`reader(path)`, or a `RunFileError` naming the file when it is damaged."""
+    try:
+        return reader(path)
+    except (OSError, ValueError, KeyError) as error:
+        raise RunFileError(f"{path}: unreadable ({str(error).splitlines()[0][:200]})") from None
+
+
 def build_report(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The report's numbers (report.json) and the figures and extras only the HTML shows."""
     run_dir = Path(run_dir)
-    experiment = read_json(run_dir / "experiment.json")
-    index = load_index(run_dir / "dataset.parquet")
-    trials = pd.read_parquet(run_dir / "trials.parquet")
-    search_info = read_json(run_dir / "search.json") if (run_dir / "search.json").is_file() else {}
+    experiment = read_run_file(run_dir / "experiment.json", read_json)
+    index = read_run_file(run_dir / "dataset.parquet", load_index)
+    trials = read_run_file(run_dir / "trials.parquet", pd.read_parquet)
+    search_info = read_run_file(run_dir / "search.json", read_json) if (run_dir / "search.json").is_file() else {}
     search = experiment["search"]
-    metric, mode, space = search["metric"], search["mode"], search["space"]
+    selection = Selection(search["metric"], search["mode"] or METRIC_MODES[search["metric"]])
+    space = search["space"]
     names = class_names(index)
-    per_trial = trials.groupby("trial_id").first()
+    validation_size = int((index["split"] == "val").sum())
+    statuses = trials.groupby("trial_id")["status"].first().value_counts()
+    top = top_trials(trials, selection, validation_size=validation_size)
     numbers: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "experiment": experiment,
         "dataset": {"classes": len(names), "rows_by_split": {k: int(v) for k, v in index["split"].value_counts().items()}},
-        "search": {"trials": int(len(per_trial)), "stopped_early": int(per_trial["stopped_early"].sum()),
-                   "failed": int((per_trial["status"] == "error").sum()), "wall_time_s": search_info.get("wall_time_s"),
-                   "metric": metric, "mode": mode},
-        "top_trials": top_trials(trials, metric, mode),
-        "parameter_importance": parameter_importance(trials, space, metric, mode),
+        "search": {"trials": int(statuses.sum()), **{status.replace(" ", "_"): int(statuses.get(status, 0)) for status in STATUSES},
+                   "wall_time_s": search_info.get("wall_time_s"), "metric": selection.metric, "mode": selection.mode,
+                   "validation_size": validation_size, "selection": SELECTION_RULE.format(metric=selection.metric)},
+        "top_trials": top,
+        "within_noise": within_noise(top, selection.metric),
+        "parameter_importance": parameter_importance(trials, space, selection),
         "best": None,
         "worst_classes": [],
     }
-    extras: dict[str, Any] = {"curves": plot_learning_curves(trials, metric) if metric in trials else None,
-                              "hyperparameters": plot_hyperparameters(trials, space, metric, mode) if metric in trials else None}
+    has_metric = selection.metric in trials
+    extras: dict[str, Any] = {"curves": plot_learning_curves(trials, selection.metric) if has_metric else None,
+                              "hyperparameters": plot_hyperparameters(trials, space, selection) if has_metric else None}
     if numbers["parameter_importance"]:
         extras["importance"] = plot_importance(numbers["parameter_importance"])
     best_dir = run_dir / "best"
     if (best_dir / "metrics.json").is_file():
-        metrics = read_json(best_dir / "metrics.json")
+        metrics = read_run_file(best_dir / "metrics.json", read_json)
         test = dict(metrics["test"])
         matrix = test.pop("confusion_matrix", None)
-        numbers["best"] = {"hyperparameters": read_json(best_dir / "config.json")["hyperparameters"],
-                           "retrain_epochs": metrics["retrain_epochs"], "test": test}
+        config = read_run_file(best_dir / "config.json", read_json)
+        numbers["best"] = {"hyperparameters": config["hyperparameters"], "retrain_epochs": metrics["retrain_epochs"],
+                           "precision": config.get("precision"), "test": test}
         if test.get("labeled"):
             numbers["worst_classes"] = sorted(test["per_class"], key=lambda c: (c["accuracy"], -c["support"]))[:WORST_CLASSES]
         if matrix is not None:
             extras["confusion"], extras["confusion_note"] = plot_confusion(np.array(matrix), names)
         if (best_dir / "test_predictions.parquet").is_file():
-            extras["grid"] = prediction_grid(pd.read_parquet(best_dir / "test_predictions.parquet"), names)
+            extras["grid"] = prediction_grid(read_run_file(best_dir / "test_predictions.parquet", pd.read_parquet), names)
     return numbers, extras
 
 
@@ -256,18 +269,21 @@ def render_html(numbers: dict[str, Any], extras: dict[str, Any]) -> str:
         _table([{"experiment": e["source"], "data": f"{e['data']['format']} {e['data']['root']}", "classes": dataset["classes"],
                  **{f"{k} images": v for k, v in dataset["rows_by_split"].items()}, "image size": e["data"]["image_size"],
                  "weights": e["model"]["weights"]}]),
-        _table([{"trials": search["trials"], "stopped early (ASHA)": search["stopped_early"], "failed": search["failed"],
-                 "wall time": wall, "metric": f"{search['mode']} {search['metric']}"}]),
+        _table([{"trials": search["trials"], "finished": search["finished"], "stopped early (ASHA)": search["stopped_early"],
+                 "diverged": search["diverged"], "failed": search["failed"], "wall time": wall,
+                 "metric": f"{search['mode']} {search['metric']}"}]),
+        f"<p>Selection: {html.escape(search['selection'])}.</p>",
     ]
     if best:
         test = best["test"]
-        parts += ["<h2>Best configuration</h2>", _table([{**best["hyperparameters"], "retrain epochs": best["retrain_epochs"]}])]
+        parts += ["<h2>Best configuration</h2>", _table([{**best["hyperparameters"], "retrain epochs": best["retrain_epochs"],
+                                                          "precision": best.get("precision")}])]
         if test.get("labeled"):
             parts.append(_table([{"test images": test["count"], "top-1 accuracy": test["accuracy"], "top-5 accuracy": test["top5_accuracy"],
                                   "macro precision": test["macro_precision"], "macro recall": test["macro_recall"], "macro F1": test["macro_f1"]}]))
         else:
             parts.append(f"<p>{html.escape(test.get('note', 'no test metrics'))}</p>")
-    parts += ["<h2>Top trials</h2>", _table(numbers["top_trials"]),
+    parts += ["<h2>Top trials</h2>", f"<p>{html.escape(noise_statement(numbers))}</p>", _table(numbers["top_trials"]),
               "<h2>Learning curves</h2>", _img(extras.get("curves"), "learning curves"),
               "<h2>Hyperparameters against the validation metric</h2>", _img(extras.get("hyperparameters"), "hyperparameters"),
               "<h2>Parameter importance</h2>",
@@ -291,6 +307,19 @@ def render_html(numbers: dict[str, Any], extras: dict[str, Any]) -> str:
     return f'<!doctype html><html><head><meta charset="utf-8"><title>carclf report</title><style>{style}</style></head><body>{"".join(parts)}</body></html>\n'
 
 
+def noise_statement(numbers: dict[str, Any]) -> str:
+    """How far to trust the ranking: the validation set's size, and which top trials are within noise of the best."""
+    search, close = numbers["search"], numbers["within_noise"]
+    text = (f"Scores are measured on {search['validation_size']} validation images; standard_error is the binomial "
+            "standard error of an accuracy on that many images.")
+    if close:
+        text += (f" Within noise of the best (a difference under 1.96 combined standard errors): {', '.join(close)}; "
+                 "more validation images would be needed to tell them apart.")
+    elif numbers["top_trials"] and numbers["top_trials"][0].get("standard_error") is not None:
+        text += " The best trial is clear of the others by more than 1.96 combined standard errors."
+    return text
+
+
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write `report.json` and `report.html` into `run_dir` (atomically) and return their paths."""
     run_dir = Path(run_dir)
@@ -309,7 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"error: {run_dir}: not a finished run folder (missing {', '.join(missing)})", file=sys.stderr)
         return 2
-    json_path, html_path = write_report(run_dir)
+    try:
+        json_path, html_path = write_report(run_dir)
+    except RunFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {html_path} and {json_path}")
     return 0
 

@@ -2,7 +2,8 @@
 
 Writes `best/model.keras`, `best/labels.json`, `best/config.json`, `best/metrics.json` and
 `best/test_predictions.parquet` (plus `best/test_predictions.txt`, the evaluation server's
-format, when the test split is unlabeled). This is the only place the test split is used.
+format, when the test split is unlabeled). This is the only place the test split is used. The
+run is seeded and, on a CPU, deterministic: the same winner retrains to the same test metrics.
 """
 
 from __future__ import annotations
@@ -12,41 +13,43 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import keras
 import pandas as pd
 
 from carclf.config import RunSettings
-from carclf.data.splits import rows_for
-from carclf.data.table import class_names
+from carclf.data.store import open_image_store
+from carclf.data.table import class_names, rows_for
 from carclf.evaluate import evaluate, write_server_predictions
 from carclf.files import atomic_path, write_json
-from carclf.runtime import configure_tensorflow
-from carclf.train import build_model, fit, save_labels, save_model
+from carclf.runtime import configure_process, resolve_precision
+from carclf.train import EVALUATION_BATCH, TrainingData, save_labels, save_model, train_classifier
 
 logger = logging.getLogger(__name__)
 
 
-def retrain_and_evaluate(
-    index: pd.DataFrame, settings: RunSettings, best_config: dict[str, Any], epochs: int, best_dir: str | Path,
-    cpus: int | None = None, image_store: str | None = None,
-) -> dict[str, Any]:
-    """Train `best_config` for `epochs` on train + val, save it under `best_dir`, return test metrics."""
+def retrain_and_evaluate(index: pd.DataFrame, store: str | Path, settings: RunSettings, best_config: dict[str, Any], epochs: int,
+                         best_dir: str | Path, cpus: int | None = None) -> dict[str, Any]:
+    """Train `best_config` for `epochs` on train + val, save it under `best_dir`, return the test metrics."""
     best_dir = Path(best_dir)
-    settings = settings.with_hyperparameters({**best_config, "epochs": epochs})
-    configure_tensorflow(cpus, settings.train.seed)
+    settings = settings.with_hyperparameters(best_config).with_train(epochs=epochs, epoch_images=0)
+    configure_process(cpus, settings.train.seed)
     names = class_names(index)
-    model = build_model(len(names), settings)
     logger.info("retraining the best configuration on train + val for %d epoch(s): %s", epochs, best_config)
-    history = fit(model, index, settings, train_splits=("train", "val"), validate=False, verbose=2, image_store=image_store)
+    history = EpochLog()
+    model = train_classifier(TrainingData(index, Path(store)), settings, splits=("train", "val"), validate=False, verbose=2,
+                             callbacks=[history])
     save_model(model, best_dir / "model.keras")
     save_labels(names, best_dir / "labels.json")
-    write_json(best_dir / "config.json", {"hyperparameters": best_config, "settings": dataclasses.asdict(settings)})
+    write_json(best_dir / "config.json", {"hyperparameters": best_config, "settings": dataclasses.asdict(settings),
+                                          "precision": resolve_precision(settings.train.precision)})
 
     test_rows = rows_for(index, "test")
-    metrics: dict[str, Any] = {"retrain_epochs": epochs, "retrain_history": history.history}
+    metrics: dict[str, Any] = {"retrain_epochs": epochs, "retrain_history": history.epochs}
     if len(test_rows) == 0:
         metrics["test"] = {"labeled": False, "count": 0, "note": "the dataset has no test split"}
     else:
-        evaluation = evaluate(model, test_rows, settings.data, names, settings.train.batch_size, image_store)
+        pixels = open_image_store(store, settings.data.image_size)
+        evaluation = evaluate(model, test_rows, pixels, names, EVALUATION_BATCH)
         metrics["test"] = evaluation.metrics()
         predictions = pd.DataFrame({
             "path": test_rows["path"].to_numpy(),
@@ -63,3 +66,14 @@ def retrain_and_evaluate(
             metrics["test"]["confusion_matrix"] = evaluation.confusion().tolist()
     write_json(best_dir / "metrics.json", metrics)
     return metrics
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Collects each epoch's logs as plain floats, for `metrics.json`."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs: list[dict[str, float]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append({"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()}})

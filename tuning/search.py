@@ -1,48 +1,66 @@
 """`python -m tuning.search`: from an experiment file to the best model and its report.
 
-Reads and validates the experiment, indexes the dataset once (`RUN_DIR/dataset.parquet`), starts
-a local Ray cluster (dashboard on 127.0.0.1) or joins one (`--address`), runs Optuna's TPE behind a
-concurrency limit with ASHA early stopping, writes every reported row to `trials.parquet`,
-retrains the best configuration on train + validation, evaluates it on the test split, and writes
-the report. With no arguments it runs the demo experiment on synthetic data.
+Reads and validates the experiment, indexes the dataset and decodes every image once (before Ray
+starts, so every checkable mistake stops the run at once; `--dry-run` stops there), resolves the
+backbone weights to a file, starts a local Ray cluster (dashboard on 127.0.0.1) or joins one
+(`--address`), computes cached head features, runs Optuna's TPE with ASHA early stopping, writes
+every reported epoch to `trials.parquet`, retrains the best configuration on train + validation,
+evaluates it on the test split, and writes the report. With no arguments it runs the demo.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import keras
 import pandas as pd
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import BasicVariantGenerator
-from ray.tune.search.optuna import OptunaSearch
 
-from carclf.config import ConfigError
-from carclf.data.pipeline import ImageDecodeError
-from carclf.data.sources import index_dataset
-from carclf.data.store import build_image_store
-from carclf.features import build_head_features
-from carclf.data.table import DatasetError, load_index, save_index
-from carclf.files import atomic_path, read_json, write_json
+from carclf.config import ConfigError, apply_overrides
+from carclf.data.batches import epoch_images
+from carclf.data.sources import prepare_dataset
+from carclf.data.store import StoreError
+from carclf.data.table import DatasetError, load_index, rows_for, save_index
+from carclf.features import FeatureCacheError, build_head_features, cached_head_features, can_cache_features
+from carclf.files import atomic_path, cache_folder, read_json, write_json
 from carclf.model import WeightsError
-from carclf.trainable import train_car_classifier
+from carclf.pretrained import build_synthetic_backbone, synthetic_backbone_path
+from carclf.runtime import trial_environment
+from carclf.trainable import Selection, train_car_classifier
+from carclf.weights import IMAGENET_FILE, IMAGENET_URL, check_weights_file, resolve_weights
+from tuning import run_folder
 from tuning.experiment import DEMO_EXPERIMENT, Experiment, experiment_from_document, load_experiment
-from tuning.report import top_trials, write_report
+from tuning.report import write_report
 from tuning.retrain import retrain_and_evaluate
 from tuning.search_space import param_space
+from tuning.searcher import StudyMismatchError, make_searcher, relocate_study
+from tuning.trials import best_trial, top_trials, trials_table, within_noise
 
 logger = logging.getLogger("tuning.search")
 EXPERIMENT_FILE = "experiment.json"
 DATASET_FILE = "dataset.parquet"
 TRIALS_FILE = "trials.parquet"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SMALL_VALIDATION = 200
+LOW_DISK_BYTES = 50 * 2**20
+# Flags that set experiment values; on --resume each may only repeat what the run saved.
+EXPERIMENT_FLAGS = {"data_dir": "data.root", "num_samples": "search.num_samples", "max_concurrent": "search.max_concurrent",
+                    "cpus_per_trial": "resources.cpus_per_trial", "gpus_per_trial": "resources.gpus_per_trial",
+                    "storage_path": "run.storage_path", "name": "run.name"}
+LOCATION_KEYS = ("run.storage_path", "run.name")
+EXPECTED_ERRORS = (ConfigError, DatasetError, StoreError, FeatureCacheError, WeightsError, StudyMismatchError,
+                   run_folder.RunInUseError)
 
 
 class SearchError(RuntimeError):
@@ -51,7 +69,7 @@ class SearchError(RuntimeError):
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tuning.search", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experiment", default=str(DEMO_EXPERIMENT), help="experiment TOML file (default: the demo)")
+    parser.add_argument("--experiment", help=f"experiment TOML file (default: the demo, {DEMO_EXPERIMENT.name})")
     parser.add_argument("--data-dir", help="dataset root (data.root)")
     parser.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
     parser.add_argument("--max-concurrent", type=int, help="trials at once (search.max_concurrent)")
@@ -60,49 +78,80 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--address", help="join an existing Ray cluster (e.g. auto, or ray://host:10001)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
     parser.add_argument("--dashboard-host", default="127.0.0.1", help="bind the local dashboard here (default 127.0.0.1)")
-    parser.add_argument("--storage-path", help="where runs are stored (run.storage_path; a folder or s3://...)")
+    parser.add_argument("--no-dashboard", action="store_true", help="start the local cluster without Ray's dashboard")
+    parser.add_argument("--storage-path", help="where runs are stored (run.storage_path)")
     parser.add_argument("--name", help="run name (run.name; default: the experiment file's name)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run; finished trials are kept")
+    parser.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
+                        help="continue an interrupted run as it was saved: the run named by the other flags, or RUN_DIR")
     parser.add_argument("--no-retrain", action="store_true", help="stop after the search (no retraining, evaluation or report)")
-    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan without starting Ray")
+    parser.add_argument("--dry-run", action="store_true", help="check everything (data, images, weights) and print the plan; start nothing")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any experiment value, e.g. --set train.epochs=3 (repeatable)")
+                        help="override any experiment value, e.g. --set train.momentum=0.8 (repeatable)")
     return parser.parse_args(argv)
 
 
-def flag_overrides(args: argparse.Namespace) -> list[str]:
-    """CLI flags as `section.key=value` overrides, applied after `--set`."""
-    flags = {
-        "data.root": args.data_dir, "search.num_samples": args.num_samples, "search.max_concurrent": args.max_concurrent,
-        "resources.cpus_per_trial": args.cpus_per_trial, "resources.gpus_per_trial": args.gpus_per_trial,
-        "run.storage_path": args.storage_path, "run.name": args.name,
-    }
-    values = [f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}" for key, value in flags.items() if value is not None]
-    return args.overrides + values + (["run.retrain=false"] if args.no_retrain else [])
+def flag_overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """Experiment values given on the command line, as (the flag as typed, `section.key=value`)."""
+    overrides = [(f"--set {item}", item) for item in args.overrides]
+    for attribute, key in EXPERIMENT_FLAGS.items():
+        value = getattr(args, attribute)
+        if value is not None:
+            flag = f"--{attribute.replace('_', '-')} {value}"
+            overrides.append((flag, f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"))
+    if args.no_retrain:
+        overrides.append(("--no-retrain", "run.retrain=false"))
+    return overrides
 
 
 def resolve_experiment(args: argparse.Namespace) -> Experiment:
-    """The experiment to run; on `--resume`, the one saved in the run folder, so nothing drifts."""
-    experiment = load_experiment(args.experiment, flag_overrides(args))
-    saved = experiment.run_dir / EXPERIMENT_FILE
+    """The experiment to run; on `--resume`, the one saved in the run folder, wherever that folder is now."""
+    overrides = flag_overrides(args)
+    if args.resume is None:
+        return load_experiment(args.experiment or DEMO_EXPERIMENT, [item for _, item in overrides])
     if args.resume:
-        if not saved.is_file():
-            raise SearchError(f"{experiment.run_dir}: nothing to resume (no {EXPERIMENT_FILE}); run without --resume")
-        experiment = experiment_from_document(read_json(saved), str(saved))
-    return experiment
+        run_dir = Path(args.resume).expanduser().resolve()
+    else:
+        run_dir = load_experiment(args.experiment or DEMO_EXPERIMENT, [item for _, item in overrides]).run_dir
+    saved_path = run_dir / EXPERIMENT_FILE
+    if not saved_path.is_file():
+        raise SearchError(f"{run_dir}: nothing to resume (no {EXPERIMENT_FILE}); run without --resume")
+    document = read_json(saved_path)
+    document["run"].update(storage_path=str(run_dir.parent), name=run_dir.name)
+    saved = experiment_from_document(document, str(saved_path))
+    requests = [(flag, item) for flag, item in overrides if item.split("=", 1)[0].strip() not in LOCATION_KEYS]
+    requested = experiment_from_document(apply_overrides(document, [item for _, item in requests], "the command line"), str(saved_path))
+    differing = {key for key, value in _comparable(requested).items() if _comparable(saved).get(key) != value}
+    culprits = [flag for flag, item in requests if ".".join(item.split("=", 1)[0].strip().split(".")[:2]) in differing]
+    if culprits:
+        raise SearchError(f"{', '.join(culprits)}: --resume continues {run_dir.name} as it was saved ({saved_path}); drop the flag, "
+                          "or start a new run with another --name")
+    if args.experiment:
+        requested = load_experiment(args.experiment, [item for _, item in overrides])
+        differing = sorted(key for key, value in _comparable(requested).items() if _comparable(saved).get(key) != value)
+        if differing:
+            raise SearchError(f"--experiment {args.experiment}: differs from the saved run in {', '.join(differing)}; "
+                              f"--resume continues the run as saved (pass --resume {run_dir} alone)")
+    return saved
+
+
+def _comparable(experiment: Experiment) -> dict[str, Any]:
+    """An experiment as `table.key` → value, without where it is stored."""
+    flat = {f"{table}.{key}": value for table, values in experiment.to_dict().items() if isinstance(values, dict)
+            for key, value in values.items()}
+    return {key: value for key, value in flat.items() if key not in LOCATION_KEYS}
 
 
 def describe_plan(experiment: Experiment, args: argparse.Namespace) -> str:
     search, scheduler, resources = experiment.search, experiment.scheduler, experiment.resources
-    data = experiment.settings.data
+    data, train = experiment.settings.data, experiment.settings.train
+    algorithm = f"Optuna TPE ({search.optuna_startup_trials} random start-up trials)" if search.algorithm == "optuna" else "random search"
     lines = [
         f"experiment   {experiment.source}",
-        f"run folder   {experiment.run_dir}{' (resuming)' if args.resume else ''}",
+        f"run folder   {experiment.run_dir}{' (resuming)' if args.resume is not None else ''}",
         f"data         {data.format} at {data.root or '(synthetic cache)'}, {data.image_size} px, crop to box: {data.crop_to_bbox}",
-        f"model        ResNet50, weights {experiment.settings.model.weights}",
-        f"search       {search.num_samples} trials of {'Optuna TPE' if search.algorithm == 'optuna' else 'random search'} "
-        f"(seed {search.seed}), {search.max_concurrent} at once, "
-        f"{search.mode} {search.metric}" + (f", budget {search.time_budget_s:.0f} s" if search.time_budget_s else ""),
+        f"model        ResNet50, weights {experiment.settings.model.weights}, precision {train.precision}, Keras backend {keras.backend.backend()}",
+        f"search       {search.num_samples} trials of {algorithm}, seed {search.seed}, {search.max_concurrent} at once, "
+        f"{search.direction} {search.metric} (each trial's best epoch)" + (f", budget {search.time_budget_s:.0f} s" if search.time_budget_s else ""),
         f"space        {search.space}",
         f"starts at    {search.start}",
         (f"ASHA         up to {scheduler.max_epochs} epochs, grace {scheduler.grace_period}, reduction {scheduler.reduction_factor}"
@@ -114,36 +163,96 @@ def describe_plan(experiment: Experiment, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def prepare_index(experiment: Experiment, resume: bool) -> pd.DataFrame:
-    """Index the dataset once per run; a resumed run reuses its table so the split cannot change."""
-    path = experiment.run_dir / DATASET_FILE
-    if resume and path.is_file():
-        return load_index(path)
-    print(f"indexing the dataset ({experiment.settings.data.format}) ...", flush=True)
-    index = index_dataset(experiment.settings.data)
-    save_index(index, path)
-    counts = index["split"].value_counts().to_dict()
-    print(f"indexed {len(index)} images, {index['label'].nunique()} classes: {counts} -> {path}", flush=True)
-    return index
+@dataclass(frozen=True)
+class Prepared:
+    """What the trials need, made before Ray starts: the table, the store and their settings."""
+
+    index: pd.DataFrame
+    store: Path
+    experiment: Experiment  # with train.epoch_images set for equal epochs
 
 
-def prepare_image_store(experiment: Experiment, index: pd.DataFrame) -> str | None:
-    """Decode every image once before the trials (see `carclf.data.store`), unless turned off."""
+def prepare(experiment: Experiment, resume: bool) -> Prepared:
+    """Index, check and decode the dataset; fix the images per epoch. On resume, the dataset must not have changed."""
     data = experiment.settings.data
-    if not data.decode_once:
-        return None
-    print(f"decoding {len(index)} images once at {data.image_size} px ...", flush=True)
-    return str(build_image_store(index, data, data.cache_dir or None))
+    print(f"indexing and decoding the dataset ({data.format}, {data.image_size} px) ...", flush=True)
+    dataset = prepare_dataset(data)
+    index = dataset.index
+    saved_path = experiment.run_dir / DATASET_FILE
+    if resume and saved_path.is_file():
+        saved = load_index(saved_path)
+        if not saved.equals(index):
+            raise SearchError(f"{saved_path}: the dataset changed since this run started (files, annotations or settings); "
+                              "start a new run instead of resuming")
+    counts = index["split"].value_counts().to_dict()
+    print(f"dataset: {len(index)} images, {index['label'].nunique()} classes, {counts}"
+          + (f", {dataset.skipped} bad row(s) skipped" if dataset.skipped else ""), flush=True)
+    train_rows = len(rows_for(index, "train"))
+    sizes = experiment.batch_sizes()
+    if experiment.settings.train.epoch_images:
+        images = experiment.settings.train.epoch_images
+        if images < max(sizes):
+            raise ConfigError(f"{experiment.source} [train]: key epoch_images ({images}) must be at least the largest batch size ({max(sizes)})")
+    elif max(sizes) > train_rows:
+        raise ConfigError(f"{experiment.source}: a batch size of {max(sizes)} exceeds the {train_rows} training images")
+    else:
+        images = epoch_images(train_rows, sizes)
+    settings = experiment.settings.with_train(epoch_images=images)
+    return Prepared(index, dataset.store, Experiment(experiment.source, settings, experiment.search, experiment.scheduler,
+                                                     experiment.resources, experiment.run))
 
 
-def start_ray(args: argparse.Namespace) -> None:
-    """Start a local cluster with the dashboard on `--dashboard-host`, or join `--address`."""
-    runtime_env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}}
+def describe_weights(experiment: Experiment) -> str:
+    """Where the backbone's weights will come from; a named file must exist and hold ResNet50."""
+    settings = experiment.settings
+    weights = settings.model.weights
+    if weights.lower() == "none":
+        return "random initialisation"
+    if weights == "imagenet":
+        cached = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / IMAGENET_FILE
+        return f"ImageNet, {'cached at ' + str(cached) if cached.is_file() else 'downloaded once from ' + IMAGENET_URL}"
+    if weights == "synthetic":
+        path = synthetic_backbone_path(settings)
+        return f"carclf's synthetic pretrained backbone, {'cached at ' + str(path) if path.is_file() else 'built once, before the trials'}"
+    return f"file {check_weights_file(weights)}"
+
+
+def warnings_for(prepared: Prepared) -> list[str]:
+    """What a user should know before the trials start: noisy validation, a random search, nothing to choose."""
+    experiment, notes = prepared.experiment, []
+    validation = len(rows_for(prepared.index, "val"))
+    if validation < SMALL_VALIDATION:
+        spread = 100 * math.sqrt(0.25 / validation)
+        notes.append(f"the validation split has only {validation} images: an accuracy near 50 % has a standard error of "
+                     f"{spread:.0f} points, so close trials are within noise (the report says which)")
+    search = experiment.search
+    if search.algorithm == "optuna" and search.num_samples <= search.optuna_startup_trials:
+        notes.append(f"{search.num_samples} trials with {search.optuna_startup_trials} random start-up trials: the search "
+                     "will be random (raise search.num_samples or lower search.startup_trials)")
+    if experiment.nothing_to_choose():
+        notes.append("every hyperparameter in [search.space] has a single value: the search has nothing to choose")
+    return notes
+
+
+def start_ray(args: argparse.Namespace, experiment: Experiment) -> None:
+    """Start a local cluster with the dashboard on `--dashboard-host`, or join `--address`.
+
+    Trial processes get the driver's Keras backend, their GPU memory share and the persistent
+    compilation cache through the job's environment (`carclf.runtime.trial_environment`).
+    """
+    compile_cache = cache_folder(experiment.settings.data.cache_dir, "compilation")
+    environment = trial_environment(keras.backend.backend(), experiment.resources.gpus_per_trial, compile_cache)
+    runtime_env = {"env_vars": environment}
     if args.address:
         context = ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
     else:
-        context = ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host=args.dashboard_host,
-                           runtime_env=runtime_env, log_to_driver=False)
+        options = dict(num_cpus=args.num_cpus, runtime_env=runtime_env, log_to_driver=False)
+        try:
+            context = ray.init(include_dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host, **options)
+        except Exception as error:  # the dashboard's extra packages are missing: go on without it
+            logger.warning("Ray's dashboard could not start (%s); running without it", error)
+            ray.shutdown()
+            context = ray.init(include_dashboard=False, **options)
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
 
@@ -156,56 +265,69 @@ def check_cluster_resources(experiment: Experiment) -> None:
     most_cpus = max((node.get("CPU", 0) for node in nodes), default=0)
     if resources.gpus_per_trial > most_gpus:
         raise SearchError(
-            f"each trial asks for {resources.gpus_per_trial} GPU but no node of this Ray cluster has "
+            f"resources.gpus_per_trial is {resources.gpus_per_trial} but no node of this Ray cluster has "
             f"{'any GPU' if most_gpus == 0 else f'more than {most_gpus}'}; run on CPU with --gpus-per-trial 0 "
             "(or --set resources.gpus_per_trial=0)"
         )
     if resources.cpus_per_trial > most_cpus:
-        raise SearchError(f"each trial asks for {resources.cpus_per_trial} CPUs but the largest node has {most_cpus}; "
+        raise SearchError(f"resources.cpus_per_trial is {resources.cpus_per_trial} but the largest node has {most_cpus} CPUs; "
                           "lower --cpus-per-trial")
 
 
-def can_train_head_only(experiment: Experiment) -> bool:
-    """Whether some trial may have unfreeze depth 0 (so cached frozen features would serve it)."""
-    spec = experiment.search.space.get("unfreeze_depth")
-    if spec is None:
-        return experiment.settings.train.unfreeze_depth == 0
-    kind, args = next(iter(spec.items()))
-    return 0 in args if kind == "choice" else args[0] <= 0
-
-
-def prepare_head_features(experiment: Experiment, index: pd.DataFrame, image_store: str | None) -> str | None:
-    """Compute frozen features once, as a Ray task with a trial's resources (a GPU where trials get one)."""
-    views = experiment.settings.train.feature_views
-    if views == 0 or not can_train_head_only(experiment):
-        return None
+def whole_gpu_task(function, experiment: Experiment):
+    """`function` as a Ray task with one trial's CPUs and, where trials use GPUs, a whole GPU with its memory."""
     resources = experiment.resources
-    print(f"computing frozen backbone features once ({views} augmented views) for head-only trials ...", flush=True)
-    task = ray.remote(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial)(build_head_features)
-    path = task.remote(index, experiment.trial_settings(), views, experiment.settings.data.cache_dir or None, image_store,
-                       max(1, int(resources.cpus_per_trial)))
-    return str(ray.get(path))
+    gpus = 1 if resources.gpus_per_trial > 0 else 0
+    environment = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9"}  # not one trial's share
+    return ray.remote(num_cpus=resources.cpus_per_trial, num_gpus=gpus, runtime_env={"env_vars": environment})(function)
 
 
-def make_trainable(experiment: Experiment, index: pd.DataFrame, image_store: str | None, head_features: str | None):
-    resources = {"cpu": experiment.resources.cpus_per_trial, "gpu": experiment.resources.gpus_per_trial}
-    trainable = tune.with_parameters(train_car_classifier, index=index, settings=experiment.trial_settings(),
-                                     image_store=image_store, head_features=head_features)
-    return tune.with_resources(trainable, resources)
+def resolve_backbone(experiment: Experiment) -> Experiment:
+    """The experiment with `model.weights` as a file: ImageNet fetched here, the synthetic backbone built as a task."""
+    def build(settings):
+        return ray.get(whole_gpu_task(build_synthetic_backbone, experiment).remote(settings))
+
+    settings = resolve_weights(experiment.settings, build)
+    return Experiment(experiment.source, settings, experiment.search, experiment.scheduler, experiment.resources, experiment.run)
 
 
-def make_tuner(experiment: Experiment, index: pd.DataFrame, resume: bool, image_store: str | None = None,
-               head_features: str | None = None):
-    """The `Tuner`: OptunaSearch (seeded TPE) or random search behind a concurrency limit, ASHA on the epoch."""
-    trainable = make_trainable(experiment, index, image_store, head_features)
-    run_dir = experiment.run_dir
+def head_epochs_possible(experiment: Experiment) -> bool:
+    """Whether some trial may train its head alone (depth 0, or a first head-only phase)."""
+    def may_be(key: str, test) -> bool:
+        spec = experiment.search.space.get(key)
+        if spec is None:
+            return test(getattr(experiment.settings.train, key))
+        kind, args = next(iter(spec.items()))
+        return any(test(v) for v in args) if kind == "choice" else test(args[0]) or test(args[1])
+
+    return may_be("unfreeze_depth", lambda v: v == 0) or may_be("head_epochs", lambda v: v > 0)
+
+
+def prepare_head_features(experiment: Experiment, prepared: Prepared) -> str | None:
+    """Compute frozen features once, as a Ray task with a whole GPU where trials get one."""
+    settings = experiment.trial_settings()
+    if not can_cache_features(settings) or not head_epochs_possible(experiment):
+        return None
+    cached = cached_head_features(prepared.index, prepared.store, settings)  # checked here: no task, no Keras
+    if cached is not None:
+        return str(cached)
+    print(f"computing frozen backbone features once ({settings.train.feature_views} augmented views) for head-only epochs ...", flush=True)
+    return str(ray.get(whole_gpu_task(build_head_features, experiment).remote(prepared.index, prepared.store, settings)))
+
+
+def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None, resume: bool) -> tune.Tuner:
+    """The `Tuner`: TPE on `RUN_DIR/study.db` (or random search) behind a concurrency limit, ASHA on equal epochs."""
+    search, run_dir = experiment.search, experiment.run_dir
+    selection = Selection(search.metric, search.direction)
+    trainable = tune.with_parameters(train_car_classifier, index=prepared.index, settings=experiment.trial_settings(),
+                                     store=str(prepared.store), features=features, selection=selection,
+                                     checkpoint_minutes=experiment.run.checkpoint_minutes)
+    trainable = tune.with_resources(trainable, {"cpu": experiment.resources.cpus_per_trial, "gpu": experiment.resources.gpus_per_trial})
     if resume:
+        relocate_study(run_dir)
         return tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=True)
-    search = experiment.search
-    if search.algorithm == "optuna":
-        searcher = OptunaSearch(points_to_evaluate=list(search.start) or None, seed=search.seed)
-    else:
-        searcher = BasicVariantGenerator(points_to_evaluate=list(search.start) or None, random_state=search.seed)
+    searcher = make_searcher(search.algorithm, run_dir, experiment.to_dict(), selection, search.max_concurrent,
+                             search.optuna_startup_trials, search.seed, search.start, experiment.scheduler.max_epochs)
     if experiment.scheduler.kind == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", max_t=experiment.scheduler.max_epochs,
                                   grace_period=experiment.scheduler.grace_period,
@@ -216,7 +338,7 @@ def make_tuner(experiment: Experiment, index: pd.DataFrame, resume: bool, image_
         trainable,
         param_space=param_space(search.space),
         tune_config=tune.TuneConfig(
-            metric=search.metric, mode=search.mode, num_samples=search.num_samples,
+            metric=selection.objective, mode=selection.mode, num_samples=search.num_samples,
             search_alg=searcher, max_concurrent_trials=search.max_concurrent,
             scheduler=scheduler, time_budget_s=search.time_budget_s or None,
         ),
@@ -227,26 +349,6 @@ def make_tuner(experiment: Experiment, index: pd.DataFrame, resume: bool, image_
             verbose=1,
         ),
     )
-
-
-def trials_table(results, max_epochs: int) -> pd.DataFrame:
-    """Every reported row of every trial, with the trial's config, status and whether ASHA stopped it."""
-    frames = []
-    for result in results:
-        frame = result.metrics_dataframe
-        if frame is None or frame.empty:  # failed before its first report: keep one row, so it is counted
-            frame = pd.DataFrame({"epoch": pd.array([pd.NA], dtype="Int64")})
-        frame = frame[[c for c in frame.columns if not c.startswith("config/")]].copy()
-        trial_id = result.metrics.get("trial_id") if result.metrics else Path(result.path).name
-        last_epoch = int(frame["epoch"].max()) if frame["epoch"].notna().any() else 0
-        frame["trial_id"] = trial_id
-        frame["trial_path"] = result.path
-        frame["status"] = "error" if result.error else "terminated"
-        frame["stopped_early"] = result.error is None and last_epoch < max_epochs
-        for key, value in (result.config or {}).items():  # None for a trial interrupted before it started
-            frame[f"config/{key}"] = value
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def search_interrupted(experiment: Experiment, elapsed_s: float) -> bool:
@@ -262,59 +364,67 @@ def search_interrupted(experiment: Experiment, elapsed_s: float) -> bool:
     return len(statuses) < experiment.search.num_samples and not (budget and elapsed_s >= budget)
 
 
-def summarize(trials: pd.DataFrame, metric: str, mode: str, top: int = 5) -> str:
-    """A short table of the best trials: id, epochs reached, best metric, configuration."""
-    rows = top_trials(trials, metric, mode, top)
+def summarize(trials: pd.DataFrame, experiment: Experiment, validation_size: int, top: int = 5) -> str:
+    """The best trials (best epoch, score and standard error, settings), and which are within noise of the best."""
+    selection = Selection(experiment.search.metric, experiment.search.direction)
+    rows = top_trials(trials, selection, top, validation_size)
     if not rows:
         return "no trial reported a result"
-    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
-        return f"top {len(rows)} of {trials['trial_id'].nunique()} trials by {metric}:\n{pd.DataFrame(rows).set_index('trial_id')}"
+    with pd.option_context("display.width", 180, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        text = (f"top {len(rows)} of {trials['trial_id'].nunique()} trials by {selection.metric} at each trial's best epoch "
+                f"({validation_size} validation images):\n{pd.DataFrame(rows).set_index('trial_id')}")
+    close = within_noise(rows, selection.metric)
+    if close:
+        text += f"\nwithin noise of the best (difference < 1.96 standard errors): {', '.join(close)}"
+    if experiment.nothing_to_choose():
+        text += "\nthe search space has a single point: the search had nothing to choose"
+    return text
 
 
-def best_trial(trials: pd.DataFrame, metric: str, mode: str) -> tuple[dict[str, Any], int]:
-    """The best trial's configuration and the epochs it reached."""
-    best = top_trials(trials, metric, mode, count=1)
-    if not best or best[0][metric] is None:
-        raise SearchError(f"no trial reported {metric}; see the trial errors above")
-    keys = [column.removeprefix("config/") for column in trials.columns if column.startswith("config/")]
-    return {key: best[0][key] for key in keys}, int(best[0]["epochs"])
-
-
-def run_search(experiment: Experiment, args: argparse.Namespace) -> Path:
-    """The whole job; returns the run folder."""
-    run_dir = experiment.run_dir
+def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namespace) -> Path:
+    """The trials, then retraining, evaluation and the report; returns the run folder."""
+    run_dir, resume = experiment.run_dir, args.resume is not None
     started = time.time()
-    if not args.resume and tune.Tuner.can_restore(str(run_dir)):
-        raise SearchError(f"{run_dir}: a run with this name exists; pass --resume to continue it, or another --name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / EXPERIMENT_FILE, experiment.to_dict())
-    index = prepare_index(experiment, args.resume)
-    start_ray(args)
+    reached = run_folder.stage(run_dir)
+    if not resume:
+        write_json(run_dir / EXPERIMENT_FILE, experiment.to_dict())
+        save_index(prepared.index, run_dir / DATASET_FILE)
+        run_folder.mark(run_dir, "started")
+    start_ray(args, experiment)
     try:
         check_cluster_resources(experiment)  # before any long preparation: a search must fail at once
-        image_store = prepare_image_store(experiment, index)
-        head_features = prepare_head_features(experiment, index, image_store)
-        fit_started = time.time()
-        results = make_tuner(experiment, index, args.resume, image_store, head_features).fit()
-        trials = trials_table(results, experiment.scheduler.max_epochs)
-        with atomic_path(run_dir / TRIALS_FILE) as partial:
-            trials.to_parquet(partial, index=False)
-        if search_interrupted(experiment, time.time() - fit_started):
-            raise SearchError(f"the search was interrupted; continue it with: python -m tuning.search --resume "
-                              f"--experiment {args.experiment} --storage-path {run_dir.parent} --name {run_dir.name}")
-        print(summarize(trials, experiment.search.metric, experiment.search.mode), flush=True)
-        write_json(run_dir / "search.json", {"wall_time_s": time.time() - started, "finished": time.time()})
+        experiment = resolve_backbone(prepared.experiment)
+        validation_size = len(rows_for(prepared.index, "val"))
+        if reached != "searched":
+            features = prepare_head_features(experiment, prepared)
+            fit_started = time.time()
+            results = make_tuner(experiment, prepared, features, resume and tune.Tuner.can_restore(str(run_dir))).fit()
+            trials = trials_table(results, experiment.scheduler.max_epochs)
+            with atomic_path(run_dir / TRIALS_FILE) as partial:
+                trials.to_parquet(partial, index=False)
+            if search_interrupted(experiment, time.time() - fit_started):
+                raise SearchError(f"the search was interrupted; continue it with: python -m tuning.search --resume {run_dir}")
+            write_json(run_dir / "search.json", {"wall_time_s": time.time() - started, "finished": time.time(),
+                                                 "validation_size": validation_size})
+            run_folder.mark(run_dir, "searched")
+        trials = pd.read_parquet(run_dir / TRIALS_FILE)
+        print(summarize(trials, experiment, validation_size), flush=True)
         if not experiment.run.retrain:
+            run_folder.mark(run_dir, "finished")
             return run_dir
-        config, epochs = best_trial(trials, experiment.search.metric, experiment.search.mode)
-        resources = experiment.resources
-        retrain = ray.remote(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial)(retrain_and_evaluate)
-        print(f"retraining the best configuration for {epochs} epoch(s) on train + val: {config}", flush=True)
-        metrics = ray.get(retrain.remote(index, experiment.settings, config, epochs, run_dir / "best",
-                                         max(1, int(resources.cpus_per_trial)), image_store))
+        selection = Selection(experiment.search.metric, experiment.search.direction)
+        best = best_trial(trials, selection, list(experiment.search.space))
+        if best is None:
+            raise SearchError(f"no trial reported {selection.metric}; see the trial errors in {run_dir / TRIALS_FILE}")
+        config, epochs = best
+        print(f"retraining the best configuration for its best epoch count ({epochs}) on train + val: {config}", flush=True)
+        task = whole_gpu_task(retrain_and_evaluate, experiment)
+        metrics = ray.get(task.remote(prepared.index, prepared.store, experiment.settings, config, epochs, run_dir / "best",
+                                      max(1, int(experiment.resources.cpus_per_trial))))
     finally:
         ray.shutdown()
     write_report(run_dir)
+    run_folder.mark(run_dir, "finished")
     test = metrics["test"]
     if test.get("labeled"):
         print(f"test accuracy {test['accuracy']:.4f}, top-5 {test['top5_accuracy']:.4f}, macro F1 {test['macro_f1']:.4f} "
@@ -324,29 +434,59 @@ def run_search(experiment: Experiment, args: argparse.Namespace) -> Path:
     return run_dir
 
 
+def check_new_run(experiment: Experiment) -> None:
+    """A new run may not reuse a folder that holds another run."""
+    run_dir = experiment.run_dir
+    if run_folder.stage(run_dir) is not None or tune.Tuner.can_restore(str(run_dir)):
+        raise SearchError(f"{run_dir}: a run with this name exists; pass --resume to continue it, or another --name")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # Checkpointing every epoch is the design; Ray's warning about frequent snapshots is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run_dir = None
     try:
         experiment = resolve_experiment(args)
+        run_dir = experiment.run_dir
         print(describe_plan(experiment, args), flush=True)
         if not args.address and args.dashboard_host not in LOOPBACK:
-            logger.warning("the Ray dashboard will listen on %s: it has no authentication, and anyone who reaches it "
-                           "can run code on this machine; prefer an SSH tunnel to 127.0.0.1", args.dashboard_host)
+            logger.warning("the Ray dashboard will listen on %s: whoever reaches it can submit jobs to this cluster; "
+                           "prefer an SSH tunnel to 127.0.0.1", args.dashboard_host)
         if args.dry_run:
-            print("dry run: the experiment is valid; nothing was started")
+            prepared = prepare(experiment, resume=False)
+            print(f"weights      {describe_weights(experiment)}")
+            print(f"epochs       {prepared.experiment.settings.train.epoch_images} training images each, at every batch size")
+            for note in warnings_for(prepared):
+                print(f"warning: {note}")
+            print("dry run: the experiment, the data and the weights are valid; nothing was started")
             return 0
-        run_dir = run_search(experiment, args)
+        with run_folder.hold(run_dir):
+            if args.resume is not None and run_folder.stage(run_dir) == "finished":
+                print(f"{run_dir}: this run is finished; nothing to do (its report is {run_dir / 'report.html'})")
+                return 0
+            if args.resume is None:
+                check_new_run(experiment)
+            prepared = prepare(experiment, resume=args.resume is not None)
+            describe_weights(experiment)
+            for note in warnings_for(prepared):
+                logger.warning(note)
+            run_search(experiment, prepared, args)
     except KeyboardInterrupt:
-        print("error: interrupted; continue with --resume", file=sys.stderr)
+        print(f"error: interrupted; continue with: python -m tuning.search --resume {run_dir or ''}".rstrip(), file=sys.stderr)
         return 130
-    except (ConfigError, DatasetError, ImageDecodeError, WeightsError, SearchError) as error:
+    except (SearchError, *EXPECTED_ERRORS) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    produced = "best/model.keras, trials.parquet, report.html, report.json" if experiment.run.retrain else "trials.parquet"
-    print(f"done: results in {run_dir} ({produced})")
+    except OSError as error:
+        print(f"error: {error.filename or run_dir}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    except Exception:
+        if run_dir is not None and run_dir.parent.exists() and shutil.disk_usage(run_dir.parent).free < LOW_DISK_BYTES:
+            print(f"error: {run_dir}: no space left on the device (free some, then continue with --resume {run_dir})", file=sys.stderr)
+            return 2
+        raise
+    print(f"done: results in {run_dir} ("
+          + ("best/model.keras, trials.parquet, report.html, report.json" if experiment.run.retrain else "trials.parquet") + ")")
     return 0
 
 

@@ -1,1 +1,1 @@
-"""Car datasets on disk → one pandas table → `tf.data` batches."""
+"""Car datasets on disk → one checked pandas table → a decoded uint8 store → numpy batches."""

@@ -1,14 +1,17 @@
 """Readers that turn a car dataset's annotations into the dataset table (`carclf.data.table`).
 
-Three layouts: the Stanford Cars devkit (`.mat` files), a CSV, and one folder per class. Readers
-parse and check the annotations themselves (fields, columns, class ids and names); whether the
-images exist and the boxes fit them is `carclf.data.checks`' job, so both run on any source.
+Three layouts: the Stanford Cars devkit (`.mat` files), a CSV, and one folder per class. Every
+value is parsed strictly: a box that is not four whole numbers, a blank or unknown class, a blank
+path or a bad split stops the reader with the file and the line (or record). Whether the images
+exist and the boxes fit them is `carclf.data.checks`' job, so both run on any source.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -16,10 +19,12 @@ import scipy.io
 
 from carclf.data.table import BBOX_COLUMNS, DatasetError, make_table
 
+logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 DEVKIT_FIELDS = {"bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "fname"}
 FILE_COLUMNS = ("path", "file", "fname", "filename", "image")
 CLASS_COLUMNS = ("class_name", "class", "label", "class_id")
+CSV_SPLITS = ("train", "test")
 
 
 def _find_devkit_file(root: Path, name: str) -> Path | None:
@@ -40,6 +45,19 @@ def _load_mat(path: Path, variable: str) -> np.ndarray:
     return np.atleast_1d(contents[variable])
 
 
+def _whole_number(value: Any, where: str, what: str) -> int:
+    """`value` as an int, or an error naming `where`: 12, 12.0 and "12" pass; 12.5, "", "abc" do not."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: {what} {value!r} is not a number") from None
+    if not np.isfinite(number) or number != int(number):
+        raise DatasetError(f"{where}: {what} {value!r} is not a whole number")
+    return int(number)
+
+
 def _devkit_records(path: Path, labeled: bool) -> list[dict[str, Any]]:
     annotations = _load_mat(path, "annotations")
     fields = set(annotations.dtype.names or ())
@@ -47,15 +65,16 @@ def _devkit_records(path: Path, labeled: bool) -> list[dict[str, Any]]:
     missing = sorted(required - fields)
     if missing:
         raise DatasetError(f"{path}: annotations lack field(s) {missing} (found {sorted(fields)})")
-    # The box fields are uint8 or uint16 depending on the value: cast before any arithmetic.
-    return [
-        {
-            "fname": str(record["fname"]),
-            **{column: int(record[column]) for column in BBOX_COLUMNS},
-            **({"class": int(record["class"])} if labeled else {}),
-        }
-        for record in annotations
-    ]
+    records = []
+    for number, record in enumerate(annotations, start=1):
+        where = f"{path}: record {number}"
+        name = record["fname"]
+        if not isinstance(name, str) or not name.strip():
+            raise DatasetError(f"{where}: fname {name!r} is not a file name")
+        values = {column: _whole_number(record[column], f"{where} ({name})", column)
+                  for column in BBOX_COLUMNS + (["class"] if labeled else [])}
+        records.append({"fname": name.strip(), "source": f"{path.name} record {number}", **values})
+    return records
 
 
 def read_devkit_annotations(root: str | Path) -> pd.DataFrame:
@@ -72,6 +91,7 @@ def read_devkit_annotations(root: str | Path) -> pd.DataFrame:
     if meta_path is None or train_path is None:
         raise DatasetError(f"{root}: not a Stanford Cars devkit layout (need devkit/cars_meta.mat and devkit/cars_train_annos.mat)")
     names = [str(name) for name in _load_mat(meta_path, "class_names")]
+    check_distinct_names(((name, f"{meta_path.name} entry {i}") for i, name in enumerate(names, start=1)), str(meta_path))
 
     frames = [_devkit_frame(train_path, root / "cars_train", "train", names, labeled=True)]
     labeled_test = _find_devkit_file(root, "cars_test_annos_withlabels.mat")
@@ -80,25 +100,23 @@ def read_devkit_annotations(root: str | Path) -> pd.DataFrame:
         frames.append(_devkit_frame(labeled_test, root / "cars_test", "test", names, labeled=True))
     elif unlabeled_test is not None:
         frames.append(_devkit_frame(unlabeled_test, root / "cars_test", "test", names, labeled=False))
-    table = pd.concat(frames)
+    table = pd.concat(frames, ignore_index=True)
     _require_every_class(table, names, f"{train_path}")
     return make_table(table)
 
 
 def _devkit_frame(path: Path, image_dir: Path, split: str, names: list[str], labeled: bool) -> pd.DataFrame:
     records = _devkit_records(path, labeled)
-    frame = pd.DataFrame.from_records(records, columns=["fname", *BBOX_COLUMNS, *(["class"] if labeled else [])])
-    # Row numbers in messages are the 1-based position of the record in the .mat file.
-    frame.index = pd.Index(range(1, len(frame) + 1), name=f"{path.name} record")
+    frame = pd.DataFrame.from_records(records, columns=["fname", "source", *BBOX_COLUMNS, *(["class"] if labeled else [])])
     frame["path"] = [str(image_dir / name) for name in frame["fname"]]
     frame["split"] = split
     if labeled:
         bad = frame[(frame["class"] < 1) | (frame["class"] > len(names))]
         if len(bad):
-            row, value = bad.index[0], bad["class"].iloc[0]
+            first = bad.iloc[0]
             raise DatasetError(
-                f"{path}: record {row} ({bad['fname'].iloc[0]}): class {value} is outside 1..{len(names)} "
-                f"({len(bad)} record(s) out of range)"
+                f"{path}: {first['source'].split(' ', 1)[1]} ({first['fname']}): class {first['class']} is outside "
+                f"1..{len(names)} ({len(bad)} record(s) out of range)"
             )
         frame["label"] = frame["class"] - 1
         frame["class_name"] = [names[label] for label in frame["label"]]
@@ -112,51 +130,79 @@ def _require_every_class(table: pd.DataFrame, names: list[str], source: str) -> 
         raise DatasetError(f"{source}: {len(empty)} class(es) have no training images: {', '.join(empty[:5])}")
 
 
+def check_distinct_names(names: Iterable[tuple[str, str]], where: str) -> None:
+    """Refuse class names that differ only in case or surrounding spaces ("Audi A4" and "audi a4 ").
+
+    They are almost always one class spelt two ways, and as two classes they would split its
+    images and its accuracy in two. `names` holds (name, where it was found) pairs.
+    """
+    spellings: dict[str, dict[str, str]] = defaultdict(dict)
+    for name, found_at in names:
+        spellings[name.strip().casefold()].setdefault(name, found_at)
+    clashes = [variants for variants in spellings.values() if len(variants) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(f"{name!r} ({found_at})" for name, found_at in variants.items()) for variants in clashes[:3])
+        raise DatasetError(f"{where}: {len(clashes)} class name(s) differ only in case or surrounding spaces: {shown}. "
+                           "Spell each class one way.")
+
+
 def read_csv_annotations(csv_path: str | Path, root: str | Path | None = None, class_names: list[str] | None = None) -> pd.DataFrame:
     """Read a CSV with a file column, a class column and optional bounding-box and split columns.
 
     File paths are relative to `root` (default: the CSV's folder). The class column holds names,
     or 0-based integer ids; `class_names`, when given, fixes the classes and their order, and a
-    name or id outside it is an error. Without a `split` column every row is a training row.
+    name or id outside it is an error. Without a `split` column every row is a training row. A
+    row's box is four whole numbers or four empty cells (no box).
     """
     csv_path = Path(csv_path).resolve()
     root = Path(root).resolve() if root else csv_path.parent
     try:
-        raw = pd.read_csv(csv_path, skipinitialspace=True)
+        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except FileNotFoundError:
         raise DatasetError(f"{csv_path}: CSV file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise DatasetError(f"{csv_path}: not a readable CSV ({error})") from None
-    raw.index = pd.Index(range(2, len(raw) + 2), name=f"{csv_path.name} line")  # line 1 is the header
+    raw.columns = [str(column).strip() for column in raw.columns]
+    raw.index = pd.Index(range(2, len(raw) + 2), name="line")  # line 1 is the header
     file_column = _pick_column(raw, FILE_COLUMNS, csv_path, "file")
     class_column = _pick_column(raw, CLASS_COLUMNS, csv_path, "class")
+    # Class names keep their spaces, so "Audi A4" and "Audi A4 " are reported rather than merged.
+    raw = raw.apply(lambda column: column if column.name == class_column else column.str.strip())
     present_boxes = [c for c in BBOX_COLUMNS if c in raw]
     if present_boxes and len(present_boxes) != len(BBOX_COLUMNS):
         missing = sorted(set(BBOX_COLUMNS) - set(present_boxes))
         raise DatasetError(f"{csv_path}: has some bounding-box columns but not {missing}")
 
     frame = pd.DataFrame(index=raw.index)
-    frame["path"] = [str(root / str(name)) for name in raw[file_column]]
-    for column in present_boxes:
-        frame[column] = pd.to_numeric(raw[column], errors="coerce")
-    frame["split"] = raw["split"].astype(str).str.strip() if "split" in raw else "train"
-    bad_split = frame[~frame["split"].isin(["train", "test"])]
+    frame["source"] = [f"{csv_path.name} line {line}" for line in raw.index]
+    for line, name in raw[file_column].items():
+        if not name:
+            raise DatasetError(f"{csv_path}: line {line}: the {file_column!r} cell is empty (expected an image file)")
+    frame["path"] = [str(root / name) for name in raw[file_column]]
+    if present_boxes:
+        frame[BBOX_COLUMNS] = [_csv_box(raw.loc[line, BBOX_COLUMNS].tolist(), f"{csv_path}: line {line}") for line in raw.index]
+    frame["split"] = raw["split"] if "split" in raw else "train"
+    bad_split = frame[~frame["split"].isin(CSV_SPLITS)]
     if len(bad_split):
         raise DatasetError(f"{csv_path}: line {bad_split.index[0]}: split {bad_split['split'].iloc[0]!r} is not 'train' or 'test'")
 
     classes = raw[class_column]
-    if pd.api.types.is_integer_dtype(classes):
-        names = class_names or [str(i) for i in range(int(classes.max()) + 1)]
-        out_of_range = raw[(classes < 0) | (classes >= len(names))]
+    blank = classes[classes.str.strip() == ""]
+    if len(blank):
+        raise DatasetError(f"{csv_path}: line {blank.index[0]}: the {class_column!r} cell is empty ({len(blank)} row(s) without a class)")
+    if classes.str.fullmatch(r"\d+").all():
+        ids = classes.astype(int)
+        names = class_names or [str(i) for i in range(int(ids.max()) + 1)]
+        out_of_range = ids[ids >= len(names)]
         if len(out_of_range):
             line = out_of_range.index[0]
-            raise DatasetError(f"{csv_path}: line {line}: class id {classes[line]} is outside 0..{len(names) - 1}")
-        frame["label"] = classes
+            raise DatasetError(f"{csv_path}: line {line}: class id {ids[line]} is outside 0..{len(names) - 1}")
+        frame["label"] = ids
     else:
-        classes = classes.astype(str).str.strip()
+        check_distinct_names(((name, f"line {line}") for line, name in classes.items()), str(csv_path))
         names = class_names or sorted(classes[frame["split"] == "train"].unique())
         lookup = {name: i for i, name in enumerate(names)}
-        unknown = raw[~classes.isin(list(lookup))]
+        unknown = classes[~classes.isin(list(lookup))]
         if len(unknown):
             line = unknown.index[0]
             raise DatasetError(
@@ -166,7 +212,19 @@ def read_csv_annotations(csv_path: str | Path, root: str | Path | None = None, c
         frame["label"] = classes.map(lookup)
     frame["class_name"] = [names[label] for label in frame["label"]]
     _require_every_class(frame, names, str(csv_path))
-    return make_table(frame)
+    return make_table(frame.reset_index(drop=True))
+
+
+def _csv_box(cells: list[str], where: str) -> list[int | None]:
+    """Four whole numbers, or four empty cells for "no box"; anything else names the line."""
+    if all(cell == "" for cell in cells):
+        return [None] * 4
+    values = []
+    for column, cell in zip(BBOX_COLUMNS, cells):
+        if cell == "":
+            raise DatasetError(f"{where}: {column} is empty but other box cells are not (give all four, or none)")
+        values.append(_whole_number(cell, where, column))
+    return values
 
 
 def _pick_column(raw: pd.DataFrame, candidates: tuple[str, ...], path: Path, role: str) -> str:
@@ -189,9 +247,10 @@ def read_folder_annotations(root: str | Path) -> pd.DataFrame:
     names = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if not names:
         raise DatasetError(f"{train_dir}: has no class folders")
+    check_distinct_names(((name, f"train/{name}/") for name in names), str(train_dir))
     lookup = {name: i for i, name in enumerate(names)}
     rows = []
-    for split in ("train", "test"):
+    for split in CSV_SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
             continue
@@ -201,5 +260,6 @@ def read_folder_annotations(root: str | Path) -> pd.DataFrame:
             images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not images and split == "train":
                 raise DatasetError(f"{class_dir}: class {class_dir.name!r} has no images (.jpg, .jpeg, .png)")
-            rows += [{"path": str(p), "label": lookup[class_dir.name], "class_name": class_dir.name, "split": split} for p in images]
+            rows += [{"path": str(p), "label": lookup[class_dir.name], "class_name": class_dir.name, "split": split,
+                      "source": f"{split}/{class_dir.name}/{p.name}"} for p in images]
     return make_table(pd.DataFrame(rows))

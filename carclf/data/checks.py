@@ -1,7 +1,10 @@
 """Checks of a dataset table against the files on disk, with errors a user can act on.
 
-Every problem names the row and the file. By default any problem stops the run; with
-`skip_bad_rows` the bad rows are dropped and counted instead: nothing is dropped silently.
+Every problem names the row's source (file and line) and the image. By default any problem stops
+the run; with `skip_bad_rows` the bad rows are dropped and counted instead: nothing is dropped
+silently. `check_files` reads only image headers; the full decode happens once, in the store
+(`carclf.data.store`), which reports unreadable images the same way. `check_split_overlap` keeps
+a test image (the same file, or the same bytes under another name) out of training.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
-from carclf.data.table import BBOX_COLUMNS, DatasetError
+from carclf.data.images import ImageError, box_problem, oriented_size
+from carclf.data.table import DatasetError, boxes
 
 logger = logging.getLogger(__name__)
 SHOWN_PER_PROBLEM = 3
@@ -22,67 +26,82 @@ SHOWN_PER_PROBLEM = 3
 
 @dataclass
 class CheckReport:
-    """What the checks found: problem kind → [(row, path, detail)], and how many rows were skipped."""
+    """What the checks found: problem kind → [(source, path, detail)], and how many rows were skipped."""
 
-    problems: dict[str, list[tuple[object, str, str]]] = field(default_factory=lambda: defaultdict(list))
+    problems: dict[str, list[tuple[str, str, str]]] = field(default_factory=lambda: defaultdict(list))
     skipped: int = 0
 
     def describe(self) -> str:
         parts = []
         for kind, items in self.problems.items():
-            shown = "; ".join(f"row {row} {path}{': ' + detail if detail else ''}" for row, path, detail in items[:SHOWN_PER_PROBLEM])
+            shown = "; ".join(f"{source} {path}{': ' + detail if detail else ''}" for source, path, detail in items[:SHOWN_PER_PROBLEM])
             more = f"; and {len(items) - SHOWN_PER_PROBLEM} more" if len(items) > SHOWN_PER_PROBLEM else ""
             parts.append(f"{kind}: {len(items)} row(s) ({shown}{more})")
         return "\n  ".join(parts)
 
 
-def check_index(index: pd.DataFrame, root: str | Path, skip_bad_rows: bool = False) -> tuple[pd.DataFrame, CheckReport]:
-    """Check every row's file and box; return the table (bad rows dropped if asked) and a report.
+def drop_bad_rows(table: pd.DataFrame, bad: Mapping[int, tuple[str, str]], skip_bad_rows: bool, where: str,
+                  report: CheckReport | None = None) -> tuple[pd.DataFrame, CheckReport]:
+    """Raise a `DatasetError` describing the `bad` rows (position → (kind, detail)), or drop and count them.
 
-    Raises `DatasetError` listing each kind of problem with its count and first few rows, unless
-    `skip_bad_rows`, in which case the rows are dropped and the count is logged and reported.
+    `where` names the dataset in the message. With `skip_bad_rows` the rows are dropped, the
+    count is added to `report` and the problems are logged.
     """
-    root = Path(root).resolve()
-    report = CheckReport()
-    bad_rows = set()
-    for position, row in enumerate(index.itertuples(index=True)):
-        problem = _row_problem(row, root)
-        if problem is not None:
-            kind, detail = problem
-            report.problems[kind].append((row.Index, row.path, detail))
-            bad_rows.add(position)
-    if not bad_rows:
-        return index, report
+    report = report or CheckReport()
+    if not bad:
+        return table, report
+    found = CheckReport()
+    for position in sorted(bad):
+        kind, detail = bad[position]
+        row = table.iloc[position]
+        found.problems[kind].append((str(row["source"]), str(row["path"]), detail))
     if not skip_bad_rows:
         raise DatasetError(
-            f"{len(bad_rows)} of {len(index)} rows under {root} have problems:\n  {report.describe()}\n"
+            f"{len(bad)} of {len(table)} rows of {where} have problems:\n  {found.describe()}\n"
             "Fix them, or set data.skip_bad_rows = true (or --set data.skip_bad_rows=true) to skip and count them."
         )
-    report.skipped = len(bad_rows)
-    logger.warning("skipped %d bad row(s) of %d:\n  %s", report.skipped, len(index), report.describe())
-    keep = [i for i in range(len(index)) if i not in bad_rows]
-    return index.iloc[keep], report
+    for kind, items in found.problems.items():
+        report.problems[kind].extend(items)
+    report.skipped += len(bad)
+    logger.warning("skipped %d bad row(s) of %d:\n  %s", len(bad), len(table), found.describe())
+    keep = [i for i in range(len(table)) if i not in bad]
+    return table.iloc[keep], report
 
 
-def _row_problem(row, root: Path) -> tuple[str, str] | None:
-    path = Path(row.path)
+def check_files(table: pd.DataFrame, root: str | Path, skip_bad_rows: bool = False) -> tuple[pd.DataFrame, CheckReport]:
+    """Check every row's file and box against the image header.
+
+    Returns the table (bad rows dropped if `skip_bad_rows`) and a report; raises `DatasetError`
+    listing each kind of problem with its count and first rows otherwise.
+    """
+    root = Path(root).resolve()
+    bad = {position: problem for position, (path, box) in enumerate(zip(table["path"], boxes(table)))
+           if (problem := _row_problem(Path(path), box, root)) is not None}
+    return drop_bad_rows(table, bad, skip_bad_rows, str(root))
+
+
+def check_split_overlap(table: pd.DataFrame, digests: Sequence[str], skip_bad_rows: bool, where: str,
+                        report: CheckReport) -> tuple[pd.DataFrame, CheckReport]:
+    """Refuse (or drop from training) rows whose image is also a test image: the same file, or the
+    same bytes under another name. `digests` are the rows' content hashes (from the store)."""
+    test_rows = {digest: source for digest, split, source in zip(digests, table["split"], table["source"]) if split == "test"}
+    bad = {position: ("image also in the test split", f"the same image as test row {test_rows[digest]}")
+           for position, (digest, split) in enumerate(zip(digests, table["split"])) if split != "test" and digest in test_rows}
+    return drop_bad_rows(table, bad, skip_bad_rows, where, report)
+
+
+def _row_problem(path: Path, box: tuple[int, int, int, int] | None, root: Path) -> tuple[str, str] | None:
     if not path.resolve().is_relative_to(root):
         return "file name points outside the dataset root", f"not under {root}"
     if not path.is_file():
         return "missing image file", ""
     if path.stat().st_size == 0:
         return "empty image file", "0 bytes"
-    box = [getattr(row, column) for column in BBOX_COLUMNS]
-    if any(pd.isna(value) for value in box):
-        return None
-    x1, y1, x2, y2 = (int(value) for value in box)
-    if x2 <= x1 or y2 <= y1:
-        return "empty bounding box", f"({x1}, {y1}, {x2}, {y2})"
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError) as error:
-        return "unreadable image", str(error)
-    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-        return "bounding box outside the image", f"({x1}, {y1}, {x2}, {y2}) in a {width}x{height} image"
+        width, height = oriented_size(path)
+    except ImageError as error:
+        return "unreadable image", str(error).removeprefix(f"{path}: ")
+    problem = box_problem(box, width, height) if box is not None else None
+    if problem is not None:
+        return ("empty bounding box" if "empty" in problem else "bounding box outside the image"), problem
     return None

@@ -41,5 +41,13 @@ def test_malformed_override_is_named():
 def test_hyperparameters_replace_model_and_train_fields():
     settings = RunSettings().with_hyperparameters({"learning_rate": 0.1, "dropout": 0.4, "unfreeze_depth": 3})
     assert (settings.train.learning_rate, settings.model.dropout, settings.train.unfreeze_depth) == (0.1, 0.4, 3)
-    with pytest.raises(ConfigError, match="unknown hyperparameter"):
+    with pytest.raises(ConfigError, match=r"not tunable: \['colour'\]"):
         RunSettings().with_hyperparameters({"colour": 1})
+
+
+def test_sampled_values_take_their_keys_types():
+    settings = RunSettings().with_hyperparameters({"batch_size": 16.0, "learning_rate": 1})
+    assert settings.train.batch_size == 16 and isinstance(settings.train.batch_size, int)
+    assert isinstance(settings.train.learning_rate, float)
+    with pytest.raises(ConfigError, match="batch_size takes whole numbers, got 16.5"):
+        RunSettings().with_hyperparameters({"batch_size": 16.5})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from carclf.evaluate import Evaluation, write_server_predictions
+from carclf.evaluate import Evaluation, classification_metrics, predict_probabilities, write_server_predictions
 
 
 def _evaluation(labels):
@@ -38,3 +38,30 @@ def test_unlabeled_rows_give_server_predictions(tmp_path):
     assert evaluation.metrics() == {"labeled": False, "count": 6}
     path = write_server_predictions(evaluation, tmp_path / "predictions.txt")
     assert path.read_text().split() == ["1", "1", "2", "3", "3", "3"]  # 1-based class ids
+
+
+def test_classification_metrics_are_exact():
+    probabilities = np.array([[.7, .2, .1], [.1, .1, .8], [.3, .4, .3]])
+    metrics = classification_metrics(probabilities, np.array([0, 1, 1]))
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+    assert metrics["loss"] == pytest.approx(-np.mean(np.log([.7, .1, .4])))
+    assert metrics["top5_accuracy"] == 1.0  # top-3 of 3 classes
+
+
+class _Echo:
+    """A stand-in model: returns its input rows as 'probabilities', and records the batch shapes it saw."""
+
+    def __init__(self):
+        self.shapes = []
+
+    def predict_on_batch(self, batch):
+        self.shapes.append(batch.shape)
+        return batch
+
+
+def test_predictions_use_one_batch_shape_and_drop_the_padding():
+    inputs = np.arange(20, dtype=np.float32).reshape(10, 2)
+    model = _Echo()
+    out = predict_probabilities(model, lambda positions: inputs[positions], 10, 4)
+    np.testing.assert_array_equal(out, inputs)
+    assert set(model.shapes) == {(4, 2)}

@@ -1,54 +1,105 @@
-"""Cached frozen features: built once, and head-only training on them matches the ordinary path."""
+"""Cached frozen features: exactly what the frozen network computes, never stale, read as memory maps."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import keras
 import numpy as np
+import pytest
 
-from carclf.config import DataConfig, ModelConfig, RunSettings, TrainConfig
-from carclf.data.sources import index_dataset
-from carclf.data.synthetic import SyntheticSpec, generate_synthetic_cars
-from carclf.data.table import class_names
-from carclf.features import build_head_features, fit_head, load_head_features
-from carclf.model import build_head, compile_classifier
-from carclf.runtime import configure_tensorflow
-from carclf.train import build_model, fit
-
-
-def test_features_are_built_once_with_the_right_shapes(tiny_index, tiny_settings, tmp_path):
-    settings = dataclasses.replace(tiny_settings, train=dataclasses.replace(tiny_settings.train, unfreeze_depth=0))
-    path = build_head_features(tiny_index, settings, views=3, cache_dir=tmp_path)
-    stamp = path.stat().st_mtime_ns
-    assert build_head_features(tiny_index, settings, views=3, cache_dir=tmp_path) == path and path.stat().st_mtime_ns == stamp
-    features = load_head_features(path)
-    train_count = (tiny_index["split"] == "train").sum()
-    assert features["train"].shape == (3, train_count, 2048)
-    assert features["val"].shape == ((tiny_index["split"] == "val").sum(), 2048)
-    assert not np.allclose(features["train"][0], features["train"][1])  # augmented views differ
+from carclf.config import ModelConfig
+from carclf.data.store import open_image_store
+from carclf.data.table import rows_for
+from carclf.features import build_head_features, open_head_features, view_transforms
+from carclf.layers import flip_and_rotate
+from carclf.model import build_backbone, build_classifier
+from carclf.runtime import configure_process
+from carclf.train import TrainingData, train_classifier
 
 
-def test_head_on_cached_features_matches_the_ordinary_path(tmp_path):
-    """Same seeds, same backbone, same head: validation accuracy within noise, same reported keys."""
-    root = generate_synthetic_cars(tmp_path / "cars", SyntheticSpec(train_per_class=16, test_per_class=2, seed=4))
-    settings = RunSettings(
-        data=DataConfig(format="devkit", root=str(root), image_size=32, validation_fraction=0.25),
-        model=ModelConfig(weights="none", dropout=0.1),
-        train=TrainConfig(epochs=6, batch_size=16, learning_rate=0.002, lr_decay=0.0, unfreeze_depth=0, seed=1),
-    )
-    index = index_dataset(settings.data)
-    names = class_names(index)
+@pytest.fixture
+def pretrained_settings(tiny_settings, synthetic_backbone, tmp_path):
+    """Tiny settings with the synthetic pretrained backbone, 3 views, and a private cache."""
+    data = dataclasses.replace(tiny_settings.data, cache_dir=str(tmp_path / "cache"))
+    return dataclasses.replace(tiny_settings, data=data, model=ModelConfig(weights=str(synthetic_backbone), dropout=0.2),
+                               train=dataclasses.replace(tiny_settings.train, feature_views=3, unfreeze_depth=0))
 
-    configure_tensorflow(2, settings.train.seed)
-    ordinary = fit(build_model(len(names), settings), index, settings).history
 
-    features = load_head_features(build_head_features(index, settings, views=6, cache_dir=tmp_path / "cache", cpus=2))
-    configure_tensorflow(2, settings.train.seed)
-    head = compile_classifier(build_head(len(names), 2048, settings.model), settings.train)
-    cached = fit_head(head, features, settings).history
+def test_features_are_built_once_in_float32_memory_maps(tiny_dataset, pretrained_settings):
+    folder = build_head_features(tiny_dataset.index, tiny_dataset.store, pretrained_settings)
+    stamp = (folder / "train.npy").stat().st_mtime_ns
+    assert build_head_features(tiny_dataset.index, tiny_dataset.store, pretrained_settings) == folder
+    assert (folder / "train.npy").stat().st_mtime_ns == stamp
+    features = open_head_features(folder)
+    assert isinstance(features.train, np.memmap) and features.train.dtype == np.float32
+    assert features.train.shape == (3, len(rows_for(tiny_dataset.index, "train")), 2048)
+    assert features.val.shape == (len(rows_for(tiny_dataset.index, "val")), 2048)
+    assert not np.allclose(features.train[0], features.train[1])  # augmented views differ
 
-    assert set(cached) == set(ordinary)
-    chance = 1 / len(names)
-    for history in (ordinary, cached):
-        assert max(history["val_accuracy"]) > 2 * chance
-    assert abs(np.mean(cached["val_accuracy"][-3:]) - np.mean(ordinary["val_accuracy"][-3:])) < 0.2
+
+def test_cached_views_are_what_the_classifier_computes(tiny_dataset, pretrained_settings):
+    """The same stored view through the classifier's own frozen layers gives the same features (1e-3)."""
+    folder = build_head_features(tiny_dataset.index, tiny_dataset.store, pretrained_settings)
+    features = open_head_features(folder)
+    classifier = build_classifier(4, pretrained_settings.data, pretrained_settings.model, 0)
+    pooled = keras.Model(classifier.get_layer("augmentation").output, classifier.get_layer("pool").output)
+    train = rows_for(tiny_dataset.index, "train")
+    pixels = open_image_store(tiny_dataset.store, 32)[train["store_row"].to_numpy()]
+    angles, flips = view_transforms(len(train), 2, pretrained_settings)
+    view = keras.ops.convert_to_numpy(flip_and_rotate(pixels, angles, flips))
+    np.testing.assert_allclose(pooled.predict(view, verbose=0), features.train[2], atol=1e-3)
+    clean = open_image_store(tiny_dataset.store, 32)[rows_for(tiny_dataset.index, "val")["store_row"].to_numpy()]
+    np.testing.assert_allclose(pooled.predict(clean.astype(np.float32), verbose=0), features.val, atol=1e-3)
+
+
+def test_head_on_cached_features_learns_as_the_head_through_the_network(tiny_dataset, pretrained_settings):
+    """One unaugmented view, the same seeds: the two paths see the same features and agree on accuracy."""
+    data = dataclasses.replace(pretrained_settings.data, rotation_degrees=0.0, horizontal_flip=False)
+    settings = dataclasses.replace(pretrained_settings, data=data).with_train(feature_views=1, epochs=4, learning_rate=0.05)
+    accuracies = {}
+    for path in ("network", "cached"):
+        configure_process(2, seed=0)
+        features = build_head_features(tiny_dataset.index, tiny_dataset.store, settings) if path == "cached" else None
+        logs = []
+        callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, epoch_logs: logs.append(epoch_logs["val_accuracy"]))
+        train_classifier(TrainingData(tiny_dataset.index, tiny_dataset.store, features), settings, callbacks=[callback])
+        accuracies[path] = logs
+    assert max(accuracies["network"]) > 0.25  # better than chance (4 classes)
+    np.testing.assert_allclose(accuracies["cached"], accuracies["network"], atol=0.01)
+
+
+@pytest.mark.parametrize("change", ["seed", "split", "label", "weights", "views"])
+def test_anything_the_features_depend_on_makes_a_new_cache(tiny_dataset, pretrained_settings, change, tmp_path):
+    index, settings = tiny_dataset.index, pretrained_settings
+    folder = build_head_features(index, tiny_dataset.store, settings)
+    if change == "seed":
+        settings = settings.with_train(seed=1)
+    elif change == "views":
+        settings = settings.with_train(feature_views=2)
+    elif change == "split":
+        index = index.copy()
+        index.loc[index[index["split"] == "train"].index[0], "split"] = "val"
+    elif change == "label":
+        index = index.copy()
+        first = index[index["split"] == "train"].index[0]
+        index.loc[first, "label"] = (index.loc[first, "label"] + 1) % 4
+    else:
+        backbone = build_backbone(32, settings.model.weights)
+        kernel = backbone.get_layer("conv5_block3_3_conv").kernel
+        kernel.assign(kernel * 1.01)
+        weights = tmp_path / "other.weights.h5"
+        backbone.save_weights(weights)
+        settings = dataclasses.replace(settings, model=ModelConfig(weights=str(weights)))
+    assert build_head_features(index, tiny_dataset.store, settings) != folder
+
+
+def test_truncated_feature_file_is_named_and_rebuilt(tiny_dataset, pretrained_settings, caplog):
+    folder = build_head_features(tiny_dataset.index, tiny_dataset.store, pretrained_settings)
+    good = np.load(folder / "train.npy").copy()
+    with open(folder / "train.npy", "r+b") as handle:
+        handle.truncate(1000)
+    with caplog.at_level("WARNING"):
+        again = build_head_features(tiny_dataset.index, tiny_dataset.store, pretrained_settings)
+    assert again == folder and "train.npy" in caplog.text and "rebuilding" in caplog.text
+    np.testing.assert_allclose(np.load(folder / "train.npy"), good, atol=1e-5)

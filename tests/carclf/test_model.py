@@ -1,4 +1,4 @@
-"""The classifier: unfreeze depth, the optimizer's decay schedule, and the weights options."""
+"""The classifier: uint8 input, unfreeze depth, the optimizer's decay and variables, the weights options."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import keras
 import numpy as np
 import pytest
 
-from carclf.config import ConfigError, ModelConfig, TrainConfig
-from carclf.model import RESIDUAL_BLOCKS, WeightsError, build_backbone, build_classifier, compile_classifier, learning_rate_schedule
+from carclf.config import ConfigError, DataConfig, ModelConfig, TrainConfig
+from carclf.model import (RESIDUAL_BLOCKS, DecayingSGD, WeightsError, build_backbone, build_classifier, compile_classifier,
+                          current_learning_rate)
+from carclf.weights import check_weights_file
+
+DATA = DataConfig(image_size=32)
 
 
 def _trainable_blocks(model):
@@ -19,7 +23,7 @@ def _trainable_blocks(model):
 
 @pytest.mark.parametrize("depth", [0, 1, 3, 16])
 def test_unfreeze_depth_counts_residual_blocks_from_the_top(depth):
-    model = build_classifier(5, 32, ModelConfig(weights="none"), unfreeze_depth=depth)
+    model = build_classifier(5, DATA, ModelConfig(weights="none"), unfreeze_depth=depth)
     blocks, stem = _trainable_blocks(model)
     expected = {b.split("_")[0] + "_" + b.split("_")[1] for b in RESIDUAL_BLOCKS[16 - depth:]}
     assert {b.split("_")[0] + "_" + b.split("_")[1] for b in blocks} == expected
@@ -37,27 +41,50 @@ def test_depth_order_is_top_first():
 @pytest.mark.parametrize("depth", [-1, 17])
 def test_unfreeze_depth_outside_range_is_an_error(depth):
     with pytest.raises(ConfigError, match=r"unfreeze_depth must be in 0\.\.16"):
-        build_classifier(3, 32, ModelConfig(weights="none"), unfreeze_depth=depth)
+        build_classifier(3, DATA, ModelConfig(weights="none"), unfreeze_depth=depth)
 
 
-def test_head_shape_and_softmax():
-    model = build_classifier(7, 32, ModelConfig(weights="none"), unfreeze_depth=0)
-    out = model.predict(np.zeros((2, 32, 32, 3)), verbose=0)
-    assert out.shape == (2, 7)
+def test_model_takes_stored_uint8_images_and_gives_float32_probabilities():
+    model = build_classifier(7, DATA, ModelConfig(weights="none"), unfreeze_depth=0)
+    assert model.input.dtype == "uint8"
+    out = model.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0)
+    assert out.shape == (2, 7) and out.dtype == np.float32
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_mixed_precision_keeps_augmentation_preprocessing_and_softmax_in_float32():
+    model = build_classifier(3, DATA, ModelConfig(weights="none"), 0, precision="mixed_bfloat16")
+    assert model.get_layer("resnet50").layers[2].compute_dtype == "bfloat16"
+    for name in ("augmentation", "preprocessing", "classes"):
+        assert model.get_layer(name).compute_dtype == "float32", name
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
 def test_learning_rate_decay_matches_legacy_formula():
-    train = TrainConfig(learning_rate=0.005, lr_decay=1e-4)
-    schedule = learning_rate_schedule(train)
+    model = compile_classifier(build_classifier(3, DATA, ModelConfig(weights="none"), 0), TrainConfig(learning_rate=0.005, lr_decay=1e-4))
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
     for step in (0, 1, 250, 10_000):
-        assert float(schedule(step)) == pytest.approx(0.005 / (1 + 1e-4 * step), rel=1e-6)
+        optimizer.iterations.assign(step)
+        assert current_learning_rate(model) == pytest.approx(0.005 / (1 + 1e-4 * step), rel=1e-6)
 
 
-def test_optimizer_is_sgd_with_momentum():
-    model = compile_classifier(build_classifier(3, 32, ModelConfig(weights="none"), 0), TrainConfig(momentum=0.8))
-    assert isinstance(model.optimizer, keras.optimizers.SGD)
-    assert model.optimizer.momentum == pytest.approx(0.8)
+def test_rate_decay_and_momentum_are_variables_of_the_optimizer():
+    """Values, not constants in the compiled step: trials with other values reuse the compiled program."""
+    optimizer = DecayingSGD(0.01, decay=0.001, momentum=0.8)
+    names = {variable.name for variable in optimizer.variables}
+    assert {"learning_rate", "decay", "momentum_rate"} <= names
+    restored = DecayingSGD.from_config(optimizer.get_config())
+    assert float(restored.decay.numpy()) == pytest.approx(0.001) and float(restored.momentum_rate.numpy()) == pytest.approx(0.8)
+
+
+def test_sgd_update_with_momentum():
+    variable = keras.Variable(np.array([1.0], np.float32))
+    optimizer = DecayingSGD(0.1, decay=0.0, momentum=0.5)
+    for _ in range(2):
+        optimizer.apply_gradients([(np.array([1.0], np.float32), variable)])
+    # velocity: -0.1, then 0.5 * -0.1 - 0.1 = -0.15; weight: 1 - 0.1 - 0.15
+    assert float(variable.numpy()[0]) == pytest.approx(0.75)
 
 
 def _save_legacy_h5(model, path):
@@ -70,11 +97,12 @@ def _save_legacy_h5(model, path):
 
 
 @pytest.mark.parametrize("name", ["resnet50_notop.weights.h5", "resnet50_notop.h5"])
-def test_local_weights_file_is_loaded(tmp_path, name):
+def test_local_weights_file_is_checked_and_loaded(tmp_path, name):
     source = build_backbone(32, "none")
     path = tmp_path / name
     source.save_weights(path) if name.endswith(".weights.h5") else _save_legacy_h5(source, path)
-    model = build_classifier(3, 32, ModelConfig(weights=str(path)), unfreeze_depth=0)
+    assert check_weights_file(path) == path
+    model = build_classifier(3, DATA, ModelConfig(weights=str(path)), unfreeze_depth=0)
     for mine, theirs in zip(model.get_layer("resnet50").weights, source.weights):
         np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
 
@@ -82,11 +110,15 @@ def test_local_weights_file_is_loaded(tmp_path, name):
 def test_missing_weights_file_is_named(tmp_path):
     with pytest.raises(WeightsError, match="nowhere.h5: weights file not found"):
         build_backbone(32, str(tmp_path / "nowhere.h5"))
+    with pytest.raises(WeightsError, match="nowhere.h5: weights file not found"):
+        check_weights_file(tmp_path / "nowhere.h5")
 
 
-@pytest.mark.filterwarnings("ignore:Skipping nested container")  # Keras warns for every layer it cannot match
-def test_wrong_weights_file_is_named(tmp_path):
+def test_wrong_weights_file_is_named_before_any_model_is_built(tmp_path):
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     other.save_weights(tmp_path / "other.weights.h5")
-    with pytest.raises(WeightsError, match="other.weights.h5: does not hold ResNet50"):
-        build_backbone(32, str(tmp_path / "other.weights.h5"))
+    with pytest.raises(WeightsError, match=r"other\.weights\.h5: holds 2 weight arrays; ResNet50 without its top has 318"):
+        check_weights_file(tmp_path / "other.weights.h5")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(WeightsError, match=r"text\.h5: not a Keras weights file"):
+        check_weights_file(tmp_path / "text.h5")

@@ -1,4 +1,4 @@
-"""One training run: the loss falls, the saved .keras model predicts identically, the CLI works."""
+"""One training run: the loss falls, phases, divergence, the saved .keras model, the CLI."""
 
 from __future__ import annotations
 
@@ -8,45 +8,81 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
-from carclf.data.pipeline import make_dataset
-from carclf.data.splits import rows_for
-from carclf.data.table import class_names
-from carclf.runtime import configure_tensorflow
-from carclf.train import build_model, fit, save_model
+import carclf  # noqa: F401  (registers carclf's Keras objects, as a user's program would)
+from carclf.config import TrainConfig
+from carclf.data.store import open_image_store
+from carclf.data.table import rows_for
+from carclf.runtime import configure_process
+from carclf.train import TrainingData, phase_of, plan_phases, save_model, train_classifier
 
 
-def test_loss_falls_and_saved_model_predicts_identically(tiny_index, tiny_settings, tmp_path):
-    configure_tensorflow(2, seed=0)
-    settings = dataclasses.replace(tiny_settings, train=dataclasses.replace(tiny_settings.train, epochs=4))
-    model = build_model(len(class_names(tiny_index)), settings)
-    history = fit(model, tiny_index, settings)
-    losses = history.history["loss"]
+class Logs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(dict(logs))
+
+
+def test_loss_falls_and_the_saved_model_predicts_identically(tiny_dataset, tiny_settings, tmp_path):
+    configure_process(2, seed=0)
+    settings = tiny_settings.with_train(epochs=4)
+    logs = Logs()
+    model = train_classifier(TrainingData(tiny_dataset.index, tiny_dataset.store), settings, callbacks=[logs])
+    losses = [epoch["loss"] for epoch in logs.epochs]
     assert losses[-1] < losses[0]
-    assert history.history["accuracy"][-1] > 0.5  # 4 classes: chance is 0.25
-    for key in ("val_accuracy", "val_top5_accuracy", "learning_rate", "seconds_per_epoch", "images_per_second"):
-        assert len(history.history[key]) == 4, key
+    assert logs.epochs[-1]["accuracy"] > 0.5  # 4 classes: chance is 0.25
+    for key in ("val_loss", "val_accuracy", "val_top5_accuracy", "learning_rate", "seconds_per_epoch", "images_per_second"):
+        assert all(key in epoch for epoch in logs.epochs), key
+    assert [epoch["images_seen"] for epoch in logs.epochs] == [32, 64, 96, 128]  # 32 training rows, batches of 8
 
     path = save_model(model, tmp_path / "model.keras")
     loaded = keras.models.load_model(path, safe_mode=True)
-    batch = next(iter(make_dataset(rows_for(tiny_index, "test"), settings.data, 8, training=False)))[0]
+    test = rows_for(tiny_dataset.index, "test")
+    batch = open_image_store(tiny_dataset.store, 32)[test["store_row"].to_numpy()]
     np.testing.assert_allclose(loaded.predict(batch, verbose=0), model.predict(batch, verbose=0), rtol=1e-5, atol=1e-6)
     assert not list(tmp_path.glob(".partial-*"))
 
 
-def test_steps_per_epoch_repeats_the_data(tiny_index, tiny_settings):
-    train = dataclasses.replace(tiny_settings.train, epochs=1, steps_per_epoch=7, unfreeze_depth=0)
-    settings = dataclasses.replace(tiny_settings, train=train)
-    model = build_model(len(class_names(tiny_index)), settings)
-    fit(model, tiny_index, settings)
-    assert int(model.optimizer.iterations) == 7  # more than one pass over 32 rows in batches of 8
+def test_phases_follow_keras_fine_tuning_recipe():
+    train = TrainConfig(epochs=5, head_epochs=2, unfreeze_depth=3, learning_rate=0.01, fine_tune_lr_scale=0.1)
+    head, fine_tune = plan_phases(train)
+    assert (head.name, head.start, head.end, head.unfreeze_depth, head.learning_rate) == ("head", 0, 2, 0, 0.01)
+    assert (fine_tune.name, fine_tune.start, fine_tune.end, fine_tune.unfreeze_depth) == ("fine_tune", 2, 5, 3)
+    assert fine_tune.learning_rate == pytest.approx(0.001)
+    assert [phase_of(train, epoch) for epoch in range(1, 6)] == ["head", "head", "fine_tune", "fine_tune", "fine_tune"]
+    assert [p.name for p in plan_phases(dataclasses.replace(train, unfreeze_depth=0))] == ["head"]
+    only = plan_phases(dataclasses.replace(train, head_epochs=0))
+    assert [(p.name, p.learning_rate) for p in only] == [("fine_tune", 0.01)]
+
+
+def test_two_phases_train_the_head_then_the_top_blocks(tiny_dataset, tiny_settings):
+    configure_process(2, seed=0)
+    settings = tiny_settings.with_train(epochs=3, head_epochs=1, unfreeze_depth=1, learning_rate=0.01, fine_tune_lr_scale=0.5)
+    logs = Logs()
+    model = train_classifier(TrainingData(tiny_dataset.index, tiny_dataset.store), settings, callbacks=[logs])
+    rates = [epoch["learning_rate"] for epoch in logs.epochs]
+    assert rates[0] == pytest.approx(0.01 / (1 + 1e-4 * 4), rel=1e-4)
+    assert rates[1] == pytest.approx(0.005 / (1 + 1e-4 * 4), rel=1e-4)  # a fresh optimizer at the lower rate
+    assert model.get_layer("resnet50").get_layer("conv5_block3_3_conv").trainable
+
+
+def test_a_diverging_run_stops_after_the_epoch(tiny_dataset, tiny_settings):
+    configure_process(2, seed=0)
+    settings = tiny_settings.with_train(epochs=4, learning_rate=1e6, lr_decay=0.0, unfreeze_depth=16)
+    logs = Logs()
+    train_classifier(TrainingData(tiny_dataset.index, tiny_dataset.store), settings, callbacks=[logs])
+    assert logs.epochs[-1]["diverged"] == 1.0 and len(logs.epochs) < 4
 
 
 def test_train_command_saves_model_and_labels(tiny_cars, tmp_path):
     experiment = tmp_path / "one.toml"
     experiment.write_text(
-        f'[data]\nformat = "devkit"\nroot = "{tiny_cars}"\nimage_size = 32\n'
-        '[model]\nweights = "none"\n[train]\nepochs = 1\nbatch_size = 16\n[search]\nnum_samples = 3\n'
+        f'[data]\nformat = "devkit"\nroot = "{tiny_cars}"\nimage_size = 32\ncache_dir = "{tmp_path / "cache"}"\n'
+        '[model]\nweights = "none"\n[train]\nepochs = 1\nbatch_size = 16\nprecision = "float32"\n[search]\nnum_samples = 3\n'
     )
     out = tmp_path / "out" / "model.keras"
     result = subprocess.run([sys.executable, "-m", "carclf.train", "--experiment", str(experiment), "--output", str(out),

@@ -1,8 +1,8 @@
-"""The Ray Tune trainable under a real Tuner: reported keys, checkpoints, resuming mid-run."""
+"""The Ray Tune trainable under a real Tuner: reported keys, the objective, light checkpoints, resuming mid-run."""
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import os
 import signal
 import sys
@@ -10,13 +10,14 @@ import sys
 import pytest
 from ray import cloudpickle, tune
 
-from carclf.trainable import restore_from_checkpoint, train_car_classifier
+from carclf.checkpoints import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE
+from carclf.trainable import Selection, train_car_classifier
 
 # Ray's workers cannot import this test module: send its functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-REPORTED = {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_top5_accuracy", "learning_rate",
-            "seconds_per_epoch", "images_per_second"}
+REPORTED = {"epoch", "images_seen", "phase", "precision", "loss", "accuracy", "val_loss", "val_accuracy", "val_top5_accuracy",
+            "learning_rate", "seconds_per_epoch", "images_per_second", "best_val_accuracy", "best_epoch", "diverged"}
 
 
 def _run_config(tmp_path, name, max_failures=0):
@@ -24,43 +25,48 @@ def _run_config(tmp_path, name, max_failures=0):
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0)
 
 
-def test_two_short_trials_report_every_epoch_with_checkpoints(ray_cluster, tiny_index, tiny_settings, tmp_path):
-    settings = dataclasses.replace(tiny_settings, train=dataclasses.replace(tiny_settings.train, epochs=2))
-    trainable = tune.with_resources(tune.with_parameters(train_car_classifier, index=tiny_index, settings=settings), {"cpu": 1})
-    tuner = tune.Tuner(trainable, param_space={"learning_rate": tune.grid_search([0.01, 0.002]), "unfreeze_depth": 0},
-                       tune_config=tune.TuneConfig(metric="val_accuracy", mode="max"), run_config=_run_config(tmp_path, "two"))
+def _trainable(function, dataset, settings, **extra):
+    return tune.with_resources(tune.with_parameters(function, index=dataset.index, settings=settings, store=str(dataset.store),
+                                                    **extra), {"cpu": 1})
+
+
+def test_trials_report_every_epoch_and_checkpoint_lightly_at_their_end(ray_cluster, tiny_dataset, tiny_settings, tmp_path):
+    settings = tiny_settings.with_train(epochs=3)
+    tuner = tune.Tuner(_trainable(train_car_classifier, tiny_dataset, settings),
+                       param_space={"learning_rate": tune.grid_search([0.01, 0.002]), "unfreeze_depth": 0},
+                       tune_config=tune.TuneConfig(metric="best_val_accuracy", mode="max"), run_config=_run_config(tmp_path, "two"))
     results = tuner.fit()
     assert len(results) == 2 and results.num_errors == 0
     for result in results:
         rows = result.metrics_dataframe
         assert REPORTED <= set(rows.columns)
-        assert rows["epoch"].tolist() == [1, 2]
-        assert result.config["learning_rate"] in (0.01, 0.002)
-        model, epochs_done = restore_from_checkpoint(result.checkpoint)
-        assert epochs_done == 2
-        assert int(model.optimizer.iterations) == 2 * 4  # 32 training rows in batches of 8
+        assert rows["epoch"].tolist() == [1, 2, 3] and rows["phase"].eq("head").all() and rows["precision"].eq("float32").all()
+        best = rows["val_accuracy"].max()
+        assert rows["best_val_accuracy"].iloc[-1] == best
+        assert rows["best_epoch"].iloc[-1] == rows.loc[rows["val_accuracy"] == best, "epoch"].min()  # the first epoch at the best
+        assert rows["best_val_accuracy"].is_monotonic_increasing
+        assert rows["checkpoint_bytes"].notna().tolist() == [False, False, True]  # only at the end (10-minute default)
+        with result.checkpoint.as_directory() as folder:
+            assert sorted(os.listdir(folder)) == sorted([WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE])  # no .keras model
 
 
-def _fails_once_after_two_epochs(config, index, settings):
+def _fails_once_after_two_epochs(config, index, settings, store):
     """First attempt: train 2 of 3 epochs, then crash (`config["crash"]`: raise, or SIGKILL the process).
 
     The retry must continue from epoch 2's checkpoint.
     """
     if tune.get_checkpoint() is None:
-        short = dataclasses.replace(settings, train=dataclasses.replace(settings.train, epochs=2))
-        train_car_classifier({}, index, short)
+        train_car_classifier({}, index, settings.with_train(epochs=2), store)
         if config["crash"] == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError("injected failure after epoch 2")
-    train_car_classifier({}, index, settings)
+    train_car_classifier({}, index, settings, store)
 
 
 @pytest.mark.parametrize("crash", ["raise", "sigkill"])
-def test_restored_trial_continues_at_next_epoch_with_optimizer_state(ray_cluster, tiny_index, tiny_settings, tmp_path, crash):
-    train = dataclasses.replace(tiny_settings.train, epochs=3, learning_rate=0.01, lr_decay=0.05, unfreeze_depth=0)
-    settings = dataclasses.replace(tiny_settings, train=train)
-    trainable = tune.with_parameters(_fails_once_after_two_epochs, index=tiny_index, settings=settings)
-    tuner = tune.Tuner(tune.with_resources(trainable, {"cpu": 1}), param_space={"crash": crash},
+def test_restored_trial_continues_at_next_epoch_with_optimizer_state(ray_cluster, tiny_dataset, tiny_settings, tmp_path, crash):
+    settings = tiny_settings.with_train(epochs=3, learning_rate=0.01, lr_decay=0.05, unfreeze_depth=0)
+    tuner = tune.Tuner(_trainable(_fails_once_after_two_epochs, tiny_dataset, settings), param_space={"crash": crash},
                        run_config=_run_config(tmp_path, "resume", max_failures=1))
     result = tuner.fit()[0]
     assert result.error is None
@@ -70,4 +76,21 @@ def test_restored_trial_continues_at_next_epoch_with_optimizer_state(ray_cluster
     for epoch, rate in zip(rows["epoch"], rows["learning_rate"]):
         # The decay keeps counting optimizer steps across the restart: the state was restored.
         assert rate == pytest.approx(0.01 / (1 + 0.05 * epoch * steps), rel=1e-5)
-    assert result.metrics["epoch"] == 3
+    assert rows["best_epoch"].iloc[-1] in (1, 2, 3)
+
+
+def test_a_diverging_trial_reports_the_worst_objective_and_stops(ray_cluster, tiny_dataset, tiny_settings, tmp_path):
+    settings = tiny_settings.with_train(epochs=4, lr_decay=0.0, unfreeze_depth=16)
+    tuner = tune.Tuner(_trainable(train_car_classifier, tiny_dataset, settings), param_space={"learning_rate": 1e6},
+                       tune_config=tune.TuneConfig(metric="best_val_accuracy", mode="max"), run_config=_run_config(tmp_path, "nan"))
+    result = tuner.fit()[0]
+    rows = result.metrics_dataframe
+    assert result.error is None and rows["diverged"].iloc[-1] and len(rows) < 4
+    assert rows["best_val_accuracy"].iloc[-1] == -math.inf
+
+
+def test_selection_rule():
+    accuracy, loss = Selection("val_accuracy", "max"), Selection("val_loss", "min")
+    assert accuracy.objective == "best_val_accuracy" and accuracy.worst == -math.inf and loss.worst == math.inf
+    assert accuracy.improves(0.5, 0.4) and not accuracy.improves(0.4, 0.4) and not accuracy.improves(math.nan, None)
+    assert loss.improves(0.3, 0.4) and accuracy.improves(0.1, None)

@@ -1,4 +1,4 @@
-"""A real, shrunken demo search, run once through the CLI and shared by the tuning tests."""
+"""A real, shrunken search, run once through the CLI and shared by the tuning tests."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ from pathlib import Path
 
 import pytest
 
-
 START_POINT = "{ batch_size = 8, learning_rate = 0.005, lr_decay = 0.0001, unfreeze_depth = 0 }"
 
 
-def search_command(tiny_cars: Path, storage: Path, name: str, *extra: str) -> list[str]:
+def search_command(tiny_cars: Path, storage: Path, name: str, *extra: str, weights: str = "none",
+                   cache: Path | None = None) -> list[str]:
     """`python -m tuning.search` on the tiny dataset: 32 px, a few 3-epoch trials, a 2-CPU local cluster."""
     return [
         sys.executable, "-m", "tuning.search", "--num-cpus", "2", "--storage-path", str(storage), "--name", name,
         "--data-dir", str(tiny_cars), "--set", "data.format='devkit'", "--set", "data.validation_fraction=0.25",
+        "--set", f"data.cache_dir='{cache or storage / 'cache'}'", "--set", f"model.weights='{weights}'",
         "--set", "scheduler.max_epochs=3", "--set", "scheduler.reduction_factor=2",
-        "--set", "search.metric='val_loss'", "--set", "search.mode='min'",
+        "--set", "search.metric='val_loss'",
         "--set", "search.space.batch_size={ choice = [8, 16] }",
         "--set", "search.space.unfreeze_depth={ randint = [0, 3] }",
         "--set", f"search.start=[{START_POINT}]", *extra,
@@ -30,8 +31,9 @@ def run(command: list[str], timeout: int = 420, env: dict[str, str] | None = Non
 
 
 @pytest.fixture(scope="session")
-def finished_run(tiny_cars, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def finished_run(tiny_cars, synthetic_backbone, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A whole search from the synthetic pretrained backbone: 6 trials, retraining, report."""
     storage = tmp_path_factory.mktemp("runs")
-    result = run(search_command(tiny_cars, storage, "e2e", "--num-samples", "6"))
+    result = run(search_command(tiny_cars, storage, "e2e", "--num-samples", "6", weights=str(synthetic_backbone)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return storage / "e2e", result

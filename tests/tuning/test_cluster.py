@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -26,24 +28,46 @@ def _free_port() -> int:
 CLUSTER_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_AUTH_MODE": "token"}
 
 
+def _start(arguments: list[str], log: Path) -> subprocess.Popen:
+    """`ray start ... --block`: the node lives as long as this process, which stops only its own Ray processes."""
+    return subprocess.Popen([RAY, "start", *arguments, "--block"], stdout=log.open("w"), stderr=subprocess.STDOUT, env=CLUSTER_ENV,
+                            start_new_session=True)
+
+
+def _wait_for_nodes(address: str, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        probe = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{address}', log_to_driver=False); "
+                                "print(sum(n['Alive'] for n in ray.nodes()))"], capture_output=True, text=True, timeout=60,
+                               env=CLUSTER_ENV)
+        if probe.returncode == 0 and probe.stdout.strip().splitlines()[-1] == str(count):
+            return
+        time.sleep(2)
+    raise AssertionError(f"the {count}-node cluster at {address} did not come up")
+
+
 @pytest.fixture
 def two_node_cluster(tmp_path):
-    """`ray start --head` with 1 CPU, and a second node with its own CPU; stopped afterwards."""
+    """A head node with 1 CPU and a second node with its own CPU, started here and stopped here only.
+
+    Never `ray stop`: that would stop every Ray cluster of this user, not just this test's.
+    """
     address = f"127.0.0.1:{_free_port()}"
-    env = CLUSTER_ENV
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-    started = []
+    nodes = [_start(["--head", f"--port={address.split(':')[1]}", "--include-dashboard=false", *common], tmp_path / "head.log")]
     try:
-        head = subprocess.run([RAY, "start", "--head", f"--port={address.split(':')[1]}", "--include-dashboard=false", *common],
-                              capture_output=True, text=True, timeout=120, env=env)
-        assert head.returncode == 0, head.stderr[-2000:]
-        started.append("head")
-        worker = subprocess.run([RAY, "start", f"--address={address}", *common], capture_output=True, text=True, timeout=120, env=env)
-        assert worker.returncode == 0, worker.stderr[-2000:]
+        _wait_for_nodes(address, 1)
+        nodes.append(_start([f"--address={address}", *common], tmp_path / "worker.log"))
+        _wait_for_nodes(address, 2)
         yield address
     finally:
-        if started:
-            subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        for node in reversed(nodes):  # --block stops its node's processes when interrupted
+            node.send_signal(signal.SIGINT)
+        for node in nodes:
+            try:
+                node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
 
 
 def test_search_runs_trials_on_both_nodes_into_one_storage_path(two_node_cluster, tiny_cars, tmp_path):

@@ -27,13 +27,17 @@ IMAGE_PROBE = """<script>window.addEventListener("load", () => {
 def test_report_json_has_the_documented_numbers(finished_run):
     run_dir, _ = finished_run
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert report["dataset"] == {"classes": 4, "rows_by_split": {"train": 32, "test": 12, "val": 8}}
-    assert report["search"]["trials"] == 6 and report["search"]["stopped_early"] >= 1 and report["search"]["failed"] == 0
-    assert report["search"]["wall_time_s"] > 0
+    search = report["search"]
+    assert search["trials"] == 6 and search["stopped_early"] >= 1 and search["failed"] == 0 and search["diverged"] == 0
+    assert search["stopped_early"] + search["finished"] == 6
+    assert search["wall_time_s"] > 0 and search["validation_size"] == 8 and "best epoch" in search["selection"]
     top = report["top_trials"]
     assert len(top) == 6 and [t["val_loss"] for t in top] == sorted(t["val_loss"] for t in top)  # best (lowest) first
-    assert {"batch_size", "learning_rate", "lr_decay", "unfreeze_depth", "epochs"} <= set(top[0])
+    assert {"batch_size", "learning_rate", "lr_decay", "unfreeze_depth", "epochs", "best_epoch", "status"} <= set(top[0])
+    assert top[0]["standard_error"] is None  # a loss has no binomial standard error
+    assert isinstance(report["within_noise"], list)
     assert set(report["parameter_importance"]) <= {"batch_size", "learning_rate", "lr_decay", "unfreeze_depth"}
     best = report["best"]
     assert best["test"]["count"] == 12 and 0 <= best["test"]["macro_f1"] <= 1
@@ -51,6 +55,7 @@ def test_report_html_is_self_contained(finished_run):
     assert all(src.startswith("data:image/") for src in sources)
     assert not re.search(r'(src|href)="(https?:)?//', page)
     assert "Most-confused pairs" in page and "The 20 worst classes" in page and "✗" in page
+    assert "Selection: each trial is scored by its best epoch" in page and "measured on 8 validation images" in page
 
 
 def test_report_command_regenerates_and_refuses_other_folders(finished_run, tmp_path):
@@ -91,3 +96,17 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(finished_ru
     with Image.open(screenshot) as shot:
         assert shot.size == (1200, 3000)
         assert len(shot.convert("RGB").getcolors(1 << 20) or []) > 200  # a real page with plots, not a blank one
+
+
+def test_standard_errors_and_noise_on_accuracy():
+    from carclf.trainable import Selection
+    from tuning.trials import standard_error, top_trials, within_noise
+    import pandas as pd
+
+    rows = [{"trial_id": t, "epoch": 1, "status": "finished", "best_val_accuracy": v, "best_epoch": 1, "config/batch_size": 8}
+            for t, v in (("a", 0.80), ("b", 0.78), ("c", 0.40))]
+    top = top_trials(pd.DataFrame(rows), Selection("val_accuracy", "max"), validation_size=100)
+    assert [row["trial_id"] for row in top] == ["a", "b", "c"]
+    assert top[0]["standard_error"] == pytest.approx((0.8 * 0.2 / 100) ** 0.5)
+    assert within_noise(top, "val_accuracy") == ["b"]  # 2 points apart on 100 images; c is clearly worse
+    assert standard_error(0.5, "val_loss", 100) is None

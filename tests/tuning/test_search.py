@@ -1,17 +1,22 @@
-"""`python -m tuning.search` end to end: Ray, Optuna, ASHA, retraining, resume, and refusals."""
+"""`python -m tuning.search` end to end: Ray, Optuna on its own study, ASHA, retraining, resume, refusals."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import keras
+import optuna
 import pandas as pd
 import pytest
 
 from tests.tuning.conftest import run, search_command
+from tuning.report import write_report
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -19,15 +24,14 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 def test_search_runs_trials_stops_some_early_and_saves_the_best_model(finished_run):
     run_dir, result = finished_run
     trials = pd.read_parquet(run_dir / "trials.parquet")
-    per_trial = trials.groupby("trial_id").agg(epochs=("epoch", "max"), stopped=("stopped_early", "first"))
+    per_trial = trials.groupby("trial_id").agg(epochs=("epoch", "max"), status=("status", "first"))
     assert len(per_trial) == 6  # Ray ran every trial
-    assert (per_trial["epochs"] < 3).any() and per_trial["stopped"].any()  # ASHA stopped one before the last epoch
-    assert (per_trial["epochs"] == 3).any()
+    assert (per_trial["status"] == "stopped early").any() and (per_trial["epochs"] < 3).any()  # ASHA stopped some
+    assert (per_trial["status"] == "finished").any() and (per_trial["epochs"] == 3).any()
+    assert (trials["images_seen"] == trials["epoch"] * 32).all()  # the same images per epoch at batch 8 and 16
     configs = trials.groupby("trial_id")[["config/learning_rate", "config/lr_decay"]].first()
     assert configs["config/learning_rate"].nunique() == 6  # sampled by Optuna, not a grid
     assert configs["config/learning_rate"].between(0.001, 0.1).all()
-    assert configs["config/lr_decay"].between(0.00001, 0.001).all()
-    assert list(run_dir.glob("searcher-state-*.pkl"))  # OptunaSearch's saved state
 
     model = keras.models.load_model(run_dir / "best" / "model.keras", safe_mode=True)
     labels = json.loads((run_dir / "best" / "labels.json").read_text())["class_names"]
@@ -36,11 +40,36 @@ def test_search_runs_trials_stops_some_early_and_saves_the_best_model(finished_r
     assert metrics["test"]["labeled"] and metrics["test"]["count"] == 12
     assert 0 <= metrics["test"]["accuracy"] <= 1 and len(metrics["test"]["confusion_matrix"]) == 4
     config = json.loads((run_dir / "best" / "config.json").read_text())
-    assert metrics["retrain_epochs"] == per_trial["epochs"].max() or metrics["retrain_epochs"] in per_trial["epochs"].tolist()
     assert set(config["hyperparameters"]) == {"batch_size", "learning_rate", "lr_decay", "unfreeze_depth"}
     assert "Ray dashboard: http://127.0.0.1:" in result.stdout
-    assert "top 5 of 6 trials by val_loss" in result.stdout and "test accuracy" in result.stdout
+    assert "top 5 of 6 trials by val_loss at each trial's best epoch (8 validation images)" in result.stdout
+    assert "test accuracy" in result.stdout and "head-only epochs" in result.stdout  # cached features were built
     assert (run_dir / "dataset.parquet").is_file() and (run_dir / "report.json").is_file()
+    assert json.loads((run_dir / "status.json").read_text())["stage"] == "finished"
+
+
+def test_one_rule_ranks_trials_teaches_optuna_and_sets_the_retrained_epochs(finished_run):
+    run_dir, _ = finished_run
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    last = trials.sort_values("epoch").groupby("trial_id").last()
+    for trial_id, rows in trials.groupby("trial_id"):
+        best_row = rows.loc[rows["val_loss"].idxmin()]
+        assert last.loc[trial_id, "best_val_loss"] == pytest.approx(best_row["val_loss"])
+        assert last.loc[trial_id, "best_epoch"] == best_row["epoch"]
+    winner = last.sort_values("best_val_loss").iloc[0]
+    config = json.loads((run_dir / "best" / "config.json").read_text())["hyperparameters"]
+    assert config["learning_rate"] == pytest.approx(winner["config/learning_rate"])
+    assert json.loads((run_dir / "best" / "metrics.json").read_text())["retrain_epochs"] == winner["best_epoch"]
+
+    study = optuna.load_study(study_name="carclf", storage=f"sqlite:///{run_dir / 'study.db'}")
+    states = [trial.state for trial in study.trials]
+    assert len(states) == 6 and optuna.trial.TrialState.PRUNED in states  # ASHA's stops reach the study as PRUNED
+    stopped = (last["status"] == "stopped early").sum()
+    assert states.count(optuna.trial.TrialState.PRUNED) == stopped
+    values = sorted(trial.value for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE)
+    assert values == pytest.approx(sorted(last.loc[last["status"] == "finished", "best_val_loss"]))
+    pruned = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.PRUNED]
+    assert all(trial.intermediate_values for trial in pruned)
 
 
 def test_start_point_is_evaluated_first(finished_run):
@@ -58,12 +87,29 @@ def test_existing_run_needs_resume(finished_run, tiny_cars):
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {run_dir}: a run with this name exists; pass --resume")
 
 
-def test_missing_gpu_stops_at_once(tiny_cars, tmp_path):
+def test_resuming_a_finished_run_changes_nothing(finished_run, tiny_cars, synthetic_backbone):
+    run_dir, _ = finished_run
+    watched = [run_dir / "best" / "model.keras", run_dir / "report.html", run_dir / "best" / "metrics.json"]
+    before = [path.stat().st_mtime_ns for path in watched]
+    command = search_command(tiny_cars, run_dir.parent, run_dir.name, "--num-samples", "6", weights=str(synthetic_backbone))
+    result = run([*command, "--resume"], timeout=120)
+    assert result.returncode == 0 and "this run is finished; nothing to do" in result.stdout
+    assert [path.stat().st_mtime_ns for path in watched] == before
+
+
+def test_resume_refuses_a_flag_that_would_change_the_run(finished_run, tiny_cars):
+    run_dir, _ = finished_run
+    result = run([sys.executable, "-m", "tuning.search", "--resume", str(run_dir), "--num-samples", "9"], timeout=120)
+    assert result.returncode == 2
+    assert "error: --num-samples 9: --resume continues e2e as it was saved" in result.stderr
+
+
+def test_missing_gpu_stops_at_once_naming_the_key(tiny_cars, tmp_path):
     started = time.monotonic()
     result = run(search_command(tiny_cars, tmp_path, "gpu", "--gpus-per-trial", "0.5"), timeout=180)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert "asks for 0.5 GPU but no node of this Ray cluster has any GPU" in last and "--gpus-per-trial 0" in last
+    assert "resources.gpus_per_trial is 0.5 but no node of this Ray cluster has any GPU" in last and "--gpus-per-trial 0" in last
     assert time.monotonic() - started < 120
 
 
@@ -74,10 +120,12 @@ def test_invalid_experiment_never_starts_ray(tiny_cars, tmp_path):
     assert "Ray dashboard" not in result.stdout and not (tmp_path / "bad").exists()
 
 
-def test_dry_run_prints_the_plan(tiny_cars, tmp_path):
+def test_dry_run_checks_the_data_and_prints_the_plan(tiny_cars, tmp_path):
     result = run(search_command(tiny_cars, tmp_path, "dry", "--dry-run"), timeout=120)
-    assert result.returncode == 0
-    assert "6 trials of Optuna TPE" in result.stdout and "ASHA         up to 3 epochs" in result.stdout
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "6 trials of Optuna TPE (2 random start-up trials)" in result.stdout and "ASHA         up to 3 epochs" in result.stdout
+    assert "dataset: 52 images, 4 classes" in result.stdout and "32 training images each" in result.stdout
+    assert "warning: the validation split has only 8 images" in result.stdout
     assert "nothing was started" in result.stdout and not (tmp_path / "dry").exists()
 
 
@@ -91,9 +139,10 @@ def _finished_trials(run_dir):
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
-def test_interrupted_search_resumes_without_rerunning_finished_trials(tiny_cars, tmp_path, stop):
+def test_interrupted_search_resumes_where_it_is_now_without_rerunning_finished_trials(tiny_cars, tmp_path, stop):
     command = search_command(tiny_cars, tmp_path, "resume", "--num-samples", "4", "--max-concurrent", "1",
-                             "--set", "scheduler.max_epochs=2", "--set", "scheduler.grace_period=2", "--no-retrain")
+                             "--set", "scheduler.max_epochs=2", "--set", "scheduler.grace_period=2", "--no-retrain",
+                             cache=tmp_path / "cache")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "resume"
     deadline = time.monotonic() + 300
@@ -101,6 +150,10 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tiny_cars,
         time.sleep(0.5)
     finished_before = set(_finished_trials(run_dir))
     assert len(finished_before) >= 2, "the search did not get far enough to interrupt"
+
+    second = run(command, timeout=120)  # the run has one owner
+    assert second.returncode == 2 and f"{run_dir}: in use by pid {process.pid}" in second.stderr
+
     dataset_before = (run_dir / "dataset.parquet").read_bytes()
     interrupted_at = time.time()
     process.send_signal(stop)
@@ -109,19 +162,79 @@ def test_interrupted_search_resumes_without_rerunning_finished_trials(tiny_cars,
     if stop == signal.SIGINT:  # a graceful stop says how to continue
         assert "--resume" in stderr.strip().splitlines()[-1]
 
-    result = run(command + ["--resume"])
+    moved = tmp_path / "elsewhere" / "resume"
+    moved.parent.mkdir()
+    shutil.move(run_dir, moved)
+    result = run([*command, "--resume", str(moved)])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (run_dir / "dataset.parquet").read_bytes() == dataset_before  # reused, not rewritten
-    assert not list(run_dir.rglob(".partial-*"))
-    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert not run_dir.exists()  # resumed where the folder is now
+    assert (moved / "dataset.parquet").read_bytes() == dataset_before  # reused, not rewritten
+    assert not list(moved.rglob(".partial-*"))
+    trials = pd.read_parquet(moved / "trials.parquet")
     assert trials["trial_id"].nunique() == 4
     assert trials.groupby("trial_id")["epoch"].apply(list).map(lambda e: e == [1, 2]).all()  # no epoch run twice
     for name in finished_before:
         rows = trials[trials["trial_path"].str.endswith(name)]
         assert len(rows) == 2 and (rows["timestamp"] <= interrupted_at).all()  # kept, not re-run
+    study = optuna.load_study(study_name="carclf", storage=f"sqlite:///{moved / 'study.db'}")
+    states = [trial.state for trial in study.trials]
+    assert len(states) - states.count(optuna.trial.TrialState.FAIL) == 4  # one study, continued
+    assert optuna.trial.TrialState.RUNNING not in states  # a trial asked for just before a kill is closed
+
+
+def test_diverging_trials_are_marked_and_the_search_goes_on(tiny_cars, tmp_path):
+    command = search_command(tiny_cars, tmp_path, "nan", "--num-samples", "2", "--max-concurrent", "1", "--no-retrain",
+                             "--set", "scheduler.max_epochs=2", "--set", "scheduler.kind='none'",
+                             "--set", "search.space={ learning_rate = { choice = [1000000.0, 0.001] } }",
+                             "--set", "search.start=[{ learning_rate = 1000000.0 }]", "--set", "train.unfreeze_depth=16",
+                             "--set", "train.lr_decay=0.0")
+    result = run(command)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "nan" / "trials.parquet").groupby("trial_id").last()
+    assert sorted(trials["status"]) == ["diverged", "finished"]
+    diverged = trials[trials["status"] == "diverged"].iloc[0]
+    assert diverged["config/learning_rate"] == 1e6 and diverged["epoch"] == 1  # stopped at once
+    study = optuna.load_study(study_name="carclf", storage=f"sqlite:///{tmp_path / 'nan' / 'study.db'}")
+    assert sorted(trial.value for trial in study.trials)[-1] == float("inf")  # val_loss: the worst value
+    report = json.loads(write_report(tmp_path / "nan")[0].read_text())
+    assert report["search"]["diverged"] == 1 and report["top_trials"][-1]["status"] == "diverged"
+
+
+def test_a_single_point_space_runs_and_says_there_is_nothing_to_choose(tiny_cars, tmp_path):
+    command = search_command(tiny_cars, tmp_path, "point", "--num-samples", "1", "--no-retrain",
+                             "--set", "scheduler.max_epochs=1", "--set", "scheduler.grace_period=1",
+                             "--set", "search.space={ batch_size = { choice = [8] } }", "--set", "search.start=[]")
+    result = run(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the search has nothing to choose" in result.stderr and "the search space has a single point" in result.stdout
+    assert "the search will be random" in result.stderr  # 1 trial, 2 start-up trials
+
+
+def test_same_experiment_same_machine_same_results(tiny_cars, tmp_path):
+    """Seeded and deterministic on the CPU: two runs give the same trial metrics and test metrics."""
+    outcomes = []
+    for name in ("first", "second"):
+        command = search_command(tiny_cars, tmp_path, name, "--num-samples", "2", "--max-concurrent", "1",
+                                 "--set", "scheduler.max_epochs=2", "--set", "search.space.unfreeze_depth={ randint = [1, 2] }",
+                                 "--set", "search.start=[]", cache=tmp_path / "cache")
+        result = run(command)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        trials = pd.read_parquet(tmp_path / name / "trials.parquet")
+        trials["number"] = trials["trial_path"].str.extract(r"_(\d+)_batch_size=", expand=False).astype(int)  # creation order
+        trials = trials.sort_values(["number", "epoch"])
+        metrics = json.loads((tmp_path / name / "best" / "metrics.json").read_text())["test"]
+        outcomes.append((trials[["epoch", "loss", "val_loss", "val_accuracy", "config/learning_rate"]].to_numpy().tolist(),
+                         {key: metrics[key] for key in ("accuracy", "loss", "macro_f1")}))
+    assert outcomes[0] == outcomes[1]
 
 
 def test_dashboard_on_another_host_warns(tiny_cars, tmp_path):
     result = run(search_command(tiny_cars, tmp_path, "dash", "--dashboard-host", "0.0.0.0", "--dry-run"), timeout=120)
     assert result.returncode == 0
-    assert "dashboard will listen on 0.0.0.0: it has no authentication" in result.stderr
+    assert "dashboard will listen on 0.0.0.0: whoever reaches it can submit jobs" in result.stderr
+
+
+def test_resuming_a_folder_without_a_run_is_refused(tmp_path):
+    result = run([*search_command(tmp_path, tmp_path, "none"), "--resume"], timeout=120)
+    assert result.returncode == 2 and "nothing to resume" in result.stderr
+    assert not os.path.exists(tmp_path / "none" / "status.json")

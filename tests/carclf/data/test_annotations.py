@@ -21,6 +21,7 @@ def test_real_devkit_training_annotations(devkit_root):
     assert train["label"].nunique() == 196 and train["label"].min() == 0 and train["label"].max() == 195
     first = train.iloc[0]
     assert first["path"] == str(devkit_root.resolve() / "cars_train" / "00001.jpg")
+    assert first["source"] == "cars_train_annos.mat record 1"
     assert first["class_name"] == "Audi TTS Coupe 2012"
     assert (first["bbox_x1"], first["bbox_y1"], first["bbox_x2"], first["bbox_y2"]) == (39, 116, 569, 375)
     counts = train["label"].value_counts()
@@ -154,4 +155,40 @@ def test_folder_test_class_unknown_to_train(tmp_path):
     _touch(tmp_path / "train/Van/1.jpg")
     _touch(tmp_path / "test/Tractor/2.jpg")
     with pytest.raises(DatasetError, match=r"class 'Tractor' has no folder under"):
+        read_folder_annotations(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [("a.jpg,Sedan,1,2,x,4\n", r"line 2: bbox_x2 'x' is not a number"),
+     ("a.jpg,Sedan,1,2,3.5,4\n", r"line 2: bbox_x2 '3\.5' is not a whole number"),
+     ("a.jpg,Sedan,1,,3,4\n", r"line 2: bbox_y1 is empty but other box cells are not"),
+     ("a.jpg,,1,2,3,4\n", r"line 2: the 'class' cell is empty"),
+     ("b.jpg,Van,1,2,3,4\n,Van,1,2,3,4\n", r"line 3: the 'file' cell is empty"),
+     ("a.jpg,Audi A4,1,2,3,4\nb.jpg,audi a4 ,1,2,3,4\n", r"1 class name\(s\) differ only in case or surrounding spaces: 'Audi A4' \(line 2\) and 'audi a4 ' \(line 3\)")],
+)
+def test_csv_values_are_parsed_strictly_naming_the_line(tmp_path, lines, message):
+    (tmp_path / "labels.csv").write_text("file,class,bbox_x1,bbox_y1,bbox_x2,bbox_y2\n" + lines)
+    with pytest.raises(DatasetError, match=rf"labels\.csv: {message}"):
+        read_csv_annotations(tmp_path / "labels.csv")
+
+
+def test_csv_box_cells_all_empty_mean_no_box(tmp_path):
+    (tmp_path / "labels.csv").write_text("file,class,bbox_x1,bbox_y1,bbox_x2,bbox_y2\na.jpg,Sedan,,,,\nb.jpg,Van,1,2,3,4\n")
+    table = read_csv_annotations(tmp_path / "labels.csv")
+    assert table["bbox_x1"].isna().tolist() == [True, False]
+    assert table["source"].tolist() == ["labels.csv line 2", "labels.csv line 3"]
+
+
+def test_devkit_box_that_is_not_a_number_names_the_record(tmp_path):
+    box = {"bbox_x1": 1, "bbox_y1": 1, "bbox_x2": 5, "bbox_y2": 5}
+    _write_devkit(tmp_path, [{**box, "class": 1, "fname": "a.jpg"}, {**box, "bbox_y2": "five", "class": 2, "fname": "b.jpg"}])
+    with pytest.raises(DatasetError, match=r"cars_train_annos\.mat: record 2 \(b\.jpg\): bbox_y2 'five' is not a number"):
+        read_devkit_annotations(tmp_path)
+
+
+def test_folder_class_names_differing_in_case_are_refused(tmp_path):
+    _touch(tmp_path / "train/Van/1.jpg")
+    _touch(tmp_path / "train/van/2.jpg")
+    with pytest.raises(DatasetError, match="differ only in case"):
         read_folder_annotations(tmp_path)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from carclf.data.splits import rows_for, split_train_validation
-from carclf.data.table import make_table
+from carclf.data.splits import split_train_validation
+from carclf.data.table import make_table, rows_for
 
 
 def _table():
@@ -30,3 +30,12 @@ def test_seeded_and_test_rows_untouched():
     assert first["split"].tolist() != other["split"].tolist()
     assert first.loc[table["split"] == "test", "split"].eq("test").all()
     assert len(rows_for(first, "train", "val")) == 18 and len(rows_for(first, "test")) == 4
+
+
+def test_rows_of_one_group_share_a_split():
+    table = _table()
+    groups = [f"image{i // 2}" for i in range(len(table))]  # rows 0-1, 2-3, ... hold the same image
+    for seed in range(5):
+        split = split_train_validation(table, 0.5, seed=seed, groups=groups)
+        shared = pd.DataFrame({"group": groups, "split": split["split"]})[table["split"] == "train"]
+        assert (shared.groupby("group")["split"].nunique() == 1).all()

@@ -8,10 +8,10 @@ import keras
 
 from carclf.config import DataConfig
 from carclf.data.annotations import read_devkit_annotations
-from carclf.data.pipeline import make_dataset
-from carclf.data.sources import index_dataset
-from carclf.data.splits import rows_for
+from carclf.data.sources import prepare_dataset
+from carclf.data.store import open_image_store
 from carclf.data.synthetic import SyntheticSpec, generate_synthetic_cars
+from carclf.data.table import rows_for
 
 
 def _digest(root):
@@ -37,17 +37,20 @@ def test_default_dataset_size():
 def test_a_small_model_learns_the_classes_well_above_chance(tmp_path):
     keras.utils.set_random_seed(0)
     root = generate_synthetic_cars(tmp_path / "cars", SyntheticSpec(train_per_class=20, test_per_class=6, seed=1))
-    data = DataConfig(format="devkit", root=str(root), image_size=32, rotation_degrees=10)
-    index = index_dataset(data)
-    train = make_dataset(rows_for(index, "train", "val"), data, 32, training=True)
-    test = make_dataset(rows_for(index, "test"), data, 64, training=False)
+    dataset = prepare_dataset(DataConfig(format="devkit", root=str(root), image_size=32, cache_dir=str(tmp_path / "cache")))
+    pixels = open_image_store(dataset.store, 32)
+
+    def split(*names):
+        rows = rows_for(dataset.index, *names)
+        return pixels[rows["store_row"].to_numpy()], rows["label"].to_numpy(dtype="int32")
+
     model = keras.Sequential([
-        keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 128.0),
+        keras.Input((32, 32, 3)), keras.layers.RandomFlip("horizontal", seed=0), keras.layers.Rescaling(1 / 128.0),
         keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.MaxPooling2D(),
         keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
         keras.layers.Dense(10, activation="softmax"),
     ])
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(train, epochs=25, verbose=0)
-    _, accuracy = model.evaluate(test, verbose=0)
+    model.fit(*split("train", "val"), batch_size=32, epochs=25, verbose=0)
+    _, accuracy = model.evaluate(*split("test"), verbose=0)
     assert accuracy > 0.4  # chance is 0.1

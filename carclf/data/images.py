@@ -1,0 +1,100 @@
+"""What the network sees of a photo: one definition, used by the decoded store and by `carclf.predict`.
+
+Decode with Pillow, turn the picture upright as its EXIF orientation says (phone photos are often
+stored sideways with a tag), crop to the bounding box plus a margin, and resize to a square of
+`image_size` pixels, as uint8 RGB. Boxes are in the upright picture's pixels, as an image viewer
+shows it. Augmentation and the ResNet50 preprocessing happen later, inside the model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from carclf.data.table import DatasetError
+
+# EXIF orientations 5 to 8 turn the picture by 90 degrees, so its width and height swap.
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+# The errors Pillow raises for a file that is not a readable image (truncated, unknown format...).
+PILLOW_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+Box = Sequence[float]
+
+
+class ImageError(DatasetError):
+    """An image cannot be read, or its box does not fit it; the message names the file."""
+
+
+def oriented_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of the upright picture, read from the header without decoding the pixels."""
+    try:
+        with Image.open(path) as image:
+            return oriented_size_of(image)
+    except PILLOW_ERRORS as error:
+        raise ImageError(f"{path}: not a readable image ({error})") from None
+
+
+def oriented_size_of(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of an open image once turned upright by its EXIF orientation."""
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    return (image.height, image.width) if orientation in TRANSPOSED_ORIENTATIONS else (image.width, image.height)
+
+
+def box_problem(box: Box, width: int, height: int) -> str | None:
+    """Why `box` (x1, y1, x2, y2) cannot be cropped from a `width` x `height` picture, or None."""
+    x1, y1, x2, y2 = box
+    if x2 <= x1 or y2 <= y1:
+        return f"box ({x1}, {y1}, {x2}, {y2}) is empty (needs x1 < x2 and y1 < y2)"
+    if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+        return f"box ({x1}, {y1}, {x2}, {y2}) does not fit in the {width}x{height} image"
+    return None
+
+
+def crop_window(box: Box | None, width: int, height: int, margin: float) -> tuple[float, float, float, float]:
+    """The region to resize: `box` grown by `margin` of its size on each side and kept inside the
+    picture, or the whole picture when there is no box."""
+    if box is None:
+        return 0.0, 0.0, float(width), float(height)
+    x1, y1, x2, y2 = (float(v) for v in box)
+    pad_x, pad_y = margin * (x2 - x1), margin * (y2 - y1)
+    return max(0.0, x1 - pad_x), max(0.0, y1 - pad_y), min(float(width), x2 + pad_x), min(float(height), y2 + pad_y)
+
+
+def load_crop(path: str | Path, box: Box | None, image_size: int, margin: float = 0.05) -> np.ndarray:
+    """The upright picture's `box` (plus `margin`) resized to (image_size, image_size, 3) uint8 RGB.
+
+    `box` None uses the whole picture. JPEGs are decoded at a reduced scale when the crop is
+    still at least `image_size` pixels across at that scale (Pillow's `draft`), which makes large
+    photos several times faster to read and changes the result less than the final resize does.
+    Raises `ImageError` naming the file for a missing or unreadable image or a box that does not fit.
+    """
+    if not Path(path).is_file():
+        raise ImageError(f"{path}: file not found")
+    try:
+        with Image.open(path) as image:
+            full_width, full_height = oriented_size_of(image)
+            if box is not None:
+                problem = box_problem(box, full_width, full_height)
+                if problem:
+                    raise ImageError(f"{path}: {problem}")
+            window = crop_window(box, full_width, full_height, margin)
+            scale = image_size / max(1.0, min(window[2] - window[0], window[3] - window[1]))
+            if scale < 1:
+                image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+            upright = ImageOps.exif_transpose(image).convert("RGB")
+            shrink_x, shrink_y = upright.width / full_width, upright.height / full_height
+            # Whole pixels: cropping first keeps pixels outside the window out of the resize filter.
+            left, top = math.floor(window[0] * shrink_x), math.floor(window[1] * shrink_y)
+            right = max(left + 1, math.ceil(window[2] * shrink_x))
+            bottom = max(top + 1, math.ceil(window[3] * shrink_y))
+            crop = upright.crop((left, top, right, bottom)).resize((image_size, image_size), Image.Resampling.BILINEAR)
+    except ImageError:
+        raise
+    except PILLOW_ERRORS as error:
+        raise ImageError(f"{path}: not a readable image ({error})") from None
+    return np.asarray(crop, dtype=np.uint8)

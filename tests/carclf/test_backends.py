@@ -1,0 +1,60 @@
+"""Two backends, one flow: JAX runs without TensorFlow, an unsupported backend is named, models cross over."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+ALL_MODULES = """
+import sys, pkgutil, importlib, carclf, tuning
+for package in (carclf, tuning):
+    for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        importlib.import_module(module.name)
+print(sorted(name for name in sys.modules if name == "tensorflow" or name.startswith("tensorflow.")))
+"""
+PREDICT = """
+import sys, numpy as np, keras, carclf
+model = keras.models.load_model(sys.argv[1])
+np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+"""
+
+
+def _python(code, *args, backend):
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": backend})
+
+
+def test_no_carclf_module_imports_tensorflow_under_jax():
+    pytest.importorskip("jax")
+    result = _python(ALL_MODULES, backend="jax")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("command", [["-m", "tuning.search", "--dry-run"], ["-m", "carclf.predict", "--model", "m.keras", "x.jpg"]])
+def test_an_unsupported_backend_is_named_without_a_traceback(command):
+    result = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "KERAS_BACKEND": "torch"})
+    assert result.returncode != 0
+    assert "carclf runs on the Keras backends tensorflow and jax; KERAS_BACKEND is 'torch'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_model_trained_on_one_backend_predicts_alike_on_the_other(tiny_dataset, tiny_settings, tmp_path):
+    from carclf.data.store import open_image_store
+    from carclf.train import TrainingData, save_model, train_classifier
+
+    other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
+    pytest.importorskip(other)
+    model = train_classifier(TrainingData(tiny_dataset.index, tiny_dataset.store), tiny_settings.with_train(epochs=1))
+    path = save_model(model, tmp_path / "model.keras")
+    images = open_image_store(tiny_dataset.store, 32)[:6]
+    np.save(tmp_path / "images.npy", images)
+    result = _python(PREDICT, path, tmp_path / "images.npy", tmp_path / "other.npy", backend=other)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "other.npy"), model.predict(images, verbose=0), atol=1e-4)

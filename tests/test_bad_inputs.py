@@ -1,0 +1,490 @@
+"""Bad inputs through the real command-line tools: images, annotations, experiments, flags.
+
+Every case builds one bad input in a temporary folder (a damaged copy of the tiny dataset, a CSV
+dataset made from it, an experiment file, a flag, a model folder) and runs the real CLI: its
+`main(argv)`, in this process (a new Python per case would cost 7 s of imports each; the CLIs'
+own tests start them as processes). Each must exit non-zero (with its documented status), let no
+exception escape (no `Traceback`), and say on stderr which file, key or value is at fault.
+Searches run with `--dry-run`, which checks the experiment, the annotations, every image and the
+weights without starting Ray.
+
+The control cases run the same commands on the undamaged inputs: they must pass, so each bad
+case fails because of its one damage and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import scipy.io
+
+from tests.tuning.conftest import search_command
+
+CLASS_COUNT = 4  # tiny_cars (tests/conftest.py TINY_SPEC)
+CSV_COLUMNS = ["file", "class", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "split"]
+
+# A valid experiment for the tiny dataset; the experiment cases change one thing in it.
+EXPERIMENT = """\
+[data]
+format = "devkit"
+image_size = 32
+validation_fraction = 0.25
+
+[model]
+weights = "none"
+dropout = 0.0
+
+[train]
+epochs = 1
+momentum = 0.9
+
+[search]
+num_samples = 2
+metric = "val_loss"
+
+[search.space]
+batch_size = { choice = [8, 16] }
+learning_rate = { loguniform = [0.001, 0.1] }
+unfreeze_depth = { randint = [0, 3] }
+
+[[search.start]]
+batch_size = 8
+learning_rate = 0.005
+unfreeze_depth = 0
+
+[scheduler]
+max_epochs = 2
+
+[resources]
+cpus_per_trial = 1
+"""
+
+
+@dataclass
+class Context:
+    """What a case builds its bad input from: its own temporary folder, the tiny dataset, the model."""
+
+    tmp: Path
+    cars: Path  # the session's tiny dataset: never damaged, only copied
+    request: pytest.FixtureRequest
+
+    @property
+    def runs(self) -> Path:
+        return self.tmp / "runs"
+
+    @property
+    def cache(self) -> Path:
+        return self.tmp / "cache"
+
+    @property
+    def model(self) -> Path:
+        return self.request.getfixturevalue("tiny_model")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small Keras model (32 px in, 4 classes out) saved as carclf saves one, with labels.json.
+
+    `carclf.predict` only needs a loadable model whose outputs match its labels; the bad inputs
+    are refused before any prediction, so no trained ResNet50 is needed.
+    """
+    import keras
+
+    folder = tmp_path_factory.mktemp("model")
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(CLASS_COUNT, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
+    keras.Model(inputs, outputs).save(folder / "model.keras")
+    (folder / "labels.json").write_text(json.dumps({"class_names": [f"class {i}" for i in range(CLASS_COUNT)]}))
+    return folder / "model.keras"
+
+
+# --- building bad inputs ------------------------------------------------------------------------
+
+def devkit_copy(ctx: Context) -> Path:
+    """A private copy of the tiny devkit dataset, to damage."""
+    root = ctx.tmp / "cars"
+    if not root.exists():
+        shutil.copytree(ctx.cars, root)
+    return root
+
+
+def read_records(root: Path, name: str) -> list[dict]:
+    annotations = scipy.io.loadmat(root / "devkit" / name, squeeze_me=True)["annotations"]
+    return [{field: (record[field].item() if hasattr(record[field], "item") else record[field])
+             for field in annotations.dtype.names} for record in annotations]
+
+
+def write_records(root: Path, name: str, records: list[dict]) -> None:
+    """Save devkit records as the devkit does: a 1xN struct array of object fields."""
+    fields = list(records[0])
+    struct = np.zeros((1, len(records)), dtype=[(field, "O") for field in fields])
+    for i, record in enumerate(records):
+        for field in fields:
+            struct[0, i][field] = record[field]
+    scipy.io.savemat(root / "devkit" / name, {"annotations": struct})
+
+
+def edit_records(ctx: Context, edit: Callable[[list[dict]], None], name: str = "cars_train_annos.mat") -> Path:
+    root = devkit_copy(ctx)
+    records = read_records(root, name)
+    edit(records)
+    write_records(root, name, records)
+    return root
+
+
+def damage_image(ctx: Context, content: Callable[[bytes], bytes | None], name: str = "cars_train/00001.jpg") -> Path:
+    """The devkit copy with one image's bytes replaced (None: the file removed)."""
+    root = devkit_copy(ctx)
+    path = root / name
+    new = content(path.read_bytes())
+    if new is None:
+        path.unlink()
+    else:
+        path.write_bytes(new)
+    return root
+
+
+def csv_dataset(ctx: Context, edit: Callable[[list[dict]], None] | None = None) -> Path:
+    """The tiny dataset as a CSV dataset (labels.csv, with boxes and splits), `edit` applied to its rows.
+
+    Row i of the list is line i + 2 of the file (line 1 is the header).
+    """
+    root = ctx.tmp / "csvcars"
+    shutil.copytree(ctx.cars / "cars_train", root / "train")
+    shutil.copytree(ctx.cars / "cars_test", root / "test")
+    names = [str(name) for name in scipy.io.loadmat(ctx.cars / "devkit" / "cars_meta.mat", squeeze_me=True)["class_names"]]
+    rows = []
+    for split, annos in (("train", "cars_train_annos.mat"), ("test", "cars_test_annos_withlabels.mat")):
+        for record in read_records(ctx.cars, annos):
+            rows.append({"file": f"{split}/{record['fname']}", "class": names[int(record["class"]) - 1],
+                         **{key: str(record[key]) for key in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")}, "split": split})
+    if edit is not None:
+        edit(rows)
+    with open(root / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def set_row(index: int, **cells: str) -> Callable[[list[dict]], None]:
+    def edit(rows: list[dict]) -> None:
+        rows[index].update(cells)
+    return edit
+
+
+def experiment_file(ctx: Context, text: str) -> Path:
+    path = ctx.tmp / "experiment.toml"
+    path.write_text(text)
+    return path
+
+
+def edited(old: str, new: str) -> str:
+    """The base experiment with `old` replaced by `new` (which must be there, so no case is a no-op)."""
+    assert old in EXPERIMENT, old
+    return EXPERIMENT.replace(old, new, 1)
+
+
+# --- the commands -------------------------------------------------------------------------------
+
+def search_dry_run(ctx: Context, *extra: str, data: Path | None = None) -> list[str]:
+    """`tuning.search --dry-run` on the tiny dataset (or `data`), through tests/tuning's `search_command`."""
+    command = search_command(ctx.cars, ctx.runs, "bad", *extra, cache=ctx.cache)
+    if data is not None:
+        command += ["--data-dir", str(data)]  # the last --data-dir wins
+    return [*command, "--dry-run"]
+
+
+def search_csv(ctx: Context, edit: Callable[[list[dict]], None] | None = None) -> list[str]:
+    root = csv_dataset(ctx, edit)
+    return search_dry_run(ctx, "--set", "data.format='csv'", "--set", "data.csv_file='labels.csv'", data=root)
+
+
+def search_experiment(ctx: Context, text: str, *extra: str, data: Path | None = None) -> list[str]:
+    """`tuning.search --experiment FILE --dry-run`, the file holding `text`."""
+    return [sys.executable, "-m", "tuning.search", "--experiment", str(experiment_file(ctx, text)),
+            "--data-dir", str(data or ctx.cars), "--storage-path", str(ctx.runs), "--num-cpus", "2",
+            "--set", f"data.cache_dir='{ctx.cache}'", *extra, "--dry-run"]
+
+
+def train(ctx: Context, text: str = EXPERIMENT, *extra: str, data: Path | None = None) -> list[str]:
+    return [sys.executable, "-m", "carclf.train", "--experiment", str(experiment_file(ctx, text)),
+            "--data-dir", str(data or ctx.cars), "--set", f"data.cache_dir='{ctx.cache}'",
+            "--output", str(ctx.tmp / "out" / "model.keras"), *extra]
+
+
+def predict(ctx: Context, *arguments: str, model: Path | None = None) -> list[str]:
+    return [sys.executable, "-m", "carclf.predict", "--model", str(model or ctx.model), *arguments]
+
+
+def report(ctx: Context, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "tuning.report", str(run_dir)]
+
+
+def tiny_image(ctx: Context) -> str:
+    return str(ctx.cars / "cars_test" / "00001.jpg")
+
+
+def model_with_labels(ctx: Context, names: list[str]) -> Path:
+    folder = ctx.tmp / "model"
+    folder.mkdir()
+    shutil.copy(ctx.model, folder / "model.keras")
+    (folder / "labels.json").write_text(json.dumps({"class_names": names}))
+    return folder / "model.keras"
+
+
+def text_model(ctx: Context) -> Path:
+    folder = ctx.tmp / "model"
+    folder.mkdir()
+    (folder / "model.keras").write_text("not a model\n")
+    (folder / "labels.json").write_text(json.dumps({"class_names": ["a", "b"]}))
+    return folder / "model.keras"
+
+
+def text_file(ctx: Context, name: str) -> Path:
+    """A file of text under a name that promises something else (weights.h5, note.jpg)."""
+    path = ctx.tmp / name
+    path.write_text("plain text, not what the name says\n")
+    return path
+
+
+def empty_folder(ctx: Context, name: str) -> Path:
+    folder = ctx.tmp / name
+    folder.mkdir()
+    return folder
+
+
+def damaged_run(ctx: Context) -> Path:
+    """A folder with a run's file names but not its contents."""
+    folder = empty_folder(ctx, "damaged_run")
+    for name in ("experiment.json", "dataset.parquet", "trials.parquet"):
+        (folder / name).write_text("not what a run writes\n")
+    return folder
+
+
+def outside_file(ctx: Context) -> Callable[[list[dict]], None]:
+    shutil.copy(ctx.cars / "cars_train" / "00001.jpg", ctx.tmp / "outside.jpg")
+    return set_row(0, file="../outside.jpg")
+
+
+def training_holds_a_test_image(ctx: Context) -> Path:
+    """Training image 1 replaced by test image 1's bytes (and its box, so the box fits)."""
+    root = devkit_copy(ctx)
+    shutil.copy(root / "cars_test" / "00001.jpg", root / "cars_train" / "00001.jpg")
+    box = {key: read_records(root, "cars_test_annos_withlabels.mat")[0][key] for key in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")}
+    return edit_records(ctx, lambda records: records[0].update(box))
+
+
+def missing_fields(records: list[dict]) -> None:
+    for record in records:
+        del record["bbox_x1"]
+
+
+def class_spelt_in_lower_case(rows: list[dict]) -> None:
+    rows[0]["class"] = "carclf sedan red"  # beside "Carclf Sedan Red" on other lines
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+SEARCH_ERROR = 2  # tuning.search, carclf.train, tuning.report and an unusable model in carclf.predict
+IMAGE_ERROR = 1  # carclf.predict: some image could not be classified
+ROWS = r"\d+ of \d+ rows of \S+ have problems:\s+"
+
+CASES = [
+    # images (devkit copy, or a CSV dataset)
+    pytest.param(lambda ctx: search_dry_run(ctx, data=damage_image(ctx, lambda b: b[: len(b) // 2])), SEARCH_ERROR,
+                 ROWS + r"unreadable image: 1 row\(s\) \(cars_train_annos\.mat record 1 \S*cars_train/00001\.jpg: not a readable image",
+                 id="image-truncated-jpeg"),
+    pytest.param(lambda ctx: search_dry_run(ctx, data=damage_image(ctx, lambda b: b"this is not a picture\n")), SEARCH_ERROR,
+                 r"unreadable image: 1 row\(s\) \(cars_train_annos\.mat record 1 \S*cars_train/00001\.jpg: not a readable image",
+                 id="image-text-file-named-jpg"),
+    pytest.param(lambda ctx: search_dry_run(ctx, data=damage_image(ctx, lambda b: b"")), SEARCH_ERROR,
+                 r"empty image file: 1 row\(s\) \(cars_train_annos\.mat record 1 \S*cars_train/00001\.jpg: 0 bytes",
+                 id="image-zero-bytes"),
+    pytest.param(lambda ctx: search_dry_run(ctx, data=damage_image(ctx, lambda b: None, "cars_test/00002.jpg")), SEARCH_ERROR,
+                 r"missing image file: 1 row\(s\) \(cars_test_annos_withlabels\.mat record 2 \S*cars_test/00002\.jpg",
+                 id="image-missing-file"),
+    pytest.param(lambda ctx: search_csv(ctx, outside_file(ctx)), SEARCH_ERROR,
+                 r"file name points outside the dataset root: 1 row\(s\) \(labels\.csv line 2 \S*\.\./outside\.jpg: not under",
+                 id="image-csv-path-climbs-out-of-root"),
+    pytest.param(lambda ctx: search_csv(ctx, set_row(2, bbox_x2="500", bbox_y2="400")), SEARCH_ERROR,
+                 r"bounding box outside the image: 1 row\(s\) \(labels\.csv line 4 \S*train/00003\.jpg: "
+                 r"box \(\d+, \d+, 500, 400\) does not fit in the \d+x\d+ image",
+                 id="image-csv-box-outside-image"),
+    pytest.param(lambda ctx: search_dry_run(ctx, data=edit_records(ctx, lambda r: r[4].update(bbox_x1=30, bbox_x2=30))), SEARCH_ERROR,
+                 r"empty bounding box: 1 row\(s\) \(cars_train_annos\.mat record 5 \S*cars_train/00005\.jpg: "
+                 r"box \(30, \d+, 30, \d+\) is empty",
+                 id="image-devkit-empty-box"),
+    # annotations
+    pytest.param(lambda ctx: search_dry_run(ctx, data=damage_image(ctx, lambda b: b"MATLAB? no.\n", "devkit/cars_train_annos.mat")),
+                 SEARCH_ERROR, r"cars_train_annos\.mat: not a readable MATLAB \.mat file", id="annotations-mat-not-matlab"),
+    pytest.param(lambda ctx: search_dry_run(ctx, data=edit_records(ctx, missing_fields)), SEARCH_ERROR,
+                 r"cars_train_annos\.mat: annotations lack field\(s\) \['bbox_x1'\]", id="annotations-mat-missing-field"),
+    pytest.param(lambda ctx: search_dry_run(ctx, data=damage_image(ctx, lambda b: None, "devkit/cars_meta.mat")), SEARCH_ERROR,
+                 r"not a Stanford Cars devkit layout \(need devkit/cars_meta\.mat", id="annotations-devkit-meta-missing"),
+    pytest.param(lambda ctx: search_dry_run(ctx, data=edit_records(ctx, lambda r: r[0].update({"class": 9}))), SEARCH_ERROR,
+                 r"cars_train_annos\.mat: record 1 \(00001\.jpg\): class 9 is outside 1\.\.4", id="annotations-class-id-out-of-range"),
+    pytest.param(lambda ctx: search_csv(ctx, set_row(3, bbox_y1="abc")), SEARCH_ERROR,
+                 r"labels\.csv: line 5: bbox_y1 'abc' is not a number", id="annotations-csv-box-not-numeric"),
+    pytest.param(lambda ctx: search_csv(ctx, set_row(6, **{"class": ""})), SEARCH_ERROR,
+                 r"labels\.csv: line 8: the 'class' cell is empty", id="annotations-csv-blank-class"),
+    pytest.param(lambda ctx: search_csv(ctx, set_row(1, bbox_y2="")), SEARCH_ERROR,
+                 r"labels\.csv: line 3: bbox_y2 is empty but other box cells are not", id="annotations-csv-partly-empty-box"),
+    pytest.param(lambda ctx: search_csv(ctx, set_row(5, split="validation")), SEARCH_ERROR,
+                 r"labels\.csv: line 7: split 'validation' is not 'train' or 'test'", id="annotations-csv-bad-split"),
+    pytest.param(lambda ctx: search_csv(ctx, class_spelt_in_lower_case), SEARCH_ERROR,
+                 r"labels\.csv: 1 class name\(s\) differ only in case or surrounding spaces: "
+                 r"'carclf sedan red' \(line 2\) and 'Carclf Sedan Red' \(line \d+\)",
+                 id="annotations-csv-class-names-differ-in-case"),
+    pytest.param(lambda ctx: search_dry_run(ctx, data=ctx.tmp / "no_such_folder"), SEARCH_ERROR,
+                 r"no_such_folder: data folder not found", id="annotations-missing-data-folder"),
+    pytest.param(lambda ctx: search_dry_run(ctx, data=training_holds_a_test_image(ctx)), SEARCH_ERROR,
+                 r"image also in the test split: 1 row\(s\) \(cars_train_annos\.mat record 1 \S*cars_train/00001\.jpg: "
+                 r"the same image as test row cars_test_annos_withlabels\.mat record 1",
+                 id="annotations-test-image-also-in-training"),
+    # experiments
+    pytest.param(lambda ctx: search_experiment(ctx, edited("[train]\n", "[train\n")), SEARCH_ERROR,
+                 r"experiment\.toml: not valid TOML", id="experiment-invalid-toml"),
+    pytest.param(lambda ctx: search_experiment(ctx, EXPERIMENT + "\n[optimizer]\nname = 'sgd'\n"), SEARCH_ERROR,
+                 r"experiment\.toml: unknown table\(s\) \['optimizer'\]", id="experiment-unknown-table"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("momentum = 0.9", "momentom = 0.9")), SEARCH_ERROR,
+                 r"experiment\.toml \[train\]: unknown key\(s\) \['momentom'\]", id="experiment-unknown-key"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("momentum = 0.9", 'momentum = "high"')), SEARCH_ERROR,
+                 r"experiment\.toml \[train\]: key 'momentum' must be float, got str 'high'", id="experiment-wrong-type"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("validation_fraction = 0.25", "validation_fraction = 1.5")), SEARCH_ERROR,
+                 r"experiment\.toml \[data\]: key validation_fraction must be strictly between 0 and 1, got 1\.5",
+                 id="experiment-out-of-range"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("unfreeze_depth = { randint = [0, 3] }", "unfreeze_depth = { uniform = [0, 3] }")),
+                 SEARCH_ERROR, r"experiment\.toml \[search\.space\] unfreeze_depth: takes whole numbers: use randint",
+                 id="experiment-uniform-unfreeze-depth"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("choice = [8, 16]", "choice = [8, 16.5]")), SEARCH_ERROR,
+                 r"experiment\.toml \[search\.space\] batch_size: takes whole numbers: a choice of integers, got \[8, 16\.5\]",
+                 id="experiment-float-choice-batch-size"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("[search.space]\n", "[search.space]\nepochs = { randint = [1, 4] }\n")),
+                 SEARCH_ERROR, r"experiment\.toml \[search\.space\] epochs: not tunable", id="experiment-epochs-in-space"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("[search.space]\n", "[search.space]\nseed = { choice = [0, 1] }\n")),
+                 SEARCH_ERROR, r"experiment\.toml \[search\.space\] seed: not tunable", id="experiment-seed-in-space"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited('metric = "val_loss"', 'metric = "val_acc"')), SEARCH_ERROR,
+                 r"experiment\.toml \[search\]: key metric 'val_acc' is not reported by the trials; they report \[.*'val_accuracy'",
+                 id="experiment-misspelt-metric"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited('metric = "val_loss"', 'metric = "val_loss"\nmode = "max"')), SEARCH_ERROR,
+                 r"experiment\.toml \[search\]: key mode 'max' does not fit metric 'val_loss'", id="experiment-mode-contradicts-metric"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited('weights = "none"', f'weights = "{ctx.tmp / "missing.h5"}"')), SEARCH_ERROR,
+                 r"missing\.h5: weights file not found", id="experiment-weights-file-missing"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited('weights = "none"', f'weights = "{text_file(ctx, "weights.h5")}"')),
+                 SEARCH_ERROR,
+                 r"weights\.h5: not a Keras weights file \(HDF5\)", id="experiment-weights-file-not-hdf5"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("batch_size = 8\n", "batch_size = 32\n")), SEARCH_ERROR,
+                 r"experiment\.toml \[\[search\.start\]\] #1 batch_size: 32 is outside its search space", id="experiment-start-outside-space"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("choice = [8, 16]", "choice = [8, 64]")), SEARCH_ERROR,
+                 r"experiment\.toml: a batch size of 64 exceeds the \d+ training images", id="experiment-batch-larger-than-training-set"),
+    # flags
+    pytest.param(lambda ctx: search_dry_run(ctx, "--resume", str(empty_folder(ctx, "not_a_run"))), SEARCH_ERROR,
+                 r"not_a_run: nothing to resume \(no experiment\.json\)", id="flag-resume-folder-without-run"),
+    pytest.param(lambda ctx: search_dry_run(ctx, "--set", "train.momentum"), SEARCH_ERROR,
+                 r"override 'train\.momentum' must look like section\.key=value", id="flag-set-without-equals"),
+    pytest.param(lambda ctx: search_dry_run(ctx, "--gpus-per-trial", "-1"), SEARCH_ERROR,
+                 r"\[resources\]: key gpus_per_trial must be >= 0, got -1", id="flag-negative-gpus-per-trial"),
+    pytest.param(lambda ctx: search_dry_run(ctx, "--num-samples", "0"), SEARCH_ERROR,
+                 r"\[search\]: key num_samples must be >= 1, got 0", id="flag-zero-samples"),
+    pytest.param(lambda ctx: search_dry_run(ctx, "--set", "trian.momentum=0.8"), SEARCH_ERROR,
+                 r"unknown table\(s\) \['trian'\]", id="flag-set-unknown-table"),
+    pytest.param(lambda ctx: search_dry_run(ctx, "--set", "data.image_size=big"), SEARCH_ERROR,
+                 r"\[data\]: key 'image_size' must be int, got str 'big'", id="flag-set-wrong-type"),
+    # train
+    pytest.param(lambda ctx: train(ctx, edited("momentum = 0.9", "momentom = 0.9")), SEARCH_ERROR,
+                 r"experiment\.toml \[train\]: unknown key\(s\) \['momentom'\]", id="train-unknown-key"),
+    pytest.param(lambda ctx: [*train(ctx), "--experiment", str(ctx.tmp / "nowhere.toml")], SEARCH_ERROR,
+                 r"nowhere\.toml: experiment file not found", id="train-missing-experiment"),
+    pytest.param(lambda ctx: train(ctx, EXPERIMENT, "--output", str(ctx.tmp / "model.h5")), SEARCH_ERROR,
+                 r"--output \S*model\.h5: model files must end in \.keras", id="train-output-not-keras"),
+    pytest.param(lambda ctx: train(ctx, data=damage_image(ctx, lambda b: b"")), SEARCH_ERROR,
+                 r"empty image file: 1 row\(s\) \(cars_train_annos\.mat record 1 \S*cars_train/00001\.jpg: 0 bytes",
+                 id="train-zero-byte-image"),
+    # predict
+    pytest.param(lambda ctx: predict(ctx, "--top-k", "0", tiny_image(ctx)), SEARCH_ERROR,
+                 r"--top-k must be at least 1, got 0", id="predict-top-k-zero"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with_labels(ctx, ["a", "b", "c"])), SEARCH_ERROR,
+                 r"labels\.json: names 3 classes, but model\.keras has 4 outputs", id="predict-labels-count-differs"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=ctx.tmp / "gone" / "model.keras"), SEARCH_ERROR,
+                 r"gone/model\.keras: model file not found", id="predict-missing-model"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=text_model(ctx)), SEARCH_ERROR,
+                 r"model\.keras: not a model Keras can load safely", id="predict-model-not-keras"),
+    pytest.param(lambda ctx: predict(ctx, f"{tiny_image(ctx)}@0,0,5000,5000"), IMAGE_ERROR,
+                 r"cars_test/00001\.jpg: box \(0, 0, 5000, 5000\) does not fit in the \d+x\d+ image", id="predict-box-outside-image"),
+    pytest.param(lambda ctx: predict(ctx, f"{tiny_image(ctx)}@1,2,3"), IMAGE_ERROR,
+                 r"cars_test/00001\.jpg: box '1,2,3' must be four whole numbers x1,y1,x2,y2", id="predict-malformed-box"),
+    pytest.param(lambda ctx: predict(ctx, str(ctx.tmp / "nothing.jpg")), IMAGE_ERROR,
+                 r"nothing\.jpg: file not found", id="predict-missing-image"),
+    pytest.param(lambda ctx: predict(ctx, str(text_file(ctx, "note.jpg"))), IMAGE_ERROR,
+                 r"note\.jpg: not a readable image", id="predict-text-file-named-jpg"),
+    # report
+    pytest.param(lambda ctx: report(ctx, empty_folder(ctx, "not_a_run")), SEARCH_ERROR,
+                 r"not_a_run: not a finished run folder \(missing experiment\.json, dataset\.parquet, trials\.parquet\)",
+                 id="report-folder-not-a-run"),
+    pytest.param(lambda ctx: report(ctx, ctx.tmp / "no_such_run"), SEARCH_ERROR,
+                 r"no_such_run: not a finished run folder", id="report-missing-folder"),
+    pytest.param(lambda ctx: report(ctx, damaged_run(ctx)), SEARCH_ERROR,
+                 r"damaged_run/experiment\.json", id="report-run-files-damaged"),
+]
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS...` as `MODULE.main(ARGS)`: its exit status and what it printed.
+
+    An exception that escapes `main` is printed as Python would print it, traceback included.
+    """
+    assert command[:2] == [sys.executable, "-m"], command
+    main = importlib.import_module(command[2]).main
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = main(command[3:])
+        except SystemExit as exit:  # argparse's refusals
+            status = exit.code if isinstance(exit.code, int) else 1
+        except Exception:
+            traceback.print_exc()
+            status = 1
+    return subprocess.CompletedProcess(command, status, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.mark.parametrize(("build", "status", "expected"), CASES)
+def test_bad_input_is_refused_naming_the_culprit(build, status, expected, tiny_cars, tmp_path, request):
+    command = build(Context(tmp_path, tiny_cars, request))
+    result = run(command)
+    shown = f"$ {' '.join(command)}\nexit {result.returncode}\nstderr:\n{result.stderr[-3000:]}\nstdout:\n{result.stdout[-1500:]}"
+    assert result.returncode != 0, shown
+    assert "Traceback" not in result.stdout + result.stderr, shown
+    assert result.returncode == status, shown
+    assert re.search(expected, result.stderr), f"expected /{expected}/ on stderr\n{shown}"
+
+
+CONTROLS = [
+    pytest.param(lambda ctx: search_dry_run(ctx, data=devkit_copy(ctx)), id="search-devkit-copy"),
+    pytest.param(lambda ctx: search_csv(ctx), id="search-csv-dataset"),
+    pytest.param(lambda ctx: search_experiment(ctx, EXPERIMENT), id="search-experiment-file"),
+    pytest.param(lambda ctx: predict(ctx, "--top-k", "2", f"{tiny_image(ctx)}@1,1,40,40"), id="predict-image-with-box"),
+]
+
+
+@pytest.mark.parametrize("build", CONTROLS)
+def test_the_undamaged_inputs_pass(build, tiny_cars, tmp_path, request):
+    """The bad cases' starting points are valid: each bad case fails because of its damage alone."""
+    command = build(Context(tmp_path, tiny_cars, request))
+    result = run(command)
+    assert result.returncode == 0, f"$ {' '.join(command)}\nexit {result.returncode}\n{result.stderr[-3000:]}"
+    assert "Traceback" not in result.stdout + result.stderr
