@@ -3,11 +3,15 @@
 The model takes the stored uint8 crop: augmentation (training only) and ResNet50's preprocessing
 are its first layers (`carclf.layers`), so a saved model needs nothing of carclf's beside it.
 
-A pretrained backbone is called with `training=False` so its BatchNorm layers keep their
-statistics while fine-tuning; a randomly initialised one (`weights = "none"`) has no statistics to
-protect, so its BatchNorm layers train normally, with a momentum of 0.9 so their moving statistics
-settle within a few dozen steps on a small dataset (at Keras' 0.99, or frozen, validation
-activations blow up through 50 unnormalised layers). A global-average-pooling, dropout and Dense
+A pretrained backbone keeps its BatchNorm layers frozen (`trainable = False`, which Keras runs in
+inference mode) in every block, unfrozen ones included, so fine-tuning never drifts the statistics
+the weights were trained with: the aim of Keras' fine-tuning guide, which calls the backbone with
+`training=False`. That call alone does not do it in Keras 3 (3.15, measured: a nested model called
+with `training=False` inside a functional model still updates its moving statistics in `fit`). A
+randomly initialised backbone (`weights = "none"`) has no statistics to protect, so its BatchNorm
+layers train normally, with a momentum of 0.9 so their moving statistics settle within a few dozen
+steps on a small dataset (at Keras' 0.99, or frozen, validation activations blow up through 50
+unnormalised layers). A global-average-pooling, dropout and Dense
 head gives one output per class; the Dense layer and its softmax stay float32 under mixed
 precision, so the loss and the top-5 metric see float32 probabilities.
 """
@@ -69,26 +73,28 @@ def build_backbone(image_size: int, weights: str) -> keras.Model:
     return backbone
 
 
-def set_unfreeze_depth(backbone: keras.Model, unfreeze_depth: int) -> None:
+def set_unfreeze_depth(backbone: keras.Model, unfreeze_depth: int, pretrained: bool = True) -> None:
     """Make the top `unfreeze_depth` residual blocks trainable (0: none, 16: the whole backbone).
 
-    At 16 the stem (conv1) is unfrozen too, so "every block" means full fine-tuning.
+    At 16 the stem (conv1) is unfrozen too, so "every block" means full fine-tuning. In a
+    `pretrained` backbone BatchNorm stays frozen everywhere (see the module docstring).
     """
     check_unfreeze_depth(unfreeze_depth)
     trainable_blocks = set(RESIDUAL_BLOCKS[len(RESIDUAL_BLOCKS) - unfreeze_depth :])
     backbone.trainable = unfreeze_depth > 0
     for layer in backbone.layers:
         match = _BLOCK_OF_LAYER.match(layer.name)
-        if match:
+        if pretrained and isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+        elif match:
             layer.trainable = match.group(1) in trainable_blocks
         else:
             layer.trainable = unfreeze_depth == len(RESIDUAL_BLOCKS)
 
 
-def pooled_features(images, backbone: keras.Model, pretrained: bool):
+def pooled_features(images, backbone: keras.Model):
     """Preprocessing, the backbone and global average pooling: what the head sees of float32 pixels."""
-    features = backbone(ResNetPreprocessing(name="preprocessing")(images), training=False if pretrained else None)
-    return keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    return keras.layers.GlobalAveragePooling2D(name="pool")(backbone(ResNetPreprocessing(name="preprocessing")(images)))
 
 
 def build_classifier(num_classes: int, data: DataConfig, model: ModelConfig, unfreeze_depth: int, seed: int = 0,
@@ -102,15 +108,15 @@ def build_classifier(num_classes: int, data: DataConfig, model: ModelConfig, unf
     size = data.image_size
     with dtype_policy(precision):
         backbone = build_backbone(size, model.weights)
-        set_unfreeze_depth(backbone, unfreeze_depth)
         pretrained = model.weights.lower() != "none"
+        set_unfreeze_depth(backbone, unfreeze_depth, pretrained)
         if not pretrained:
             for layer in backbone.layers:
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.momentum = RANDOM_INIT_BN_MOMENTUM
         inputs = keras.Input(shape=(size, size, 3), dtype="uint8", name="image")
         augmented = RandomFlipRotation(data.rotation_degrees, data.horizontal_flip, seed=seed, name="augmentation")(inputs)
-        pooled = pooled_features(augmented, backbone, pretrained)
+        pooled = pooled_features(augmented, backbone)
         return keras.Model(inputs, classification_head(pooled, num_classes, model.dropout, seed), name="car_classifier")
 
 
@@ -136,7 +142,7 @@ def build_feature_extractor(data: DataConfig, model: ModelConfig, precision: str
         backbone = build_backbone(data.image_size, model.weights)
         backbone.trainable = False
         inputs = keras.Input((data.image_size, data.image_size, 3), name="pixels")
-        return keras.Model(inputs, pooled_features(inputs, backbone, model.weights.lower() != "none"), name="features")
+        return keras.Model(inputs, pooled_features(inputs, backbone), name="features")
 
 
 @keras.saving.register_keras_serializable(package="carclf")

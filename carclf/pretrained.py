@@ -129,7 +129,7 @@ def build_synthetic_backbone(settings: RunSettings, recipe: BackboneRecipe | Non
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = RANDOM_INIT_BN_MOMENTUM
         inputs = keras.Input((size, size, 3), dtype="uint8")
-        pooled = pooled_features(RandomFlipRotation(15.0, True, seed=recipe.seed)(inputs), backbone, pretrained=False)
+        pooled = pooled_features(RandomFlipRotation(15.0, True, seed=recipe.seed)(inputs), backbone)
         outputs = keras.layers.Dense(recipe.classes, activation="softmax", dtype="float32")(pooled)
         model = keras.Model(inputs, outputs)
     model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss="sparse_categorical_crossentropy",

@@ -100,7 +100,7 @@ def ray_cluster():
     import keras
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
              runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": keras.backend.backend()}})
     try:
         yield ray

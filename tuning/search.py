@@ -246,7 +246,8 @@ def start_ray(args: argparse.Namespace, experiment: Experiment) -> None:
     if args.address:
         context = ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
     else:
-        options = dict(num_cpus=args.num_cpus, runtime_env=runtime_env, log_to_driver=False)
+        # address="local": always a cluster of our own, never a `ray start` cluster found on this machine
+        options = dict(address="local", num_cpus=args.num_cpus, runtime_env=runtime_env, log_to_driver=False)
         try:
             context = ray.init(include_dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host, **options)
         except Exception as error:  # the dashboard's extra packages are missing: go on without it

@@ -62,6 +62,7 @@ def trial_summaries(trials: pd.DataFrame, selection: Selection) -> pd.DataFrame:
         "best_epoch": pd.to_numeric(last.get("best_epoch"), errors="coerce").astype("Int64"),
         "epochs": pd.to_numeric(last["epoch"], errors="coerce").astype("Int64"),
         "status": last["status"],
+        "precision": last["precision"] if "precision" in last else None,
         **{c.removeprefix("config/"): last[c] for c in config},
     })
     rows.loc[rows["status"] == "diverged", "score"] = selection.worst

@@ -3,6 +3,7 @@ line and file; skipping is counted; a test image never reaches training."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import pandas as pd
@@ -117,13 +118,13 @@ def test_the_same_bytes_under_another_name_are_found_and_can_be_skipped(tmp_path
     shutil.copy(f"{data.root}/blue5.jpg", f"{data.root}/copy.jpg")
     with pytest.raises(DatasetError, match="image also in the test split"):
         prepare_dataset(data)
-    skipped = prepare_dataset(DataConfig(**{**data.__dict__, "skip_bad_rows": True}))
+    skipped = prepare_dataset(dataclasses.replace(data, skip_bad_rows=True))
     assert skipped.skipped == 1 and not skipped.index["path"].str.endswith("copy.jpg").any()
 
 
 def test_duplicate_images_stay_in_one_split(tmp_path):
     data = _csv_dataset(tmp_path, _rows([f"red{i}.jpg,red,train" for i in range(4)]))  # each red image listed twice
-    index = prepare_dataset(DataConfig(**{**data.__dict__, "validation_fraction": 0.5})).index
+    index = prepare_dataset(dataclasses.replace(data, validation_fraction=0.5)).index
     splits = index[index["split"] != "test"].groupby("path")["split"].nunique()
     assert (splits == 1).all() and (index["split"] == "val").any()
 
