@@ -88,7 +88,8 @@ def configure_process(cpus: int | None, seed: int, gpu_share: float = 1.0) -> No
 
     Thread counts keep concurrent trials from oversubscribing the machine. On a CPU, TensorFlow's
     op determinism makes a run repeatable on one machine (JAX on CPU is deterministic already).
-    Seeds cover Python, NumPy and the backend.
+    Seeds cover Python, NumPy and the backend (`keras.utils.set_random_seed`, which also seeds
+    TensorFlow whenever it is installed, even under JAX).
     """
     import keras
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-START_POINT = "{ batch_size = 8, learning_rate = 0.005, lr_decay = 0.0001, unfreeze_depth = 0 }"
+START_POINT = "{ batch_size = 8, learning_rate = 0.005, lr_decay = 0.0001, unfreeze_depth = 0, head_epochs = 0 }"
 
 
 def search_command(tiny_cars: Path, storage: Path, name: str, *extra: str, weights: str = "none",

@@ -38,7 +38,7 @@ def test_report_json_has_the_documented_numbers(finished_run):
     assert {"batch_size", "learning_rate", "lr_decay", "unfreeze_depth", "epochs", "best_epoch", "status"} <= set(top[0])
     assert top[0]["standard_error"] is None  # a loss has no binomial standard error
     assert isinstance(report["within_noise"], list)
-    assert set(report["parameter_importance"]) <= {"batch_size", "learning_rate", "lr_decay", "unfreeze_depth"}
+    assert set(report["parameter_importance"]) <= {"batch_size", "learning_rate", "lr_decay", "unfreeze_depth", "head_epochs"}
     best = report["best"]
     assert best["test"]["count"] == 12 and 0 <= best["test"]["macro_f1"] <= 1
     assert len(report["worst_classes"]) == 4

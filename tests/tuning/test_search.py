@@ -40,7 +40,7 @@ def test_search_runs_trials_stops_some_early_and_saves_the_best_model(finished_r
     assert metrics["test"]["labeled"] and metrics["test"]["count"] == 12
     assert 0 <= metrics["test"]["accuracy"] <= 1 and len(metrics["test"]["confusion_matrix"]) == 4
     config = json.loads((run_dir / "best" / "config.json").read_text())
-    assert set(config["hyperparameters"]) == {"batch_size", "learning_rate", "lr_decay", "unfreeze_depth"}
+    assert set(config["hyperparameters"]) == {"batch_size", "learning_rate", "lr_decay", "unfreeze_depth", "head_epochs"}
     assert "Ray dashboard: http://127.0.0.1:" in result.stdout
     assert "top 5 of 6 trials by val_loss at each trial's best epoch (8 validation images)" in result.stdout
     assert "test accuracy" in result.stdout and "head-only epochs" in result.stdout  # cached features were built
@@ -76,7 +76,8 @@ def test_start_point_is_evaluated_first(finished_run):
     run_dir, _ = finished_run
     trials = pd.read_parquet(run_dir / "trials.parquet").groupby("trial_id").first()
     first = trials[trials["trial_path"].str.contains(r"_1_batch_size=")].iloc[0]
-    start = {"config/batch_size": 8, "config/learning_rate": 0.005, "config/lr_decay": 0.0001, "config/unfreeze_depth": 0}
+    start = {"config/batch_size": 8, "config/learning_rate": 0.005, "config/lr_decay": 0.0001, "config/unfreeze_depth": 0,
+             "config/head_epochs": 0}
     assert {key: first[key] for key in start} == pytest.approx(start)
 
 
