@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from backends import measure_each_backend
 
 GOALS = {"store batches": 20_000, "flip + rotation 20°": 388}
 
@@ -78,11 +78,7 @@ def main() -> None:
     if "--backend" in sys.argv:
         print(json.dumps(measure_this_backend()))
         return
-    results = []
-    for backend in ("tensorflow", "jax"):
-        output = subprocess.run([sys.executable, __file__, "--backend"], capture_output=True, text=True, check=True,
-                                env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
-        results.append(json.loads(output.strip().splitlines()[-1]))
+    results = measure_each_backend(__file__)
     Path("input_path.json").write_text(json.dumps(results, indent=2))
     keys = [key for key in results[0] if key != "backend"]
     print("| images/s at 224 px | " + " | ".join(r["backend"] for r in results) + " | goal |")

@@ -12,13 +12,13 @@ Prints a markdown table and writes `train_step.json` in the current folder.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from backends import measure_each_backend
 
 BATCH = 16
 SETTINGS = [(64, 0, 6), (64, 16, 4), (224, 0, 3), (224, 16, 2)]  # image px, unfreeze depth, timed steps
@@ -62,11 +62,7 @@ def main() -> None:
     if "--backend" in sys.argv:
         print(json.dumps(measure_this_backend()))
         return
-    results = []
-    for backend in ("tensorflow", "jax"):
-        output = subprocess.run([sys.executable, __file__, "--backend"], capture_output=True, text=True, check=True,
-                                env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
-        results.append(json.loads(output.strip().splitlines()[-1]))
+    results = measure_each_backend(__file__)
     Path("train_step.json").write_text(json.dumps(results, indent=2))
     print("| backend | px | depth | images/s without augmentation | with flip + rotation 20° | slower by |")
     print("| --- | --- | --- | --- | --- | --- |")

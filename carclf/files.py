@@ -6,9 +6,11 @@ A run killed mid-write then leaves the previous file (or none), never a truncate
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,6 +37,20 @@ def cache_folder(cache_dir: str, kind: str) -> Path:
     """Where cached `kind` files live ("decoded", "features", "backbones"): under `data.cache_dir`
     when it is set (a shared disk on a cluster), else under `cache_home()`."""
     return (Path(cache_dir).expanduser() if cache_dir else cache_home()) / kind
+
+
+def require_free_space(folder: str | Path, needed_bytes: int, purpose: str) -> None:
+    """Raise `OSError(ENOSPC)` naming `folder` when its disk has less than `needed_bytes` free.
+
+    Checked before large writes: a memory-mapped file on a full disk would crash the process
+    (SIGBUS) instead of failing with a message.
+    """
+    folder = Path(folder)
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed_bytes:
+        raise OSError(errno.ENOSPC, f"No space left: {free / 2**20:,.0f} MB free, {purpose} needs about "
+                                    f"{needed_bytes / 2**20:,.0f} MB", str(folder))
 
 
 def plain_value(value: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ def retrain_and_evaluate(index: pd.DataFrame, store: str | Path, settings: RunSe
     names = class_names(index)
     logger.info("retraining the best configuration on train + val for %d epoch(s): %s", epochs, best_config)
     history = EpochLog()
+    started = time.perf_counter()
     model = train_classifier(TrainingData(index, Path(store)), settings, splits=("train", "val"), validate=False, verbose=2,
                              callbacks=[history])
     save_model(model, best_dir / "model.keras")
@@ -44,7 +46,8 @@ def retrain_and_evaluate(index: pd.DataFrame, store: str | Path, settings: RunSe
                                           "precision": resolve_precision(settings.train.precision)})
 
     test_rows = rows_for(index, "test")
-    metrics: dict[str, Any] = {"retrain_epochs": epochs, "retrain_history": history.epochs}
+    metrics: dict[str, Any] = {"retrain_epochs": epochs, "retrain_history": history.epochs, "retrain_s": time.perf_counter() - started}
+    started = time.perf_counter()
     if len(test_rows) == 0:
         metrics["test"] = {"labeled": False, "count": 0, "note": "the dataset has no test split"}
     else:
@@ -64,6 +67,7 @@ def retrain_and_evaluate(index: pd.DataFrame, store: str | Path, settings: RunSe
             metrics["test"]["note"] = "the test split is unlabeled: no accuracy computed; predictions in test_predictions.txt"
         else:
             metrics["test"]["confusion_matrix"] = evaluation.confusion().tolist()
+    metrics["evaluate_s"] = time.perf_counter() - started
     write_json(best_dir / "metrics.json", metrics)
     return metrics
 

@@ -33,7 +33,7 @@ from carclf.data.sources import prepare_dataset
 from carclf.data.store import StoreError
 from carclf.data.table import DatasetError, load_index, rows_for, save_index
 from carclf.features import FeatureCacheError, build_head_features, cached_head_features, can_cache_features
-from carclf.files import atomic_path, cache_folder, read_json, write_json
+from carclf.files import atomic_path, cache_folder, read_json, require_free_space, write_json
 from carclf.model import WeightsError
 from carclf.pretrained import build_synthetic_backbone, synthetic_backbone_path
 from carclf.runtime import trial_environment
@@ -54,6 +54,7 @@ TRIALS_FILE = "trials.parquet"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SMALL_VALIDATION = 200
 LOW_DISK_BYTES = 50 * 2**20
+CHECKPOINT_BYTES = 200 * 2**20  # ResNet50's weights and momentum, at any image size
 # Flags that set experiment values; on --resume each may only repeat what the run saved.
 EXPERIMENT_FLAGS = {"data_dir": "data.root", "num_samples": "search.num_samples", "max_concurrent": "search.max_concurrent",
                     "cpus_per_trial": "resources.cpus_per_trial", "gpus_per_trial": "resources.gpus_per_trial",
@@ -170,12 +171,14 @@ class Prepared:
     index: pd.DataFrame
     store: Path
     experiment: Experiment  # with train.epoch_images set for equal epochs
+    seconds: float  # indexing, checking and decoding
 
 
 def prepare(experiment: Experiment, resume: bool) -> Prepared:
     """Index, check and decode the dataset; fix the images per epoch. On resume, the dataset must not have changed."""
     data = experiment.settings.data
     print(f"indexing and decoding the dataset ({data.format}, {data.image_size} px) ...", flush=True)
+    started = time.time()
     dataset = prepare_dataset(data)
     index = dataset.index
     saved_path = experiment.run_dir / DATASET_FILE
@@ -199,7 +202,7 @@ def prepare(experiment: Experiment, resume: bool) -> Prepared:
         images = epoch_images(train_rows, sizes)
     settings = experiment.settings.with_train(epoch_images=images)
     return Prepared(index, dataset.store, Experiment(experiment.source, settings, experiment.search, experiment.scheduler,
-                                                     experiment.resources, experiment.run))
+                                                     experiment.resources, experiment.run), time.time() - started)
 
 
 def describe_weights(experiment: Experiment) -> str:
@@ -387,6 +390,8 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
     run_dir, resume = experiment.run_dir, args.resume is not None
     started = time.time()
     reached = run_folder.stage(run_dir)
+    kept = experiment.search.max_concurrent * experiment.run.checkpoints_to_keep + 1  # + the best model
+    require_free_space(run_dir, kept * CHECKPOINT_BYTES, f"{kept - 1} trial checkpoint(s) and the best model")
     if not resume:
         write_json(run_dir / EXPERIMENT_FILE, experiment.to_dict())
         save_index(prepared.index, run_dir / DATASET_FILE)
@@ -397,6 +402,7 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
         experiment = resolve_backbone(prepared.experiment)
         validation_size = len(rows_for(prepared.index, "val"))
         if reached != "searched":
+            features_started = time.time()
             features = prepare_head_features(experiment, prepared)
             fit_started = time.time()
             results = make_tuner(experiment, prepared, features, resume and tune.Tuner.can_restore(str(run_dir))).fit()
@@ -406,7 +412,8 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
             if search_interrupted(experiment, time.time() - fit_started):
                 raise SearchError(f"the search was interrupted; continue it with: python -m tuning.search --resume {run_dir}")
             write_json(run_dir / "search.json", {"wall_time_s": time.time() - started, "finished": time.time(),
-                                                 "validation_size": validation_size})
+                                                 "validation_size": validation_size, "prepare_s": prepared.seconds,
+                                                 "features_s": fit_started - features_started, "trials_s": time.time() - fit_started})
             run_folder.mark(run_dir, "searched")
         trials = pd.read_parquet(run_dir / TRIALS_FILE)
         print(summarize(trials, experiment, validation_size), flush=True)
@@ -416,7 +423,9 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
         selection = Selection(experiment.search.metric, experiment.search.direction)
         best = best_trial(trials, selection, list(experiment.search.space))
         if best is None:
-            raise SearchError(f"no trial reported {selection.metric}; see the trial errors in {run_dir / TRIALS_FILE}")
+            errors = trials["error"].dropna() if "error" in trials else pd.Series(dtype=str)
+            cause = f"; the first trial's error: {errors.iloc[0]}" if len(errors) else ""
+            raise SearchError(f"no trial scored {selection.metric} (see {run_dir / TRIALS_FILE}){cause}")
         config, epochs = best
         print(f"retraining the best configuration for its best epoch count ({epochs}) on train + val: {config}", flush=True)
         task = whole_gpu_task(retrain_and_evaluate, experiment)
@@ -451,8 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dir = experiment.run_dir
         print(describe_plan(experiment, args), flush=True)
         if not args.address and args.dashboard_host not in LOOPBACK:
-            logger.warning("the Ray dashboard will listen on %s: whoever reaches it can submit jobs to this cluster; "
-                           "prefer an SSH tunnel to 127.0.0.1", args.dashboard_host)
+            logger.warning("the Ray dashboard will listen on %s: anyone who reaches it with the cluster's token (~/.ray/auth_token) "
+                           "can run code here, and the token crosses the network unencrypted; prefer an SSH tunnel to 127.0.0.1",
+                           args.dashboard_host)
         if args.dry_run:
             prepared = prepare(experiment, resume=False)
             print(f"weights      {describe_weights(experiment)}")

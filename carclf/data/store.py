@@ -34,7 +34,7 @@ from tqdm import tqdm
 from carclf.config import DataConfig
 from carclf.data.images import ImageError, load_crop
 from carclf.data.table import boxes
-from carclf.files import atomic_path, cache_folder, read_json, write_json
+from carclf.files import atomic_path, cache_folder, read_json, require_free_space, write_json
 
 logger = logging.getLogger(__name__)
 STORE_FORMAT = 2
@@ -96,6 +96,7 @@ def build_image_store(rows: pd.DataFrame, data: DataConfig, workers: int | None 
         if path.exists() or manifest_path(path).exists():
             logger.warning("rebuilding the decoded image store: %s", error)
     manifest_path(path).unlink(missing_ok=True)  # a store is complete only once its manifest is back
+    require_free_space(path.parent, int(np.prod(shape) * 1.05), "the decoded image store")
     logger.info("decoding %d images once into %s (%.2f GB)", len(rows), path, np.prod(shape) / 1e9)
     digests, failures = _decode_into(path, rows, data, shape, workers)
     write_json(manifest_path(path), {

@@ -1,13 +1,15 @@
 """A small synthetic car dataset in the Stanford Cars devkit layout, for the demo and the tests.
 
-Ten classes of car-like drawings that differ in body shape, colour and wheel layout, drawn at a
-random place and scale on varied backgrounds, each with its bounding box. Written as
+Ten classes of car-like drawings that differ in body shape, colour and wheel layout (up to 60 for
+benchmarks: the ten bodies in more colours, up to 200), drawn at a random place and scale on varied
+backgrounds, each with its bounding box. Written as
 `devkit/*.mat` + `cars_train/` + `cars_test/` so the demo goes through the real devkit reader.
 Deterministic from the seed; a few hundred small JPEGs take a couple of seconds.
 """
 
 from __future__ import annotations
 
+import colorsys
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -33,6 +35,25 @@ CAR_CLASSES = [
     ("Carclf Limousine Silver", [(0, .12), (1, .12), (1, .27), (.9, .29), (.82, .4), (.18, .4), (.1, .29), (0, .27)], [.1, .5, .9], .06, (170, 170, 180)),
     ("Carclf Minivan Teal", [(0, .12), (1, .12), (1, .55), (.3, .6), (.05, .45), (0, .3)], [.18, .82], .1, (20, 150, 150)),
 ]
+# Classes beyond the first ten repeat the ten bodies in other colours: these five, then evenly
+# spread hues (for benchmarks with as many classes as Stanford Cars' 196).
+EXTRA_COLOURS = [("Gold", (212, 175, 55)), ("Navy", (20, 30, 110)), ("Olive", (110, 120, 30)), ("Pink", (240, 120, 170)),
+                 ("Brown", (120, 70, 30))]
+MAX_CLASSES = 200
+
+
+def car_class(class_id: int) -> tuple:
+    """(name, outline, wheels, wheel radius, colour) of class `class_id` in 0..MAX_CLASSES-1."""
+    if class_id < len(CAR_CLASSES):
+        return CAR_CLASSES[class_id]
+    name, outline, wheels, radius, _ = CAR_CLASSES[class_id % len(CAR_CLASSES)]
+    shade = class_id // len(CAR_CLASSES) - 1
+    if shade < len(EXTRA_COLOURS):
+        colour_name, colour = EXTRA_COLOURS[shade]
+    else:
+        hue = (shade * 0.618034) % 1.0  # golden-ratio steps keep neighbouring shades apart
+        colour_name, colour = f"Hue {round(hue * 360)}", tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.8, 0.85))
+    return f"{name.rsplit(' ', 1)[0]} {colour_name}", outline, wheels, radius, colour
 
 
 @dataclass(frozen=True)
@@ -64,7 +85,7 @@ def _background(rng: np.random.Generator, width: int, height: int) -> Image.Imag
 
 def draw_car(rng: np.random.Generator, class_id: int, width: int, height: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
     """Draw one car of `class_id` on a random background; return the image and its box (x1, y1, x2, y2)."""
-    _, outline, wheels, radius, colour = CAR_CLASSES[class_id]
+    _, outline, wheels, radius, colour = car_class(class_id)
     image = _background(rng, width, height)
     draw = ImageDraw.Draw(image)
     length = width * rng.uniform(0.45, 0.8)
@@ -108,8 +129,8 @@ def generate_synthetic_cars(root: str | Path, spec: SyntheticSpec = SyntheticSpe
     wanted = json.dumps(asdict(spec), sort_keys=True)
     if marker.is_file() and marker.read_text() == wanted:
         return root
-    if not 1 <= spec.num_classes <= len(CAR_CLASSES):
-        raise ValueError(f"num_classes must be in 1..{len(CAR_CLASSES)}, got {spec.num_classes}")
+    if not 1 <= spec.num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be in 1..{MAX_CLASSES}, got {spec.num_classes}")
     logger.info("generating the synthetic car dataset in %s", root)
     rng = np.random.default_rng(spec.seed)
     (root / "devkit").mkdir(parents=True, exist_ok=True)
@@ -129,7 +150,7 @@ def generate_synthetic_cars(root: str | Path, spec: SyntheticSpec = SyntheticSpe
             records.append({"bbox_x1": x1, "bbox_y1": y1, "bbox_x2": x2, "bbox_y2": y2, "class": int(class_id) + 1, "fname": name})
         scipy.io.savemat(root / "devkit" / annos, {"annotations": _annotation_struct(records)})
     names = np.empty((1, spec.num_classes), dtype=object)
-    names[0, :] = [CAR_CLASSES[i][0] for i in range(spec.num_classes)]
+    names[0, :] = [car_class(i)[0] for i in range(spec.num_classes)]
     scipy.io.savemat(root / "devkit" / "cars_meta.mat", {"class_names": names})
     marker.write_text(wanted)
     return root

@@ -58,3 +58,23 @@ def test_a_model_trained_on_one_backend_predicts_alike_on_the_other(tiny_dataset
     result = _python(PREDICT, path, tmp_path / "images.npy", tmp_path / "other.npy", backend=other)
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "other.npy"), model.predict(images, verbose=0), atol=1e-4)
+
+
+@pytest.mark.parametrize("requested", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_without_a_gpu_warns_and_trains_in_float32(requested, caplog):
+    from carclf.runtime import resolve_precision
+
+    with caplog.at_level("WARNING"):
+        assert resolve_precision(requested) == "float32"
+    assert f"precision {requested} asked for, but no GPU is visible" in caplog.text
+    assert resolve_precision("auto") == "float32"
+
+
+def test_trials_get_their_backend_gpu_share_and_compile_cache(tmp_path):
+    from carclf.runtime import trial_environment
+
+    environment = trial_environment("jax", 0.25, tmp_path)
+    assert environment["KERAS_BACKEND"] == "jax"
+    assert float(environment["XLA_PYTHON_CLIENT_MEM_FRACTION"]) == pytest.approx(0.225)  # its share, with headroom
+    assert environment["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path)
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in trial_environment("jax", 1.0, None)  # a whole GPU: JAX's own default

@@ -72,7 +72,7 @@ def test_two_phases_train_the_head_then_the_top_blocks(tiny_dataset, tiny_settin
 
 def test_a_diverging_run_stops_after_the_epoch(tiny_dataset, tiny_settings):
     configure_process(2, seed=0)
-    settings = tiny_settings.with_train(epochs=4, learning_rate=1e6, lr_decay=0.0, unfreeze_depth=16)
+    settings = tiny_settings.with_train(epochs=4, learning_rate=1e6, lr_decay=0.0, unfreeze_depth=1)
     logs = Logs()
     train_classifier(TrainingData(tiny_dataset.index, tiny_dataset.store), settings, callbacks=[logs])
     assert logs.epochs[-1]["diverged"] == 1.0 and len(logs.epochs) < 4

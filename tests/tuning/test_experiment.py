@@ -16,7 +16,8 @@ def test_shipped_experiments_load(name):
     experiment = load_experiment(EXPERIMENTS / name)
     assert {"batch_size", "learning_rate", "lr_decay", "unfreeze_depth"} <= set(experiment.search.space)
     assert experiment.search.start[0] == {"batch_size": 32, "learning_rate": 0.005, "lr_decay": 0.0001, "unfreeze_depth": 0, **(
-        {"dropout": 0.2} if "dropout" in experiment.search.space else {})}
+        {"dropout": 0.2} if "dropout" in experiment.search.space else {}), **(
+        {"head_epochs": 0} if "head_epochs" in experiment.search.space else {})}
     assert experiment.trial_settings().train.epochs == experiment.scheduler.max_epochs
 
 
@@ -68,7 +69,7 @@ def test_unknown_key_and_table(tmp_path):
 
 
 def test_start_point_outside_space(tmp_path):
-    path = _write(tmp_path, "[[search.start]]\nbatch_size = 48\nlearning_rate = 0.01\nlr_decay = 0.0001\nunfreeze_depth = 0\n")
+    path = _write(tmp_path, "[[search.start]]\nbatch_size = 48\nlearning_rate = 0.01\nlr_decay = 0.0001\nunfreeze_depth = 0\nhead_epochs = 0\n")
     with pytest.raises(ConfigError, match=r"\[\[search\.start\]\] #2 batch_size: 48 is outside its search space"):
         load_experiment(path)
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import keras
 import optuna
@@ -139,29 +140,34 @@ def _finished_trials(run_dir):
     return done
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
-def test_interrupted_search_resumes_where_it_is_now_without_rerunning_finished_trials(tiny_cars, tmp_path, stop):
+def _wait_for(run_dir, finished, process, seconds=300):
+    deadline = time.monotonic() + seconds
+    while len(_finished_trials(run_dir)) < finished and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    assert len(_finished_trials(run_dir)) >= finished, "the search did not get far enough to interrupt"
+
+
+def test_an_interrupted_search_resumes_where_it_is_now_without_rerunning_finished_trials(tiny_cars, tmp_path):
+    """Ctrl+C, then a SIGKILL of the resumed run, then the folder moved: one run, each trial's epochs once."""
     command = search_command(tiny_cars, tmp_path, "resume", "--num-samples", "4", "--max-concurrent", "1",
                              "--set", "scheduler.max_epochs=2", "--set", "scheduler.grace_period=2", "--no-retrain",
                              cache=tmp_path / "cache")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "resume"
-    deadline = time.monotonic() + 300
-    while len(_finished_trials(run_dir)) < 2 and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.5)
-    finished_before = set(_finished_trials(run_dir))
-    assert len(finished_before) >= 2, "the search did not get far enough to interrupt"
-
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(run_dir, 1, process)
     second = run(command, timeout=120)  # the run has one owner
     assert second.returncode == 2 and f"{run_dir}: in use by pid {process.pid}" in second.stderr
-
     dataset_before = (run_dir / "dataset.parquet").read_bytes()
-    interrupted_at = time.time()
-    process.send_signal(stop)
+    process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=180)
-    assert process.returncode != 0
-    if stop == signal.SIGINT:  # a graceful stop says how to continue
-        assert "--resume" in stderr.strip().splitlines()[-1]
+    assert process.returncode != 0 and "--resume" in stderr.strip().splitlines()[-1]  # a graceful stop says how to go on
+
+    process = subprocess.Popen([*command, "--resume"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(run_dir, 2, process)
+    finished_before = set(_finished_trials(run_dir))
+    interrupted_at = time.time()
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=180)
 
     moved = tmp_path / "elsewhere" / "resume"
     moved.parent.mkdir()
@@ -185,46 +191,36 @@ def test_interrupted_search_resumes_where_it_is_now_without_rerunning_finished_t
 
 def test_diverging_trials_are_marked_and_the_search_goes_on(tiny_cars, tmp_path):
     command = search_command(tiny_cars, tmp_path, "nan", "--num-samples", "2", "--max-concurrent", "1", "--no-retrain",
-                             "--set", "scheduler.max_epochs=2", "--set", "scheduler.kind='none'",
+                             "--set", "scheduler.max_epochs=1", "--set", "scheduler.kind='none'",
                              "--set", "search.space={ learning_rate = { choice = [1000000.0, 0.001] } }",
-                             "--set", "search.start=[{ learning_rate = 1000000.0 }]", "--set", "train.unfreeze_depth=16",
+                             "--set", "search.start=[{ learning_rate = 1000000.0 }]", "--set", "train.unfreeze_depth=1",
                              "--set", "train.lr_decay=0.0")
     result = run(command)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     trials = pd.read_parquet(tmp_path / "nan" / "trials.parquet").groupby("trial_id").last()
     assert sorted(trials["status"]) == ["diverged", "finished"]
     diverged = trials[trials["status"] == "diverged"].iloc[0]
-    assert diverged["config/learning_rate"] == 1e6 and diverged["epoch"] == 1  # stopped at once
+    assert diverged["config/learning_rate"] == 1e6 and diverged["best_val_loss"] == float("inf")
     study = optuna.load_study(study_name="carclf", storage=f"sqlite:///{tmp_path / 'nan' / 'study.db'}")
     assert sorted(trial.value for trial in study.trials)[-1] == float("inf")  # val_loss: the worst value
     report = json.loads(write_report(tmp_path / "nan")[0].read_text())
     assert report["search"]["diverged"] == 1 and report["top_trials"][-1]["status"] == "diverged"
 
 
-def test_a_single_point_space_runs_and_says_there_is_nothing_to_choose(tiny_cars, tmp_path):
-    command = search_command(tiny_cars, tmp_path, "point", "--num-samples", "1", "--no-retrain",
-                             "--set", "scheduler.max_epochs=1", "--set", "scheduler.grace_period=1",
-                             "--set", "search.space={ batch_size = { choice = [8] } }", "--set", "search.start=[]")
-    result = run(command)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "the search has nothing to choose" in result.stderr and "the search space has a single point" in result.stdout
-    assert "the search will be random" in result.stderr  # 1 trial, 2 start-up trials
-
-
-def test_same_experiment_same_machine_same_results(tiny_cars, tmp_path):
-    """Seeded and deterministic on the CPU: two runs give the same trial metrics and test metrics."""
+def test_a_single_point_search_runs_says_so_and_repeats_exactly(tiny_cars, tmp_path):
+    """Nothing to choose, and seeded and deterministic on the CPU: two runs, the same trial and test metrics."""
     outcomes = []
     for name in ("first", "second"):
-        command = search_command(tiny_cars, tmp_path, name, "--num-samples", "2", "--max-concurrent", "1",
-                                 "--set", "scheduler.max_epochs=2", "--set", "search.space.unfreeze_depth={ randint = [1, 2] }",
-                                 "--set", "search.start=[]", cache=tmp_path / "cache")
+        command = search_command(tiny_cars, tmp_path, name, "--num-samples", "1", "--set", "scheduler.max_epochs=1",
+                                 "--set", "search.space={ batch_size = { choice = [8] } }", "--set", "search.start=[]",
+                                 "--set", "train.unfreeze_depth=1", cache=tmp_path / "cache")
         result = run(command)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "the search has nothing to choose" in result.stderr and "the search space has a single point" in result.stdout
+        assert "the search will be random" in result.stderr  # 1 trial, 2 start-up trials
         trials = pd.read_parquet(tmp_path / name / "trials.parquet")
-        trials["number"] = trials["trial_path"].str.extract(r"_(\d+)_batch_size=", expand=False).astype(int)  # creation order
-        trials = trials.sort_values(["number", "epoch"])
         metrics = json.loads((tmp_path / name / "best" / "metrics.json").read_text())["test"]
-        outcomes.append((trials[["epoch", "loss", "val_loss", "val_accuracy", "config/learning_rate"]].to_numpy().tolist(),
+        outcomes.append((trials[["epoch", "loss", "val_loss", "val_accuracy"]].to_numpy().tolist(),
                          {key: metrics[key] for key in ("accuracy", "loss", "macro_f1")}))
     assert outcomes[0] == outcomes[1]
 
@@ -232,10 +228,43 @@ def test_same_experiment_same_machine_same_results(tiny_cars, tmp_path):
 def test_dashboard_on_another_host_warns(tiny_cars, tmp_path):
     result = run(search_command(tiny_cars, tmp_path, "dash", "--dashboard-host", "0.0.0.0", "--dry-run"), timeout=120)
     assert result.returncode == 0
-    assert "dashboard will listen on 0.0.0.0: whoever reaches it can submit jobs" in result.stderr
+    assert "dashboard will listen on 0.0.0.0: anyone who reaches it with the cluster's token" in result.stderr
 
 
 def test_resuming_a_folder_without_a_run_is_refused(tmp_path):
     result = run([*search_command(tmp_path, tmp_path, "none"), "--resume"], timeout=120)
     assert result.returncode == 2 and "nothing to resume" in result.stderr
     assert not os.path.exists(tmp_path / "none" / "status.json")
+
+
+def test_a_folder_that_cannot_be_written_is_named(tiny_cars, tmp_path):
+    result = run(search_command(tiny_cars, Path("/proc/carclf-runs"), "ro", cache=tmp_path / "cache"), timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: /proc/carclf-runs" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 20 MB file system of its own (tmpfs), where the machine allows mounting one."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_a_full_disk_is_named_before_anything_is_half_written(tiny_cars, tmp_path, small_disk):
+    command = search_command(tiny_cars, small_disk, "full", "--num-samples", "1", "--no-retrain", "--set", "scheduler.max_epochs=1",
+                             cache=tmp_path / "cache")
+    result = run(command, timeout=180)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"error: {small_disk / 'full'}: No space left" in last and "MB free" in last
+    assert not (small_disk / "full" / "experiment.json").exists()
+    subprocess.run(["mount", "-o", "remount,size=1g", str(small_disk)], check=True)  # the user frees space
+    again = run(command)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (small_disk / "full" / "trials.parquet").is_file()

@@ -1,0 +1,20 @@
+"""The Optuna study of a run: created once, reopened by the same experiment, refused to another."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuning.experiment import DEMO_EXPERIMENT, load_experiment
+from tuning.searcher import STUDY_NAME, StudyMismatchError, open_study
+
+
+def test_a_study_of_another_experiment_is_refused_naming_both(tmp_path):
+    demo = load_experiment(DEMO_EXPERIMENT).to_dict()
+    study = open_study(tmp_path, demo, "max")
+    assert study.study_name == STUDY_NAME and (tmp_path / "study.db").is_file()
+    assert open_study(tmp_path, demo, "max").user_attrs == study.user_attrs  # the same experiment reopens it
+    other = load_experiment(DEMO_EXPERIMENT, ["search.num_samples=9"]).to_dict()
+    other["source"] = "experiments/other.toml"
+    with pytest.raises(StudyMismatchError, match=r"study\.db: this study belongs to another experiment \(.*demo\.toml.*\), "
+                                                 r"not to experiments/other\.toml"):
+        open_study(tmp_path, other, "max")
