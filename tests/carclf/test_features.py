@@ -11,7 +11,7 @@ import pytest
 from carclf.config import ModelConfig
 from carclf.data.store import open_image_store
 from carclf.data.table import rows_for
-from carclf.features import build_head_features, open_head_features, view_transforms
+from carclf.features import build_head_features, feature_folder, open_head_features, view_transforms
 from carclf.layers import flip_and_rotate
 from carclf.model import build_backbone, build_classifier
 from carclf.runtime import configure_process
@@ -73,6 +73,7 @@ def test_head_on_cached_features_learns_as_the_head_through_the_network(tiny_dat
 def test_anything_the_features_depend_on_makes_a_new_cache(tiny_dataset, pretrained_settings, change, tmp_path):
     index, settings = tiny_dataset.index, pretrained_settings
     folder = build_head_features(index, tiny_dataset.store, settings)
+    assert folder == feature_folder(index, tiny_dataset.store, settings)
     if change == "seed":
         settings = settings.with_train(seed=1)
     elif change == "views":
@@ -91,7 +92,7 @@ def test_anything_the_features_depend_on_makes_a_new_cache(tiny_dataset, pretrai
         weights = tmp_path / "other.weights.h5"
         backbone.save_weights(weights)
         settings = dataclasses.replace(settings, model=ModelConfig(weights=str(weights)))
-    assert build_head_features(index, tiny_dataset.store, settings) != folder
+    assert feature_folder(index, tiny_dataset.store, settings) != folder  # the folder build_head_features fills and reads
 
 
 def test_truncated_feature_file_is_named_and_rebuilt(tiny_dataset, pretrained_settings, caplog):
