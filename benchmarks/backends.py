@@ -12,7 +12,9 @@ def measure_each_backend(script: str, backends: tuple[str, ...] = ("tensorflow",
     """`python SCRIPT --backend` under each backend; each run prints its figures as one JSON line last."""
     results = []
     for backend in backends:
-        output = subprocess.run([sys.executable, script, "--backend"], capture_output=True, text=True, check=True,
-                                env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
-        results.append(json.loads(output.strip().splitlines()[-1]))
+        run = subprocess.run([sys.executable, script, "--backend"], capture_output=True, text=True,
+                             env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        if run.returncode != 0:
+            sys.exit(f"{script} --backend failed under KERAS_BACKEND={backend}:\n{run.stderr[-3000:]}")
+        results.append(json.loads(run.stdout.strip().splitlines()[-1]))
     return results

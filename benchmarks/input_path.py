@@ -40,7 +40,7 @@ def measure_this_backend() -> dict[str, float]:
 
     figures: dict[str, float] = {"backend": keras.backend.backend()}
     with tempfile.TemporaryDirectory() as folder:
-        root = generate_synthetic_cars(Path(folder) / "cars", SyntheticSpec(train_per_class=40, test_per_class=0,
+        root = generate_synthetic_cars(Path(folder) / "cars", SyntheticSpec(train_per_class=40, test_per_class=2,
                                                                            width_range=(600, 800), height_range=(400, 520)))
         data = DataConfig(format="devkit", root=str(root), image_size=224, cache_dir=str(Path(folder) / "cache"))
         dataset = prepare_dataset(data)

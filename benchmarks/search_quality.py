@@ -153,6 +153,7 @@ def main() -> None:
             for seed in range(args.seeds):
                 for strategy in STRATEGIES:
                     runs.append(run_search(Path(folder), task, strategy, seed))
+                    Path("search_quality.json").write_text(json.dumps({"runs": runs}, indent=2))  # kept if stopped
                     print(f"{task} {strategy} seed {seed}: best {runs[-1]['best'][-1]:.3f} after {runs[-1]['images'][-1]} images, "
                           f"test {runs[-1]['test_accuracy']:.3f}", flush=True)
     rows = summarize(runs)

@@ -68,10 +68,11 @@ def main() -> None:
     results = {"depths": depths, "head": {"cached": cached, "cached_s": cached_seconds, "features_build_s": build_seconds,
                                           "network": network, "network_s": network_seconds}}
     Path("transfer.json").write_text(json.dumps(results, indent=2))
-    print(f"| unfreeze depth | pretrained (synthetic shapes) | random weights | best validation accuracy, {EPOCHS} epochs |")
-    print("| --- | --- | --- | --- |")
+    print(f"best validation accuracy after {EPOCHS} epochs\n")
+    print("| unfreeze depth | pretrained (synthetic shapes) | random weights |")
+    print("| --- | --- | --- |")
     for row in depths:
-        print(f"| {row['depth']} | {row['pretrained']:.2f} | {row['scratch']:.2f} | |")
+        print(f"| {row['depth']} | {row['pretrained']:.2f} | {row['scratch']:.2f} |")
     head = results["head"]
     print("\n| head only, depth 0 | best validation accuracy | seconds for the epochs |")
     print("| --- | --- | --- |")
