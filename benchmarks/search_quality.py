@@ -164,7 +164,8 @@ def main() -> None:
     for row in rows:
         shares = [share for share in row["share_of_random_images_to_reach_its_best"]]
         reached = [share for share in shares if share is not None]
-        share = (f"{statistics.mean(reached):.0%} (reached in {len(reached)} of {len(shares)} seeds)" if shares else "")
+        share = (f"{statistics.mean(reached):.0%} (reached in {len(reached)} of {len(shares)} seeds)" if reached
+                 else f"never (in {len(shares)} seeds)" if shares else "")
         print(f"| {row['task']} | {row['strategy']} | {_mean_sd(row['best'])} | {_mean_sd(row['images'], 0)} | "
               f"{_mean_sd(row['test'])} | {share} |")
 
