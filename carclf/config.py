@@ -67,6 +67,11 @@ class ModelConfig:
     weights: str = "imagenet"  # "imagenet", "synthetic" (carclf's own pretrained backbone), "none", or a file
     dropout: float = 0.2
 
+    @property
+    def pretrained(self) -> bool:
+        """Whether the backbone starts from trained weights (anything but "none")."""
+        return self.weights.lower() != "none"
+
     def check(self) -> None:
         _require(self.weights != "", "weights", "must be 'imagenet', 'synthetic', 'none' or a path to a weights file")
         _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")

@@ -60,7 +60,7 @@ class HeadFeatures:
 
 
 def can_cache_features(settings: RunSettings) -> bool:
-    return settings.train.feature_views > 0 and settings.model.weights.lower() != "none"
+    return settings.train.feature_views > 0 and settings.model.pretrained
 
 
 def features_key(index: pd.DataFrame, store: str | Path, settings: RunSettings) -> str:

@@ -73,7 +73,7 @@ def build_backbone(image_size: int, weights: str) -> keras.Model:
     return backbone
 
 
-def set_unfreeze_depth(backbone: keras.Model, unfreeze_depth: int, pretrained: bool = True) -> None:
+def set_unfreeze_depth(backbone: keras.Model, unfreeze_depth: int, *, pretrained: bool) -> None:
     """Make the top `unfreeze_depth` residual blocks trainable (0: none, 16: the whole backbone).
 
     At 16 the stem (conv1) is unfrozen too, so "every block" means full fine-tuning. In a
@@ -108,9 +108,8 @@ def build_classifier(num_classes: int, data: DataConfig, model: ModelConfig, unf
     size = data.image_size
     with dtype_policy(precision):
         backbone = build_backbone(size, model.weights)
-        pretrained = model.weights.lower() != "none"
-        set_unfreeze_depth(backbone, unfreeze_depth, pretrained)
-        if not pretrained:
+        set_unfreeze_depth(backbone, unfreeze_depth, pretrained=model.pretrained)
+        if not model.pretrained:
             for layer in backbone.layers:
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.momentum = RANDOM_INIT_BN_MOMENTUM

@@ -157,7 +157,7 @@ def train_classifier(data: TrainingData, settings: RunSettings, *, splits: Seque
                 classifier = build_classifier(len(names), settings.data, settings.model, phase.unfreeze_depth, train.seed, precision)
                 if head is not None:
                     transfer_weights(head, classifier)
-            set_unfreeze_depth(classifier.get_layer(BACKBONE_NAME), phase.unfreeze_depth, settings.model.weights.lower() != "none")
+            set_unfreeze_depth(classifier.get_layer(BACKBONE_NAME), phase.unfreeze_depth, pretrained=settings.model.pretrained)
             model = compile_classifier(classifier, train, phase.learning_rate)
             store_rows = train_rows["store_row"].to_numpy(dtype=np.int64)
             batches = TrainingBatches(lambda rows, rng: pixels[rows], store_rows, train_rows["label"].to_numpy(), train.batch_size,

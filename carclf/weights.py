@@ -62,7 +62,7 @@ def resolve_weights(settings: RunSettings, build_synthetic: Callable[[RunSetting
     it in this process (a search runs it as a Ray task, where the GPUs are).
     """
     weights = settings.model.weights
-    if weights.lower() == "none":
+    if not settings.model.pretrained:
         return settings
     if weights == "imagenet":
         path = imagenet_weights()
