@@ -6,10 +6,20 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Callable
 
 
-def measure_each_backend(script: str, backends: tuple[str, ...] = ("tensorflow", "jax")) -> list[dict]:
-    """`python SCRIPT --backend` under each backend; each run prints its figures as one JSON line last."""
+def measure_each_backend(script: str, measure_this_backend: Callable[[], dict], json_file: str,
+                         backends: tuple[str, ...] = ("tensorflow", "jax")) -> list[dict]:
+    """Each backend's figures, measured in its own process, also written to `json_file`.
+
+    Run as `python SCRIPT --backend` (the child), this process measures its own backend, prints the
+    figures as one JSON line and exits; otherwise it starts one child per backend, in turn.
+    """
+    if "--backend" in sys.argv:
+        print(json.dumps(measure_this_backend()))
+        sys.exit(0)
     results = []
     for backend in backends:
         run = subprocess.run([sys.executable, script, "--backend"], capture_output=True, text=True,
@@ -17,4 +27,5 @@ def measure_each_backend(script: str, backends: tuple[str, ...] = ("tensorflow",
         if run.returncode != 0:
             sys.exit(f"{script} --backend failed under KERAS_BACKEND={backend}:\n{run.stderr[-3000:]}")
         results.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    Path(json_file).write_text(json.dumps(results, indent=2))
     return results

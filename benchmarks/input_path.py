@@ -15,8 +15,6 @@ Prints a markdown table and writes `input_path.json` in the current folder.
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -75,11 +73,7 @@ def measure_this_backend() -> dict[str, float]:
 
 
 def main() -> None:
-    if "--backend" in sys.argv:
-        print(json.dumps(measure_this_backend()))
-        return
-    results = measure_each_backend(__file__)
-    Path("input_path.json").write_text(json.dumps(results, indent=2))
+    results = measure_each_backend(__file__, measure_this_backend, "input_path.json")
     keys = [key for key in results[0] if key != "backend"]
     print("| images/s at 224 px | " + " | ".join(r["backend"] for r in results) + " | goal |")
     print("| --- |" + " --- |" * (len(results) + 1))
