@@ -68,7 +68,8 @@ def _image_to_data_uri(image: Image.Image) -> str:
 
 def parameter_importance(trials: pd.DataFrame, space: dict, selection: Selection) -> dict[str, float]:
     """Optuna's fANOVA importances from a study rebuilt from each trial's score (the selection rule)."""
-    study = optuna.create_study(direction="maximize" if selection.mode == "max" else "minimize")
+    # Named, so Optuna's "new study created in memory" line is not mistaken for the run's study.db.
+    study = optuna.create_study(study_name="report-parameter-importance", direction="maximize" if selection.mode == "max" else "minimize")
     distributions = {key: _optuna_distribution(*next(iter(spec.items()))) for key, spec in space.items()}
     for _, row in trial_summaries(trials, selection).iterrows():
         params = {key: plain_value(row.get(key)) for key in space}
