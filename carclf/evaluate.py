@@ -13,6 +13,7 @@ per line in test-file order, the format of the dataset's evaluation server.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +24,13 @@ import pandas as pd
 
 from carclf.data.batches import padded_batches
 from carclf.files import write_text
+
+NOISE_Z = 1.96  # two accuracies closer than 1.96 combined standard errors are within noise (95 %)
+
+
+def accuracy_standard_error(accuracy: float, count: int) -> float:
+    """The binomial standard error of an accuracy measured on `count` images."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / count) if count else math.inf
 
 PROBABILITY_FLOOR = 1e-7  # Keras' epsilon: the cross-entropy of a zero probability stays finite
 

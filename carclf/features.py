@@ -37,6 +37,7 @@ from carclf.data.table import rows_for
 from carclf.files import cache_folder, read_json, write_json
 from carclf.layers import compiled_flip_and_rotate
 from carclf.model import build_feature_extractor
+from carclf.progress import ProgressFile
 from carclf.runtime import resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,10 @@ def cached_head_features(index: pd.DataFrame, store: str | Path, settings: RunSe
     return folder
 
 
-def build_head_features(index: pd.DataFrame, store: str | Path, settings: RunSettings) -> Path:
-    """Compute (or reuse, once verified) the feature folder for `settings`; returns its path."""
+def build_head_features(index: pd.DataFrame, store: str | Path, settings: RunSettings, progress: str | Path | None = None) -> Path:
+    """Compute (or reuse, once verified) the feature folder for `settings`; returns its path.
+
+    `progress` names a file told each finished pass (`carclf.progress`)."""
     folder = cached_head_features(index, store, settings)
     if folder is not None:
         return folder
@@ -118,11 +121,14 @@ def build_head_features(index: pd.DataFrame, store: str | Path, settings: RunSet
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     train = np.lib.format.open_memmap(partial / "train.npy", "w+", np.float32, (views, len(train_rows), extractor.output_shape[-1]))
+    told = ProgressFile(progress, "computing the feature cache (passes over the images)", views + 1)
     for view in range(views):
         train[view] = extract(extractor, pixels, train_rows, *view_transforms(len(train_rows), view, settings))
+        told.update(view + 1)
     train.flush()
     del train
     np.save(partial / "val.npy", extract(extractor, pixels, validation_rows))
+    told.update(views + 1)
     write_json(partial / "manifest.json", {
         "format": FEATURES_FORMAT, "views": views,
         "train_labels": rows_for(index, "train")["label"].astype(int).tolist(),

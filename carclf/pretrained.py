@@ -29,6 +29,7 @@ from carclf.config import RunSettings
 from carclf.files import atomic_path, cache_folder
 from carclf.layers import RandomFlipRotation
 from carclf.model import RANDOM_INIT_BN_MOMENTUM, build_backbone, dtype_policy, pooled_features
+from carclf.progress import EpochProgress, ProgressFile
 from carclf.runtime import resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -114,8 +115,10 @@ def source_task(recipe: BackboneRecipe) -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int32)
 
 
-def build_synthetic_backbone(settings: RunSettings, recipe: BackboneRecipe | None = None) -> Path:
-    """Train the backbone on the source task (BatchNorm in training mode, momentum 0.9) and save it."""
+def build_synthetic_backbone(settings: RunSettings, recipe: BackboneRecipe | None = None, progress: str | Path | None = None) -> Path:
+    """Train the backbone on the source task (BatchNorm in training mode, momentum 0.9) and save it.
+
+    `progress` names a file told each finished epoch (`carclf.progress`)."""
     recipe = recipe or recipe_for(settings)
     path = synthetic_backbone_path(settings, recipe)
     keras.utils.set_random_seed(recipe.seed)
@@ -134,7 +137,9 @@ def build_synthetic_backbone(settings: RunSettings, recipe: BackboneRecipe | Non
         model = keras.Model(inputs, outputs)
     model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    history = model.fit(images, labels, batch_size=recipe.batch_size, epochs=recipe.epochs, verbose=0, shuffle=True)
+    told = ProgressFile(progress, "pretraining the synthetic backbone (epochs)", recipe.epochs)
+    history = model.fit(images, labels, batch_size=recipe.batch_size, epochs=recipe.epochs, verbose=0, shuffle=True,
+                        callbacks=[EpochProgress(told)])
     logger.info("synthetic backbone: training accuracy %.3f after %d epochs", history.history["accuracy"][-1], recipe.epochs)
     with atomic_path(path) as partial:
         backbone.save_weights(partial)

@@ -75,6 +75,14 @@ def phase_of(train: TrainConfig, epoch: int) -> str:
     return next(phase.name for phase in plan_phases(train) if phase.start < epoch <= phase.end)
 
 
+def final_phase_epochs(train: TrainConfig, epoch: int) -> int:
+    """Epochs of the run's last phase done after epoch `epoch`: 0 throughout a head-only warm-up.
+
+    Early stopping counts its rungs in these (`tuning.scheduler`), so no trial is judged before it
+    trains the way it will finish."""
+    return max(0, epoch - plan_phases(train)[-1].start)
+
+
 @dataclass(frozen=True)
 class TrainingData:
     """What a run reads: the dataset table, the decoded store, and cached head features if any."""

@@ -27,7 +27,7 @@ from ray import tune
 from carclf.checkpoints import read_checkpoint_state, save_checkpoint
 from carclf.config import RunSettings
 from carclf.runtime import configure_process, resolve_precision
-from carclf.train import TrainingData, phase_of, train_classifier
+from carclf.train import TrainingData, final_phase_epochs, phase_of, train_classifier
 
 OUT_OF_MEMORY_SIGNS = ("RESOURCE_EXHAUSTED", "out of memory", "OOM when allocating")
 
@@ -74,6 +74,7 @@ class ReportToTune(keras.callbacks.Callback):
         metrics: dict[str, Any] = {key: (float(v) if math.isfinite(float(v)) else None) for key, v in logs.items()}
         metrics.update({
             "epoch": number, "phase": phase_of(self.settings.train, number), "precision": self.precision,
+            "final_phase_epochs": final_phase_epochs(self.settings.train, number),
             "diverged": diverged, "best_epoch": self.best_epoch,
             self.selection.objective: self.selection.worst if diverged or self.best is None else self.best,
             "node_id": ray.get_runtime_context().get_node_id(),

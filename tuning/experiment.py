@@ -30,7 +30,7 @@ from carclf.config import (
 EXPERIMENTS = Path(str(importlib.resources.files("tuning.experiments")))
 DEMO_EXPERIMENT = EXPERIMENTS / "demo.toml"
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
-ALGORITHMS = ("optuna", "random")  # random: a baseline to compare Optuna's TPE against
+ALGORITHMS = ("auto", "tpe", "gp", "random")  # Optuna's samplers; auto: chosen by the search's size (tuning.samplers)
 SCHEDULERS = ("asha", "none")  # none: every trial runs all epochs
 # Why some [train] keys cannot be searched over: they describe the whole search, not one trial.
 NOT_TUNABLE = {
@@ -46,7 +46,7 @@ NOT_TUNABLE = {
 class SearchConfig:
     """How many trials, how many at once, what to optimise, and the space to search."""
 
-    algorithm: str = "optuna"
+    algorithm: str = "auto"
     num_samples: int = 8
     max_concurrent: int = 2
     seed: int = 0
@@ -58,6 +58,8 @@ class SearchConfig:
     start: list = field(default_factory=list)
 
     def check(self) -> None:
+        if self.algorithm == "optuna":
+            raise ConfigError("algorithm 'optuna' is now named 'tpe' (Optuna's TPE sampler); or use 'auto', 'gp' or 'random'")
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.num_samples < 1:
@@ -83,18 +85,21 @@ class SearchConfig:
 
     @property
     def optuna_startup_trials(self) -> int:
-        """Random trials before TPE starts modelling: the setting, or a third of the search, 2..10."""
+        """Random trials before the sampler starts modelling: the setting, or a third of the search, 2..10."""
         return self.startup_trials or max(2, min(10, self.num_samples // 3))
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """ASHA: a trial trains at most `max_epochs`; rungs start at `grace_period`. `kind = "none"` stops nothing early."""
+    """ASHA (`tuning.scheduler`): a trial trains at most `max_epochs`; rungs start at `grace_period` epochs of a
+    trial's final phase (after any head-only warm-up); a trial within `noise_z` standard errors of a rung's cut
+    goes on. `kind = "none"` stops nothing early."""
 
     kind: str = "asha"
     max_epochs: int = 10
     grace_period: int = 1
     reduction_factor: float = 3.0
+    noise_z: float = 1.0  # 0: stop on the cut alone, as plain ASHA
 
     def check(self) -> None:
         if self.kind not in SCHEDULERS:
@@ -105,6 +110,8 @@ class SchedulerConfig:
             raise ConfigError(f"grace_period must be in 1..max_epochs ({self.max_epochs}), got {self.grace_period}")
         if self.reduction_factor <= 1:
             raise ConfigError(f"reduction_factor must be > 1, got {self.reduction_factor}")
+        if not 0 <= self.noise_z <= 10:
+            raise ConfigError(f"noise_z must be in 0..10 (standard errors), got {self.noise_z}")
 
 
 @dataclass(frozen=True)
@@ -167,17 +174,32 @@ class Experiment:
     def run_dir(self) -> Path:
         return Path(self.run.storage_path).expanduser().resolve() / self.name
 
+    def with_settings(self, settings: RunSettings) -> Experiment:
+        """The same experiment with other run settings (the epoch budget, the weights file resolved)."""
+        return dataclasses.replace(self, settings=settings)
+
     def trial_settings(self) -> RunSettings:
         """Settings a trial starts from: the search trains up to the scheduler's `max_epochs`."""
         return self.settings.with_train(epochs=self.scheduler.max_epochs)
 
     def batch_sizes(self) -> list[int]:
         """Every batch size a trial may use (for equal epochs, `carclf.data.batches.epoch_images`)."""
-        spec = self.search.space.get("batch_size")
+        return [int(v) for v in self.possible_values("batch_size")]
+
+    def possible_values(self, key: str) -> list:
+        """The values a trial may take for a `[train]` key: the fixed one, a choice, or a randint's range;
+        a float range as its two ends."""
+        spec = self.search.space.get(key)
         if spec is None:
-            return [self.settings.train.batch_size]
+            return [getattr(self.settings.train, key)]
         kind, args = next(iter(spec.items()))
-        return [int(v) for v in args] if kind == "choice" else list(range(int(args[0]), int(args[1]) + 1))
+        return list(args) if kind == "choice" else list(range(int(args[0]), int(args[1]) + 1)) if kind == "randint" else list(args)
+
+    def warm_up_epochs(self) -> int:
+        """The most head-only warm-up epochs a two-phase trial may train before it fine-tunes (0: none)."""
+        if not any(depth > 0 for depth in self.possible_values("unfreeze_depth")):
+            return 0
+        return max(int(v) for v in self.possible_values("head_epochs"))
 
     def nothing_to_choose(self) -> bool:
         """True when every hyperparameter in the space has a single value."""
@@ -207,7 +229,17 @@ def experiment_from_document(document: dict[str, Any], where: str) -> Experiment
     sections = {name: parse_section(cls, document.get(name, {}), f"{where} [{name}]") for name, cls in SEARCH_SECTIONS.items()}
     experiment = Experiment(source=source, settings=settings, **sections)
     check_space(experiment, where)
+    check_warm_up(experiment, where)
     return experiment
+
+
+def check_warm_up(experiment: Experiment, where: str) -> None:
+    """Two-phase trials must have an epoch left to fine-tune within `scheduler.max_epochs`."""
+    warm_up, max_epochs = experiment.warm_up_epochs(), experiment.scheduler.max_epochs
+    if warm_up >= max_epochs:
+        key = "[search.space] head_epochs" if "head_epochs" in experiment.search.space else "[train] head_epochs"
+        raise ConfigError(f"{where} {key}: up to {warm_up} head-only epochs leave no epoch to fine-tune within "
+                          f"scheduler.max_epochs ({max_epochs}); lower head_epochs or raise max_epochs")
 
 
 def check_space(experiment: Experiment, where: str) -> None:

@@ -4,15 +4,24 @@
 `write_report` at its end. Everything is read from the files the search wrote (`experiment.json`,
 `dataset.parquet`, `trials.parquet`, `search.json`, `best/*`), so a report can be rebuilt later.
 
-report.json schema (version 2):
-  schema_version: 2
+report.json schema (version 3):
+  schema_version: 3
   experiment: the experiment document (tables data, model, train, search, scheduler, resources, run)
   dataset: {classes, rows_by_split: {train, val, test}}
-  search: {trials, finished, stopped_early, diverged, failed, wall_time_s, metric, mode, validation_size, selection}
+  search: {trials, finished, stopped_early, diverged, failed, interrupted, never_started, wall_time_s, metric, mode,
+           validation_size, selection, sampler}; stopped_early counts ASHA's stops only
+  early_stopping: {stopped, stopped_within_noise, spared} from rungs.jsonl (stops of trials within 1.96 combined
+                  standard errors of the rung's cut; trials below the cut that went on because they were within
+                  scheduler.noise_z of it), or null without ASHA
+  against_start: {trial_id, start_trial_id, gain, standard_error, within_noise, statement} the best trial against the
+                 first [[search.start]] trial, or null when the search had no start point
+  transfer: the transfer probe (carclf.probe.TransferProbe as a dict), or null for random weights
   top_trials: [{trial_id, <metric>, standard_error, best_epoch, epochs, status, precision, <hyperparameter>: value, ...}]
               best first; <metric> is the trial's best epoch's value (the selection rule)
   within_noise: trial ids of top trials whose score is within 1.96 standard errors of the best's
-  parameter_importance: {hyperparameter: importance 0..1} (Optuna fANOVA on the trials' scores; {} with too few)
+  parameter_importance: {hyperparameter: importance 0..1} (Optuna fANOVA on the trials' scores; {} below
+                        IMPORTANCE_MIN_TRIALS scored trials)
+  parameter_importance_note: how far to trust it
   best: {hyperparameters, retrain_epochs, precision, test: carclf.evaluate metrics (loss, accuracy, top5_accuracy,
          macro_precision, macro_recall, macro_f1, per_class [...], most_confused [...])} or null
   worst_classes: the 20 classes with the lowest test accuracy [{class_name, accuracy, support, ...}]
@@ -42,10 +51,13 @@ from carclf.data.table import class_names, load_index  # noqa: E402
 from carclf.files import plain_value, read_json, write_json, write_text  # noqa: E402
 from carclf.trainable import Selection  # noqa: E402
 from carclf.config import METRIC_MODES  # noqa: E402
-from tuning.trials import STATUSES, top_trials, trial_summaries, within_noise  # noqa: E402
+from tuning.scheduler import read_rung_decisions  # noqa: E402
+from tuning.trials import NOISE_Z, STATUSES, against_start, top_trials, trial_summaries, within_noise  # noqa: E402
 
 logger = logging.getLogger(__name__)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+IMPORTANCE_MIN_TRIALS = 10  # fewer scored trials: importances are withheld
+IMPORTANCE_RELIABLE_TRIALS = 30  # fewer: shown, marked unreliable
 SELECTION_RULE = ("each trial is scored by its best epoch's {metric}; that score ranks the trials, Optuna learns it, "
                   "ASHA compares it, and the winner is retrained for that epoch count")
 WORST_CLASSES = 20
@@ -76,7 +88,7 @@ def parameter_importance(trials: pd.DataFrame, space: dict, selection: Selection
         if any(value is None for value in params.values()) or not np.isfinite(float(row["score"])):
             continue
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(row["score"])))
-    if len(study.trials) < 2:
+    if len(study.trials) < IMPORTANCE_MIN_TRIALS:
         return {}
     try:
         return {key: float(value) for key, value in optuna.importance.get_param_importances(study).items()}
@@ -91,6 +103,26 @@ def _optuna_distribution(kind: str, args: list):
     if kind == "randint":
         return optuna.distributions.IntDistribution(args[0], args[1])
     return optuna.distributions.FloatDistribution(args[0], args[1], log=kind == "loguniform")
+
+
+def importance_note(scored: int) -> str:
+    """How far to trust fANOVA importances from `scored` trials."""
+    if scored < IMPORTANCE_MIN_TRIALS:
+        return f"withheld: {scored} scored trials, fewer than {IMPORTANCE_MIN_TRIALS}, cannot separate the hyperparameters' effects"
+    if scored < IMPORTANCE_RELIABLE_TRIALS:
+        return (f"unreliable: from {scored} scored trials (fewer than {IMPORTANCE_RELIABLE_TRIALS}); trials stopped early are "
+                "scored on shorter training, which can make the hyperparameters that decided their stopping look important")
+    return f"from {scored} scored trials"
+
+
+def early_stopping_summary(run_dir: Path) -> dict[str, int] | None:
+    """ASHA's decisions from `rungs.jsonl`: stops, stops within noise of the cut, and trials spared by the noise margin."""
+    decisions = read_rung_decisions(run_dir)
+    if not decisions:
+        return None
+    stopped = [d for d in decisions if d["decision"] == "stopped"]
+    return {"stopped": len(stopped), "stopped_within_noise": sum(bool(d["within_noise"]) for d in stopped),
+            "spared": sum(d["decision"] == "spared" for d in decisions)}
 
 
 def plot_learning_curves(trials: pd.DataFrame, metric: str) -> str:
@@ -206,16 +238,22 @@ def build_report(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     validation_size = int((index["split"] == "val").sum())
     statuses = trials.groupby("trial_id")["status"].first().value_counts()
     top = top_trials(trials, selection, validation_size=validation_size)
+    scored = int(trial_summaries(trials, selection)["score"].notna().sum())
     numbers: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "experiment": experiment,
         "dataset": {"classes": len(names), "rows_by_split": {k: int(v) for k, v in index["split"].value_counts().items()}},
         "search": {"trials": int(statuses.sum()), **{status.replace(" ", "_"): int(statuses.get(status, 0)) for status in STATUSES},
                    "wall_time_s": search_info.get("wall_time_s"), "metric": selection.metric, "mode": selection.mode,
-                   "validation_size": validation_size, "selection": SELECTION_RULE.format(metric=selection.metric)},
+                   "validation_size": validation_size, "selection": SELECTION_RULE.format(metric=selection.metric),
+                   "sampler": search_info.get("sampler")},
+        "early_stopping": early_stopping_summary(run_dir),
+        "against_start": against_start(trials, search.get("start") or [], selection, validation_size),
+        "transfer": search_info.get("transfer"),
         "top_trials": top,
         "within_noise": within_noise(top, selection.metric),
         "parameter_importance": parameter_importance(trials, space, selection),
+        "parameter_importance_note": importance_note(scored),
         "best": None,
         "worst_classes": [],
     }
@@ -271,10 +309,23 @@ def render_html(numbers: dict[str, Any], extras: dict[str, Any]) -> str:
                  **{f"{k} images": v for k, v in dataset["rows_by_split"].items()}, "image size": e["data"]["image_size"],
                  "weights": e["model"]["weights"]}]),
         _table([{"trials": search["trials"], "finished": search["finished"], "stopped early (ASHA)": search["stopped_early"],
-                 "diverged": search["diverged"], "failed": search["failed"], "wall time": wall,
+                 "diverged": search["diverged"], "failed": search["failed"], "interrupted": search["interrupted"],
+                 "never started": search["never_started"], "sampler": search.get("sampler"), "wall time": wall,
                  "metric": f"{search['mode']} {search['metric']}"}]),
         f"<p>Selection: {html.escape(search['selection'])}.</p>",
     ]
+    if numbers["against_start"]:
+        parts.append(f"<p><b>Against the starting configuration:</b> {html.escape(numbers['against_start']['statement'])}</p>")
+    stops = numbers["early_stopping"]
+    if stops:
+        parts.append(f"<p>ASHA stopped {stops['stopped']} trial(s) at a rung, {stops['stopped_within_noise']} of them within noise of the "
+                     f"cut (under {NOISE_Z} combined standard errors); {stops['spared']} trial(s) below a cut went on because they "
+                     "were within the noise margin (scheduler.noise_z).</p>")
+    if numbers["transfer"]:
+        transfer = numbers["transfer"]
+        parts.append(f"<p><b>Transfer:</b> a linear probe on frozen features scored {transfer['pretrained_accuracy']:.3f} with "
+                     f"{html.escape(str(e['model']['weights']))} weights against {transfer['random_accuracy']:.3f} with random weights "
+                     f"(± {transfer['standard_error']:.3f}): pretrained is {html.escape(transfer['verdict'])}.</p>")
     if best:
         test = best["test"]
         parts += ["<h2>Best configuration</h2>", _table([{**best["hyperparameters"], "retrain epochs": best["retrain_epochs"],
@@ -287,8 +338,8 @@ def render_html(numbers: dict[str, Any], extras: dict[str, Any]) -> str:
     parts += ["<h2>Top trials</h2>", f"<p>{html.escape(noise_statement(numbers))}</p>", _table(numbers["top_trials"]),
               "<h2>Learning curves</h2>", _img(extras.get("curves"), "learning curves"),
               "<h2>Hyperparameters against the validation metric</h2>", _img(extras.get("hyperparameters"), "hyperparameters"),
-              "<h2>Parameter importance</h2>",
-              _img(extras["importance"], "parameter importance") if "importance" in extras else "<p>not enough distinct trials to estimate importances</p>"]
+              "<h2>Parameter importance</h2>", f"<p>{html.escape(numbers['parameter_importance_note'])}</p>",
+              _img(extras["importance"], "parameter importance") if "importance" in extras else ""]
     if "confusion" in extras:
         parts += [f"<h2>Confusion matrix ({html.escape(extras['confusion_note'])}, rows normalised)</h2>", _img(extras["confusion"], "confusion matrix")]
     if best and best["test"].get("labeled"):

@@ -25,32 +25,36 @@ import keras
 import pandas as pd
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler
 
 from carclf.config import ConfigError, apply_overrides
 from carclf.data.batches import epoch_images
 from carclf.data.sources import prepare_dataset
 from carclf.data.store import StoreError
 from carclf.data.table import DatasetError, load_index, rows_for, save_index
-from carclf.features import FeatureCacheError, build_head_features, cached_head_features, can_cache_features
+from carclf.features import FeatureCacheError
 from carclf.files import atomic_path, cache_folder, read_json, require_free_space, write_json
 from carclf.model import WeightsError
-from carclf.pretrained import build_synthetic_backbone, synthetic_backbone_path
+from carclf.pretrained import synthetic_backbone_path
 from carclf.runtime import trial_environment
 from carclf.trainable import Selection, train_car_classifier
-from carclf.weights import IMAGENET_FILE, IMAGENET_URL, check_weights_file, resolve_weights
+from carclf.weights import IMAGENET_FILE, IMAGENET_URL, check_weights_file
 from tuning import run_folder
+from tuning.driver_tasks import prepare_head_features, resolve_backbone, run_transfer_probe, whole_gpu_task
 from tuning.experiment import DEMO_EXPERIMENT, Experiment, experiment_from_document, load_experiment
 from tuning.report import write_report
 from tuning.retrain import retrain_and_evaluate
 from tuning.search_space import param_space
+from tuning.samplers import choose_sampler
+from tuning.scheduler import NoiseAwareASHA, read_rung_decisions, rung_milestones
 from tuning.searcher import StudyMismatchError, make_searcher, relocate_study
-from tuning.trials import best_trial, top_trials, trials_table, within_noise
+from tuning.trials import against_start, best_trial, top_trials, trials_table, within_noise
 
 logger = logging.getLogger("tuning.search")
 EXPERIMENT_FILE = "experiment.json"
 DATASET_FILE = "dataset.parquet"
 TRIALS_FILE = "trials.parquet"
+TRANSFER_FILE = "transfer.json"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SMALL_VALIDATION = 200
 LOW_DISK_BYTES = 50 * 2**20
@@ -145,7 +149,10 @@ def _comparable(experiment: Experiment) -> dict[str, Any]:
 def describe_plan(experiment: Experiment, args: argparse.Namespace) -> str:
     search, scheduler, resources = experiment.search, experiment.scheduler, experiment.resources
     data, train = experiment.settings.data, experiment.settings.train
-    algorithm = f"Optuna TPE ({search.optuna_startup_trials} random start-up trials)" if search.algorithm == "optuna" else "random search"
+    sampler, why = choose_sampler(search.algorithm, search.num_samples)
+    algorithm = (f"Optuna {sampler.upper()} ({search.optuna_startup_trials} random start-up trials; {why})" if sampler != "random"
+                 else f"Optuna random search ({why})")
+    warm_up = experiment.warm_up_epochs()
     lines = [
         f"experiment   {experiment.source}",
         f"run folder   {experiment.run_dir}{' (resuming)' if args.resume is not None else ''}",
@@ -155,7 +162,9 @@ def describe_plan(experiment: Experiment, args: argparse.Namespace) -> str:
         f"{search.direction} {search.metric} (each trial's best epoch)" + (f", budget {search.time_budget_s:.0f} s" if search.time_budget_s else ""),
         f"space        {search.space}",
         f"starts at    {search.start}",
-        (f"ASHA         up to {scheduler.max_epochs} epochs, grace {scheduler.grace_period}, reduction {scheduler.reduction_factor}"
+        (f"ASHA         up to {scheduler.max_epochs} epochs; rungs at {rung_milestones(scheduler.grace_period, scheduler.max_epochs, scheduler.reduction_factor)} "
+         f"epochs of a trial's final phase{f' (after up to {warm_up} head-only warm-up epochs)' if warm_up else ''}, keeping the top "
+         f"1/{scheduler.reduction_factor:g}" + (f" and any trial within {scheduler.noise_z:g} standard errors of the cut" if scheduler.noise_z else "")
          if scheduler.kind == "asha" else f"no early stopping: every trial trains {scheduler.max_epochs} epochs"),
         f"resources    {resources.cpus_per_trial} CPU + {resources.gpus_per_trial} GPU per trial",
         f"cluster      {args.address or 'local'}",
@@ -200,9 +209,8 @@ def prepare(experiment: Experiment, resume: bool) -> Prepared:
         raise ConfigError(f"{experiment.source}: a batch size of {max(sizes)} exceeds the {train_rows} training images")
     else:
         images = epoch_images(train_rows, sizes)
-    settings = experiment.settings.with_train(epoch_images=images)
-    return Prepared(index, dataset.store, Experiment(experiment.source, settings, experiment.search, experiment.scheduler,
-                                                     experiment.resources, experiment.run), time.time() - started)
+    return Prepared(index, dataset.store, experiment.with_settings(experiment.settings.with_train(epoch_images=images)),
+                    time.time() - started)
 
 
 def describe_weights(experiment: Experiment) -> str:
@@ -229,9 +237,14 @@ def warnings_for(prepared: Prepared) -> list[str]:
         notes.append(f"the validation split has only {validation} images: an accuracy near 50 % has a standard error of "
                      f"{spread:.0f} points, so close trials are within noise (the report says which)")
     search = experiment.search
-    if search.algorithm == "optuna" and search.num_samples <= search.optuna_startup_trials:
+    if choose_sampler(search.algorithm, search.num_samples)[0] != "random" and search.num_samples <= search.optuna_startup_trials:
         notes.append(f"{search.num_samples} trials with {search.optuna_startup_trials} random start-up trials: the search "
                      "will be random (raise search.num_samples or lower search.startup_trials)")
+    data = experiment.settings.data
+    if experiment.settings.model.weights == "synthetic" and data.format != "synthetic" and not (Path(data.root) / "synthetic.json").is_file():
+        notes.append(f"model.weights is 'synthetic', carclf's backbone pretrained on drawn shapes, but {data.root} was not made by "
+                     "carclf: on real images it may transfer worse than random weights (the transfer probe says); use "
+                     "model.weights = 'imagenet', a weights file, or 'none'")
     if experiment.nothing_to_choose():
         notes.append("every hyperparameter in [search.space] has a single value: the search has nothing to choose")
     return notes
@@ -278,49 +291,27 @@ def check_cluster_resources(experiment: Experiment) -> None:
                           "lower --cpus-per-trial")
 
 
-def whole_gpu_task(function, experiment: Experiment):
-    """`function` as a Ray task with one trial's CPUs and, where trials use GPUs, a whole GPU with its memory."""
-    resources = experiment.resources
-    gpus = 1 if resources.gpus_per_trial > 0 else 0
-    environment = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9"}  # not one trial's share
-    return ray.remote(num_cpus=resources.cpus_per_trial, num_gpus=gpus, runtime_env={"env_vars": environment})(function)
-
-
-def resolve_backbone(experiment: Experiment) -> Experiment:
-    """The experiment with `model.weights` as a file: ImageNet fetched here, the synthetic backbone built as a task."""
-    def build(settings):
-        return ray.get(whole_gpu_task(build_synthetic_backbone, experiment).remote(settings))
-
-    settings = resolve_weights(experiment.settings, build)
-    return Experiment(experiment.source, settings, experiment.search, experiment.scheduler, experiment.resources, experiment.run)
-
-
-def head_epochs_possible(experiment: Experiment) -> bool:
-    """Whether some trial may train its head alone (depth 0, or a first head-only phase)."""
-    def may_be(key: str, test) -> bool:
-        spec = experiment.search.space.get(key)
-        if spec is None:
-            return test(getattr(experiment.settings.train, key))
-        kind, args = next(iter(spec.items()))
-        return any(test(v) for v in args) if kind == "choice" else test(args[0]) or test(args[1])
-
-    return may_be("unfreeze_depth", lambda v: v == 0) or may_be("head_epochs", lambda v: v > 0)
-
-
-def prepare_head_features(experiment: Experiment, prepared: Prepared) -> str | None:
-    """Compute frozen features once, as a Ray task with a whole GPU where trials get one."""
-    settings = experiment.trial_settings()
-    if not can_cache_features(settings) or not head_epochs_possible(experiment):
+def transfer_probe(experiment: Experiment, prepared: Prepared) -> dict[str, Any] | None:
+    """The transfer probe's result, computed once per run (`TRANSFER_FILE`) and said on the console; a warning
+    when the pretrained backbone's features are not clearly better than random ones."""
+    path = experiment.run_dir / TRANSFER_FILE
+    if path.is_file():
+        return read_json(path)
+    probe = run_transfer_probe(experiment, prepared.index, prepared.store)
+    if probe is None:
         return None
-    cached = cached_head_features(prepared.index, prepared.store, settings)  # checked here: no task, no Keras
-    if cached is not None:
-        return str(cached)
-    print(f"computing frozen backbone features once ({settings.train.feature_views} augmented views) for head-only epochs ...", flush=True)
-    return str(ray.get(whole_gpu_task(build_head_features, experiment).remote(prepared.index, prepared.store, settings)))
+    print(probe.describe(), flush=True)
+    if probe.verdict != "better":
+        logger.warning("model.weights = %r: the pretrained backbone's frozen features are %s than random weights' on this data (%s); "
+                       "head-only and shallow trials may be wasted: consider other weights, or a space of deeper unfreeze_depth",
+                       prepared.experiment.settings.model.weights, "no better" if probe.verdict == "not better" else "not clearly better",
+                       probe.describe())
+    write_json(path, probe.to_dict())
+    return probe.to_dict()
 
 
 def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None, resume: bool) -> tune.Tuner:
-    """The `Tuner`: TPE on `RUN_DIR/study.db` (or random search) behind a concurrency limit, ASHA on equal epochs."""
+    """The `Tuner`: an Optuna sampler on `RUN_DIR/study.db` behind a concurrency limit, ASHA on final-phase epochs."""
     search, run_dir = experiment.search, experiment.run_dir
     selection = Selection(search.metric, search.direction)
     trainable = tune.with_parameters(train_car_classifier, index=prepared.index, settings=experiment.trial_settings(),
@@ -329,13 +320,17 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
     trainable = tune.with_resources(trainable, {"cpu": experiment.resources.cpus_per_trial, "gpu": experiment.resources.gpus_per_trial})
     if resume:
         relocate_study(run_dir)
+        NoiseAwareASHA.relocated_run_dir = run_dir
         return tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=True)
-    searcher = make_searcher(search.algorithm, run_dir, experiment.to_dict(), selection, search.max_concurrent,
-                             search.optuna_startup_trials, search.seed, search.start, experiment.scheduler.max_epochs)
-    if experiment.scheduler.kind == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=experiment.scheduler.max_epochs,
-                                  grace_period=experiment.scheduler.grace_period,
-                                  reduction_factor=experiment.scheduler.reduction_factor)
+    searcher = make_searcher(choose_sampler(search.algorithm, search.num_samples)[0], run_dir, experiment.to_dict(), selection,
+                             search.max_concurrent, search.optuna_startup_trials, search.seed, search.start,
+                             experiment.scheduler.max_epochs)
+    asha = experiment.scheduler
+    if asha.kind == "asha":
+        scheduler = NoiseAwareASHA(metric=selection.objective, mode=selection.mode, score_metric=selection.metric,
+                                   max_epochs=asha.max_epochs, grace_period=asha.grace_period,
+                                   reduction_factor=asha.reduction_factor, validation_size=len(rows_for(prepared.index, "val")),
+                                   noise_z=asha.noise_z, run_dir=run_dir)
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
@@ -382,6 +377,9 @@ def summarize(trials: pd.DataFrame, experiment: Experiment, validation_size: int
         text += f"\nwithin noise of the best (difference < 1.96 standard errors): {', '.join(close)}"
     if experiment.nothing_to_choose():
         text += "\nthe search space has a single point: the search had nothing to choose"
+    gain = against_start(trials, experiment.search.start, selection, validation_size)
+    if gain:
+        text += "\n" + gain["statement"]
     return text
 
 
@@ -403,17 +401,21 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
         validation_size = len(rows_for(prepared.index, "val"))
         if reached != "searched":
             features_started = time.time()
-            features = prepare_head_features(experiment, prepared)
+            transfer = transfer_probe(experiment, prepared)
+            features = prepare_head_features(experiment, prepared.index, prepared.store)
             fit_started = time.time()
             results = make_tuner(experiment, prepared, features, resume and tune.Tuner.can_restore(str(run_dir))).fit()
-            trials = trials_table(results, experiment.scheduler.max_epochs)
+            stopped = {d["trial_id"] for d in read_rung_decisions(run_dir) if d["decision"] == "stopped"}
+            trials = trials_table(results, experiment.scheduler.max_epochs, stopped)
             with atomic_path(run_dir / TRIALS_FILE) as partial:
                 trials.to_parquet(partial, index=False)
             if search_interrupted(experiment, time.time() - fit_started):
                 raise SearchError(f"the search was interrupted; continue it with: python -m tuning.search --resume {run_dir}")
             write_json(run_dir / "search.json", {"wall_time_s": time.time() - started, "finished": time.time(),
                                                  "validation_size": validation_size, "prepare_s": prepared.seconds,
-                                                 "features_s": fit_started - features_started, "trials_s": time.time() - fit_started})
+                                                 "features_s": fit_started - features_started, "trials_s": time.time() - fit_started,
+                                                 "sampler": choose_sampler(experiment.search.algorithm, experiment.search.num_samples)[0],
+                                                 "transfer": transfer})
             run_folder.mark(run_dir, "searched")
         trials = pd.read_parquet(run_dir / TRIALS_FILE)
         print(summarize(trials, experiment, validation_size), flush=True)

@@ -4,8 +4,7 @@
   best epoch, the value that ranks trials and picks the winner's epochs.
 - A trial that ASHA stopped reaches the study as PRUNED with its per-epoch values (Ray's
   `OptunaSearch` calls it COMPLETE), so TPE knows it was cut short rather than finished.
-- TPE is multivariate (it models how hyperparameters act together), uses a constant liar while
-  trials run in parallel (so concurrent suggestions spread out), and starts modelling after
+- The sampler (TPE, GP or random, `tuning.samplers`) starts modelling after
   `search.startup_trials` random trials, scaled to the search's size by default.
 - The study lives in `RUN_DIR/study.db` (Optuna's RDB storage on SQLite): `optuna-dashboard
   sqlite:///RUN_DIR/study.db` shows it, `--resume` continues it, and a run folder moved or
@@ -20,17 +19,17 @@ import hashlib
 import json
 import logging
 import pickle
-import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 from ray import cloudpickle
-from ray.tune.search import BasicVariantGenerator, Searcher
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from carclf.files import atomic_path
 from carclf.trainable import Selection
+from tuning.samplers import make_sampler
 
 logger = logging.getLogger(__name__)
 STUDY_FILE = "study.db"
@@ -150,15 +149,10 @@ def relocate_study(run_dir: Path) -> None:
             cloudpickle.dump(state, handle)
 
 
-def make_searcher(algorithm: str, run_dir: Path, document: dict[str, Any], selection: Selection, max_concurrent: int,
+def make_searcher(sampler: str, run_dir: Path, document: dict[str, Any], selection: Selection, max_concurrent: int,
                   startup_trials: int, seed: int, start: list[dict], max_epochs: int) -> Searcher:
-    """The searcher for a new run: TPE on a persistent study, or seeded random search (a baseline)."""
-    if algorithm == "random":
-        return BasicVariantGenerator(points_to_evaluate=list(start) or None, random_state=seed)
+    """The searcher for a new run: Optuna's `sampler` ("tpe", "gp" or "random", see `tuning.samplers`) on a persistent study."""
     open_study(run_dir, document, selection.mode)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate and constant_liar
-        sampler = optuna.samplers.TPESampler(n_startup_trials=startup_trials, multivariate=True,
-                                             constant_liar=max_concurrent > 1, seed=seed)
-    return PrunedAwareOptunaSearch(max_epochs=max_epochs, sampler=sampler, points_to_evaluate=list(start) or None,
-                                   study_name=STUDY_NAME, storage=optuna.storages.RDBStorage(study_url(run_dir)))
+    return PrunedAwareOptunaSearch(max_epochs=max_epochs, sampler=make_sampler(sampler, startup_trials, max_concurrent > 1, seed),
+                                   points_to_evaluate=list(start) or None, study_name=STUDY_NAME,
+                                   storage=optuna.storages.RDBStorage(study_url(run_dir)))

@@ -3,7 +3,10 @@
 The rule: a trial's score is its best epoch's value of the search metric, and that epoch is the
 one the winner is retrained for. Trials report both every epoch (`best_<metric>`, `best_epoch`,
 see `carclf.trainable`), the same values Optuna learns from and ASHA compares, so ranking reads
-them from the trial's last report. A diverged trial scores the worst possible value.
+them from the trial's last report. A diverged trial scores the worst possible value. Ties are
+broken by a stated rule, through stable sorts: fewer images trained to reach the score (the
+earlier best epoch; every epoch holds the same images), then the earlier trial (Ray's trial
+number), so the same table in any row order chooses the same winner.
 
 Accuracy on a validation set of n images has a standard error of sqrt(p (1 - p) / n);
 `within_noise` says which top trials the best one does not clearly beat.
@@ -12,21 +15,27 @@ Accuracy on a validation set of n images has a standard error of sqrt(p (1 - p) 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from carclf.evaluate import NOISE_Z, accuracy_standard_error
 from carclf.files import plain_value
 from carclf.trainable import Selection
 
-STATUSES = ("finished", "stopped early", "diverged", "failed")
-NOISE_Z = 1.96  # a difference under 1.96 combined standard errors is within noise (95 %)
+# "stopped early": stopped by ASHA at a rung; "interrupted": cut short otherwise (a time budget, a
+# lost worker); "never started": no epoch reported.
+STATUSES = ("finished", "stopped early", "diverged", "failed", "interrupted", "never started")
 
 
-def trials_table(results, max_epochs: int) -> pd.DataFrame:
-    """Every reported row of every trial, with the trial's config and status (one of `STATUSES`)."""
+def trials_table(results, max_epochs: int, stopped_early: set[str] = frozenset()) -> pd.DataFrame:
+    """Every reported row of every trial, with the trial's config and status (one of `STATUSES`).
+
+    `stopped_early` holds the ids of the trials ASHA stopped (`tuning.scheduler.read_rung_decisions`).
+    """
     frames = []
     for result in results:
         frame = result.metrics_dataframe
@@ -35,13 +44,18 @@ def trials_table(results, max_epochs: int) -> pd.DataFrame:
         frame = frame[[c for c in frame.columns if not c.startswith("config/")]].copy()
         last = frame.iloc[-1]
         last_epoch = int(last["epoch"]) if pd.notna(last["epoch"]) else 0
+        trial_id = result.metrics.get("trial_id") if result.metrics else Path(result.path).name
         if result.error:
             status = "failed"
+        elif last_epoch == 0:
+            status = "never started"
         elif bool(last.get("diverged", False)):
             status = "diverged"
+        elif last_epoch >= max_epochs:
+            status = "finished"
         else:
-            status = "finished" if last_epoch >= max_epochs else "stopped early"
-        frame["trial_id"] = result.metrics.get("trial_id") if result.metrics else Path(result.path).name
+            status = "stopped early" if trial_id in stopped_early else "interrupted"
+        frame["trial_id"] = trial_id
         frame["trial_path"] = result.path
         frame["status"] = status
         frame["error"] = str(result.error).splitlines()[0][:300] if result.error else None
@@ -51,23 +65,32 @@ def trials_table(results, max_epochs: int) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def trial_number(trial_id: str, trial_path: str) -> float:
+    """Ray's creation number of a trial, from its folder (`train_car_classifier_<id>_3_batch_size=...` → 3); NaN without one."""
+    found = re.search(rf"_{re.escape(str(trial_id))}_(\d+)(_|$)", Path(str(trial_path)).name)
+    return float(found.group(1)) if found else math.nan
+
+
 def trial_summaries(trials: pd.DataFrame, selection: Selection) -> pd.DataFrame:
     """One row per trial, best first: its score, best epoch, epochs trained, status and settings."""
     if trials.empty or selection.objective not in trials:
         return pd.DataFrame(columns=["score", "best_epoch", "epochs", "status"])
     config = [c for c in trials.columns if c.startswith("config/")]
-    last = trials.sort_values("epoch").groupby("trial_id", sort=False).last()
+    last = trials.sort_values("epoch", kind="stable").groupby("trial_id", sort=False).last()
     rows = pd.DataFrame({
         "score": pd.to_numeric(last[selection.objective], errors="coerce"),
         "best_epoch": pd.to_numeric(last.get("best_epoch"), errors="coerce").astype("Int64"),
         "epochs": pd.to_numeric(last["epoch"], errors="coerce").astype("Int64"),
         "status": last["status"],
+        "trial_number": [trial_number(t, p) for t, p in zip(last.index, last["trial_path"])] if "trial_path" in last else math.nan,
         "precision": last["precision"] if "precision" in last else None,
         **{c.removeprefix("config/"): last[c] for c in config},
     })
     rows.loc[rows["status"] == "diverged", "score"] = selection.worst
-    ordered = rows.assign(missing=rows["score"].isna()).sort_values(["missing", "score"], ascending=[True, selection.mode == "min"])
-    return ordered.drop(columns="missing")
+    keys = rows.assign(missing=rows["score"].isna(), name=rows.index.astype(str))
+    ordered = keys.sort_values(["missing", "score", "best_epoch", "trial_number", "name"],
+                               ascending=[True, selection.mode == "min", True, True, True], kind="stable", na_position="last")
+    return ordered.drop(columns=["missing", "name"])
 
 
 def top_trials(trials: pd.DataFrame, selection: Selection, count: int = 10, validation_size: int | None = None) -> list[dict[str, Any]]:
@@ -83,7 +106,7 @@ def standard_error(value: float | None, metric: str, validation_size: int | None
     """The binomial standard error of an accuracy on `validation_size` images (None for losses)."""
     if value is None or not validation_size or "accuracy" not in metric or not math.isfinite(value):
         return None
-    return math.sqrt(max(value * (1 - value), 0.0) / validation_size)
+    return accuracy_standard_error(value, validation_size)
 
 
 def within_noise(top: list[dict[str, Any]], metric: str) -> list[str]:
@@ -99,6 +122,35 @@ def within_noise(top: list[dict[str, Any]], metric: str) -> list[str]:
         if abs(best[metric] - other[metric]) < spread:
             close.append(other["trial_id"])
     return close
+
+
+def against_start(trials: pd.DataFrame, start: list[dict], selection: Selection, validation_size: int) -> dict[str, Any] | None:
+    """The best trial against the starting configuration (the first `[[search.start]]` trial), in numbers and plain words."""
+    summaries = trial_summaries(trials, selection)
+    scored = summaries[summaries["score"].notna()]
+    if not start or scored.empty:
+        return None
+    point = start[0]
+    matches = summaries[[all(plain_value(row.get(key)) == value for key, value in point.items()) for _, row in summaries.iterrows()]]
+    if matches.empty or pd.isna(matches["score"].iloc[0]):
+        return None
+    start_id, start_score = matches.index[0], float(matches["score"].iloc[0])
+    best_id, best_score = scored.index[0], float(scored["score"].iloc[0])
+    gain = (best_score - start_score) * (1 if selection.mode == "max" else -1)
+    errors = [standard_error(v, selection.metric, validation_size) for v in (best_score, start_score)]
+    error = None if None in errors else float(np.hypot(*errors))
+    noisy = error is not None and gain < NOISE_Z * error
+    if best_id == start_id:
+        statement = "The starting configuration is the best trial: tuning found nothing better."
+    elif error is None:
+        statement = f"The best trial improves {selection.metric} over the starting configuration by {gain:.4g} (no standard error for a loss)."
+    elif noisy:
+        statement = (f"Tuning found nothing better than the starting configuration within noise: the best trial's {selection.metric} "
+                     f"is {gain:+.3f} ± {error:.3f} from the start's, under {NOISE_Z} standard errors.")
+    else:
+        statement = f"The best trial beats the starting configuration by {gain:+.3f} ± {error:.3f} {selection.metric}, clear of noise."
+    return {"trial_id": best_id, "start_trial_id": start_id, "gain": gain, "standard_error": error,
+            "within_noise": bool(noisy or best_id == start_id), "statement": statement}
 
 
 def best_trial(trials: pd.DataFrame, selection: Selection, space_keys: list[str]) -> tuple[dict[str, Any], int] | None:

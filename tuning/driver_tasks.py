@@ -1,0 +1,68 @@
+"""The work done once per search before the trials, each as a Ray task with a whole GPU where trials get one.
+
+The driver never touches a GPU (see README): pretraining carclf's synthetic backbone, computing
+the cached head features and probing whether the pretrained backbone helps run as Ray tasks,
+while the driver prints their progress (`tuning.progress`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import ray
+
+from carclf.features import build_head_features, cached_head_features, can_cache_features
+from carclf.pretrained import build_synthetic_backbone
+from carclf.probe import TransferProbe, probe_transfer
+from carclf.weights import resolve_weights
+from tuning.experiment import Experiment
+from tuning.progress import wait_with_progress
+
+PROGRESS_FILE = ".progress.json"
+
+
+def whole_gpu_task(function, experiment: Experiment):
+    """`function` as a Ray task with one trial's CPUs and, where trials use GPUs, a whole GPU with its memory."""
+    resources = experiment.resources
+    gpus = 1 if resources.gpus_per_trial > 0 else 0
+    environment = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9"}  # not one trial's share
+    return ray.remote(num_cpus=resources.cpus_per_trial, num_gpus=gpus, runtime_env={"env_vars": environment})(function)
+
+
+def resolve_backbone(experiment: Experiment) -> Experiment:
+    """The experiment with `model.weights` as a file: ImageNet fetched here, the synthetic backbone built as a task."""
+    progress = experiment.run_dir / PROGRESS_FILE
+
+    def build(settings):
+        print("pretraining carclf's synthetic backbone once (it is cached for later searches) ...", flush=True)
+        return wait_with_progress(whole_gpu_task(build_synthetic_backbone, experiment).remote(settings, None, progress), progress)
+
+    return experiment.with_settings(resolve_weights(experiment.settings, build))
+
+
+def head_epochs_possible(experiment: Experiment) -> bool:
+    """Whether some trial may train its head alone (depth 0, or a first head-only phase)."""
+    return 0 in experiment.possible_values("unfreeze_depth") or any(v > 0 for v in experiment.possible_values("head_epochs"))
+
+
+def prepare_head_features(experiment: Experiment, index: pd.DataFrame, store: Path) -> str | None:
+    """The cached frozen features for head-only epochs, computed once (None when no trial can use them)."""
+    settings = experiment.trial_settings()
+    if not can_cache_features(settings) or not head_epochs_possible(experiment):
+        return None
+    cached = cached_head_features(index, store, settings)  # checked here: no task, no Keras
+    if cached is not None:
+        return str(cached)
+    print(f"computing frozen backbone features once ({settings.train.feature_views} augmented views) for head-only epochs ...", flush=True)
+    progress = experiment.run_dir / PROGRESS_FILE
+    task = whole_gpu_task(build_head_features, experiment).remote(index, store, settings, progress)
+    return str(wait_with_progress(task, progress))
+
+
+def run_transfer_probe(experiment: Experiment, index: pd.DataFrame, store: Path) -> TransferProbe | None:
+    """The linear probe of the pretrained backbone against random weights (`carclf.probe`); None for random weights."""
+    if not experiment.settings.model.pretrained:
+        return None
+    print("probing the pretrained backbone's frozen features against random weights ...", flush=True)
+    return ray.get(whole_gpu_task(probe_transfer, experiment).remote(index, store, experiment.trial_settings()))
