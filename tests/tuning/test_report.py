@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tuning.report import CONFUSION_LIMIT, plot_confusion
+from tuning.report import CONFUSION_LIMIT, plot_confusion, render_html
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -110,3 +110,47 @@ def test_standard_errors_and_noise_on_accuracy():
     assert top[0]["standard_error"] == pytest.approx((0.8 * 0.2 / 100) ** 0.5)
     assert within_noise(top, "val_accuracy") == ["b"]  # 2 points apart on 100 images; c is clearly worse
     assert standard_error(0.5, "val_loss", 100) is None
+
+
+def test_a_hand_made_run_reports_its_gain_over_the_start_and_counts_each_ending_apart(tiny_index, tmp_path):
+    """A run folder written by hand: the report's numbers come from its files alone."""
+    import pandas as pd
+
+    from carclf.data.table import save_index
+    from tuning.experiment import load_experiment
+    from tuning.report import build_report
+
+    experiment = load_experiment(overrides=["search.start=[{ batch_size = 16, learning_rate = 0.01, lr_decay = 0.0001, "
+                                            "unfreeze_depth = 0, head_epochs = 0 }]"]).to_dict()
+    (tmp_path / "experiment.json").write_text(json.dumps(experiment))
+    save_index(tiny_index, tmp_path / "dataset.parquet")  # 8 validation images
+    ending = {"s": ("finished", [0.25, 0.5]), "w": ("finished", [0.5, 0.875]), "a": ("stopped early", [0.125]),
+              "i": ("interrupted", [0.25]), "d": ("diverged", [0.25]), "n": ("never started", [None])}
+    rows = []
+    for number, (trial_id, (status, accuracies)) in enumerate(ending.items(), start=1):
+        best = None
+        for epoch, accuracy in enumerate(accuracies, start=1):
+            best = accuracy if best is None or (accuracy or 0) > best else best
+            rows.append({"trial_id": trial_id, "trial_path": f"/x/train_car_classifier_{trial_id}_{number}_a", "status": status,
+                         "epoch": epoch if accuracy is not None else None, "val_accuracy": accuracy, "best_val_accuracy": best,
+                         "best_epoch": epoch, "config/batch_size": 16, "config/learning_rate": 0.01 if trial_id == "s" else 0.001 * (number + 1),
+                         "config/lr_decay": 0.0001, "config/unfreeze_depth": 0, "config/head_epochs": 0})
+    pd.DataFrame(rows).to_parquet(tmp_path / "trials.parquet")
+    decisions = [{"trial_id": "a", "rung": 1, "epoch": 1, "score": 0.125, "cut": 0.25, "margin": 0.1, "within_noise": True, "decision": "stopped"},
+                 {"trial_id": "i", "rung": 1, "epoch": 1, "score": 0.25, "cut": 0.3, "margin": 0.2, "within_noise": True, "decision": "spared"}]
+    (tmp_path / "rungs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in decisions))
+    (tmp_path / "search.json").write_text(json.dumps({"wall_time_s": 10.0, "sampler": "gp", "transfer": None}))
+
+    numbers, _ = build_report(tmp_path)
+    search = numbers["search"]
+    assert {k: search[k] for k in ("trials", "finished", "stopped_early", "interrupted", "diverged", "failed", "never_started")} == \
+        {"trials": 6, "finished": 2, "stopped_early": 1, "interrupted": 1, "diverged": 1, "failed": 0, "never_started": 1}
+    assert search["sampler"] == "gp" and numbers["early_stopping"] == {"stopped": 1, "stopped_within_noise": 1, "spared": 1}
+    gain = numbers["against_start"]
+    assert gain["trial_id"] == "w" and gain["start_trial_id"] == "s" and gain["gain"] == pytest.approx(0.375)
+    assert gain["standard_error"] == pytest.approx(((0.875 * 0.125 + 0.25) / 8) ** 0.5)
+    assert gain["within_noise"]  # 3 of 8 images: under 1.96 standard errors
+    assert "nothing better than the starting configuration within noise" in gain["statement"]
+    assert numbers["parameter_importance"] == {} and numbers["parameter_importance_note"].startswith("withheld: 4 scored trials")
+    page = render_html(numbers, {})
+    assert "Against the starting configuration:" in page and "ASHA stopped 1 trial(s) at a rung, 1 of them within noise" in page

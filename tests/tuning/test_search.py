@@ -18,6 +18,7 @@ import pytest
 
 from tests.tuning.conftest import run, search_command
 from tuning.report import write_report
+from tuning.samplers import choose_sampler, gp_available
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -47,6 +48,25 @@ def test_search_runs_trials_stops_some_early_and_saves_the_best_model(finished_r
     assert "test accuracy" in result.stdout and "head-only epochs" in result.stdout  # cached features were built
     assert (run_dir / "dataset.parquet").is_file() and (run_dir / "report.json").is_file()
     assert json.loads((run_dir / "status.json").read_text())["stage"] == "finished"
+    probe = json.loads((run_dir / "transfer.json").read_text())  # the pretrained backbone was probed once, before the trials
+    assert probe["validation_size"] == 8 and probe["verdict"] in ("better", "within noise", "not better")
+    assert "linear probe on frozen features, 8 validation images" in result.stdout
+
+
+def test_two_phase_trials_are_judged_only_after_their_warm_up(finished_run):
+    run_dir, _ = finished_run
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    decisions = [json.loads(line) for line in (run_dir / "rungs.jsonl").read_text().splitlines()]
+    assert decisions and {d["decision"] for d in decisions} <= {"continued", "spared", "stopped"}
+    head_epochs = trials.groupby("trial_id")["config/head_epochs"].first()
+    depth = trials.groupby("trial_id")["config/unfreeze_depth"].first()
+    for decision in decisions:
+        warm_up = head_epochs[decision["trial_id"]] if depth[decision["trial_id"]] > 0 else 0
+        assert decision["epoch"] > warm_up
+    stopped = {d["trial_id"] for d in decisions if d["decision"] == "stopped"}
+    last = trials.sort_values("epoch").groupby("trial_id").last()
+    assert stopped == set(last.index[last["status"] == "stopped early"])
+    assert (last.loc[list(stopped), "final_phase_epochs"] >= 1).all()
 
 
 def test_one_rule_ranks_trials_teaches_optuna_and_sets_the_retrained_epochs(finished_run):
@@ -125,7 +145,10 @@ def test_invalid_experiment_never_starts_ray(tiny_cars, tmp_path):
 def test_dry_run_checks_the_data_and_prints_the_plan(tiny_cars, tmp_path):
     result = run(search_command(tiny_cars, tmp_path, "dry", "--dry-run"), timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "6 trials of Optuna TPE (2 random start-up trials)" in result.stdout and "ASHA         up to 3 epochs" in result.stdout
+    sampler, why = choose_sampler("auto", 6)
+    assert f"6 trials of Optuna {sampler.upper()} (2 random start-up trials; {why})" in result.stdout
+    assert ("ASHA         up to 3 epochs; rungs at [1, 2] epochs of a trial's final phase (after up to 2 head-only warm-up "
+            "epochs), keeping the top 1/2") in result.stdout
     assert "dataset: 52 images, 4 classes" in result.stdout and "32 training images each" in result.stdout
     assert "warning: the validation split has only 8 images" in result.stdout
     assert "nothing was started" in result.stdout and not (tmp_path / "dry").exists()
@@ -268,3 +291,34 @@ def test_a_full_disk_is_named_before_anything_is_half_written(tiny_cars, tmp_pat
     again = run(command)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (small_disk / "full" / "trials.parquet").is_file()
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "gp", "random"])
+def test_each_sampler_searches_stores_pruned_trials_and_resumes(algorithm, tiny_cars, tmp_path):
+    """A tiny search per sampler, interrupted after its first trial and resumed: one study, ASHA's stops PRUNED."""
+    if algorithm == "gp" and not gp_available():
+        pytest.skip("Optuna's GPSampler needs PyTorch: pip install -e \".[gp]\" (CI installs it)")
+    command = search_command(tiny_cars, tmp_path, algorithm, "--num-samples", "5", "--max-concurrent", "1", "--no-retrain",
+                             "--set", f"search.algorithm='{algorithm}'", "--set", "scheduler.max_epochs=2",
+                             "--set", "search.space.head_epochs={ choice = [0, 1] }", cache=tmp_path / "cache")
+    run_dir = tmp_path / algorithm
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(run_dir, 1, process)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=180)
+    result = run([*command, "--resume"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((run_dir / "search.json").read_text())["sampler"] == algorithm
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    last = trials.sort_values("epoch").groupby("trial_id").last()
+    assert len(last) == 5 and set(last["status"]) <= {"finished", "stopped early"}
+    assert trials.groupby("trial_id")["epoch"].apply(lambda e: sorted(e) == list(range(1, len(e) + 1))).all()  # no epoch twice
+    study = optuna.load_study(study_name="carclf", storage=f"sqlite:///{run_dir / 'study.db'}")
+    states = [t.state for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
+    assert len(states) == 5 and optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.PRUNED) == (last["status"] == "stopped early").sum() >= 1
+    params = [tuple(sorted(t.params.items())) for t in study.trials if t.params]
+    assert len(set(params)) == len(params)  # no proposal twice
+    for decision in (json.loads(line) for line in (run_dir / "rungs.jsonl").read_text().splitlines()):
+        row = trials[(trials["trial_id"] == decision["trial_id"]) & (trials["epoch"] == decision["epoch"])].iloc[0]
+        assert row["final_phase_epochs"] >= 1 and row["phase"] == last.loc[decision["trial_id"], "phase"]  # never in a warm-up

@@ -1,0 +1,38 @@
+"""The transfer probe: carclf's head trained on frozen features tells informative features from noise."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from carclf.model import FEATURE_SIZE
+from carclf.probe import head_probe_accuracy, probe_transfer
+
+
+def features(rng, labels, signal):
+    """Noise, plus `signal` in the first four dimensions at each row's label."""
+    values = rng.normal(size=(len(labels), FEATURE_SIZE)).astype(np.float32)
+    values[np.arange(len(labels)), labels] += signal
+    return values
+
+
+def test_the_probe_tells_informative_features_from_noise(tiny_settings):
+    rng = np.random.default_rng(0)
+    train_labels, val_labels = rng.integers(0, 4, 120), rng.integers(0, 4, 60)
+    informative = head_probe_accuracy(tiny_settings, features(rng, train_labels, 12.0), train_labels,
+                                      features(rng, val_labels, 12.0), val_labels, 4)
+    noise = head_probe_accuracy(tiny_settings, features(rng, train_labels, 0.0), train_labels,
+                                features(rng, val_labels, 0.0), val_labels, 4)
+    assert informative >= 0.85 and noise <= 0.5
+
+
+def test_probe_compares_the_pretrained_backbone_with_random_weights(tiny_dataset, tiny_settings, synthetic_backbone):
+    settings = dataclasses.replace(tiny_settings, model=dataclasses.replace(tiny_settings.model, weights=str(synthetic_backbone)))
+    probe = probe_transfer(tiny_dataset.index, tiny_dataset.store, settings)
+    assert probe.validation_size == 8 and 0 <= probe.pretrained_accuracy <= 1 and 0 <= probe.random_accuracy <= 1
+    difference = probe.pretrained_accuracy - probe.random_accuracy
+    expected = "better" if difference > 1.96 * probe.standard_error else "not better" if difference <= 0 else "within noise"
+    assert probe.verdict == expected and probe.standard_error >= 0 and probe.weights == str(synthetic_backbone)
+    again = probe_transfer(tiny_dataset.index, tiny_dataset.store, settings)
+    assert (again.pretrained_accuracy, again.random_accuracy) == (probe.pretrained_accuracy, probe.random_accuracy)  # seeded
