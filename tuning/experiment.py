@@ -229,17 +229,7 @@ def experiment_from_document(document: dict[str, Any], where: str) -> Experiment
     sections = {name: parse_section(cls, document.get(name, {}), f"{where} [{name}]") for name, cls in SEARCH_SECTIONS.items()}
     experiment = Experiment(source=source, settings=settings, **sections)
     check_space(experiment, where)
-    check_warm_up(experiment, where)
     return experiment
-
-
-def check_warm_up(experiment: Experiment, where: str) -> None:
-    """Two-phase trials must have an epoch left to fine-tune within `scheduler.max_epochs`."""
-    warm_up, max_epochs = experiment.warm_up_epochs(), experiment.scheduler.max_epochs
-    if warm_up >= max_epochs:
-        key = "[search.space] head_epochs" if "head_epochs" in experiment.search.space else "[train] head_epochs"
-        raise ConfigError(f"{where} {key}: up to {warm_up} head-only epochs leave no epoch to fine-tune within "
-                          f"scheduler.max_epochs ({max_epochs}); lower head_epochs or raise max_epochs")
 
 
 def check_space(experiment: Experiment, where: str) -> None:

@@ -238,7 +238,7 @@ def build_report(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     validation_size = int((index["split"] == "val").sum())
     statuses = trials.groupby("trial_id")["status"].first().value_counts()
     top = top_trials(trials, selection, validation_size=validation_size)
-    scored = int(trial_summaries(trials, selection)["score"].notna().sum())
+    scored = int(np.isfinite(trial_summaries(trials, selection)["score"].astype(float)).sum())
     numbers: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "experiment": experiment,

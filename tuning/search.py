@@ -163,7 +163,9 @@ def describe_plan(experiment: Experiment, args: argparse.Namespace) -> str:
         f"space        {search.space}",
         f"starts at    {search.start}",
         (f"ASHA         up to {scheduler.max_epochs} epochs; rungs at {rung_milestones(scheduler.grace_period, scheduler.max_epochs, scheduler.reduction_factor)} "
-         f"epochs of a trial's final phase{f' (after up to {warm_up} head-only warm-up epochs)' if warm_up else ''}, keeping the top "
+         f"epochs of a trial's final phase{f' (after up to {warm_up} head-only warm-up epochs)' if warm_up else ''}"
+         + (f"; a trial with head_epochs >= {scheduler.max_epochs} never fine-tunes and is judged as a head-only trial"
+            if warm_up >= scheduler.max_epochs else "") + ", keeping the top "
          f"1/{scheduler.reduction_factor:g}" + (f" and any trial within {scheduler.noise_z:g} standard errors of the cut" if scheduler.noise_z else "")
          if scheduler.kind == "asha" else f"no early stopping: every trial trains {scheduler.max_epochs} epochs"),
         f"resources    {resources.cpus_per_trial} CPU + {resources.gpus_per_trial} GPU per trial",
