@@ -85,11 +85,11 @@ class NoiseAwareASHA(FIFOScheduler):
         recorded[trial_id] = score
         decision: dict[str, Any] = {"trial_id": trial_id, "rung": rung, "epoch": epoch, "score": score, "cut": cut,
                                     "margin": 0.0, "within_noise": False, "decision": "continued"}
-        if cut is not None and sign * (cut - score) > 0:  # worse than the cut
-            below = sign * (cut - score)
-            decision["margin"] = noise_margin(cut, score, self.score_metric, self.validation_size, self.noise_z)
-            decision["within_noise"] = below <= noise_margin(cut, score, self.score_metric, self.validation_size, NOISE_Z)
-            decision["decision"] = "stopped" if below > decision["margin"] else "spared"
+        below = sign * (cut - score) if cut is not None else 0.0  # > 0: worse than the cut
+        if below > 0 and epoch < self.max_epochs:  # at its last epoch a trial counts for the cut, but it has finished
+            margin = noise_margin(cut, score, self.score_metric, self.validation_size, self.noise_z)
+            decision.update(margin=margin, decision="stopped" if below > margin else "spared",
+                            within_noise=below <= noise_margin(cut, score, self.score_metric, self.validation_size, NOISE_Z))
         with open(self.log_path, "a") as handle:
             handle.write(json.dumps(decision) + "\n")
         return TrialScheduler.STOP if decision["decision"] == "stopped" else TrialScheduler.CONTINUE

@@ -27,7 +27,7 @@ IMAGE_PROBE = """<script>window.addEventListener("load", () => {
 def test_report_json_has_the_documented_numbers(finished_run):
     run_dir, _ = finished_run
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["schema_version"] == 2
+    assert report["schema_version"] == 3
     assert report["dataset"] == {"classes": 4, "rows_by_split": {"train": 32, "test": 12, "val": 8}}
     search = report["search"]
     assert search["trials"] == 6 and search["stopped_early"] >= 1 and search["failed"] == 0 and search["diverged"] == 0

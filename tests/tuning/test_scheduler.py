@@ -56,6 +56,14 @@ def test_a_trial_within_noise_of_the_cut_goes_on_and_a_clear_loser_stops(tmp_pat
     assert decisions["c"]["decision"] == "stopped"
 
 
+def test_a_trial_at_its_last_epoch_counts_for_the_cut_but_is_not_stopped(tmp_path):
+    asha = scheduler(tmp_path, max_epochs=3)
+    report(asha, "a", 1, 1, 0.9)
+    report(asha, "a", 2, 2, 0.9)
+    assert report(asha, "two-phase", 3, 2, 0.1) == TrialScheduler.CONTINUE  # epoch 3 of 3: it has finished
+    assert asha.rungs[2]["two-phase"] == 0.1 and read_rung_decisions(tmp_path)[-1]["decision"] == "continued"
+
+
 def test_without_a_margin_or_for_a_loss_the_cut_alone_decides(tmp_path):
     plain = scheduler(tmp_path / "plain", noise_z=0.0)
     (tmp_path / "plain").mkdir()
