@@ -268,6 +268,15 @@ def empty_folder(ctx: Context, name: str) -> Path:
     return folder
 
 
+def tiny_picture(ctx: Context) -> Path:
+    """A 1x1 picture: too small to show a car."""
+    from PIL import Image
+
+    path = ctx.tmp / "dot.png"
+    Image.new("RGB", (1, 1), (90, 90, 90)).save(path)
+    return path
+
+
 def damaged_run(ctx: Context) -> Path:
     """A folder with a run's file names but not its contents."""
     folder = empty_folder(ctx, "damaged_run")
@@ -329,6 +338,10 @@ CASES = [
                  r"empty bounding box: 1 row\(s\) \(cars_train_annos\.mat record 5 \S*cars_train/00005\.jpg: "
                  r"box \(30, \d+, 30, \d+\) is empty",
                  id="image-devkit-empty-box"),
+    pytest.param(lambda ctx: search_dry_run(ctx, data=edit_records(ctx, lambda r: r[2].update(bbox_x1=10, bbox_x2=15))), SEARCH_ERROR,
+                 r"too small to show a car: 1 row\(s\) \(cars_train_annos\.mat record 3 \S*cars_train/00003\.jpg: "
+                 r"box \(10, \d+, 15, \d+\) is under 8 px on a side",
+                 id="image-devkit-box-too-small"),
     # annotations
     pytest.param(lambda ctx: search_dry_run(ctx, data=damage_image(ctx, lambda b: b"MATLAB? no.\n", "devkit/cars_train_annos.mat")),
                  SEARCH_ERROR, r"cars_train_annos\.mat: not a readable MATLAB \.mat file", id="annotations-mat-not-matlab"),
@@ -432,6 +445,8 @@ CASES = [
                  r"nothing\.jpg: file not found", id="predict-missing-image"),
     pytest.param(lambda ctx: predict(ctx, str(text_file(ctx, "note.jpg"))), IMAGE_ERROR,
                  r"note\.jpg: not a readable image", id="predict-text-file-named-jpg"),
+    pytest.param(lambda ctx: predict(ctx, str(tiny_picture(ctx))), IMAGE_ERROR,
+                 r"dot\.png: the 1x1 image is under 8 px on a side", id="predict-image-too-small"),
     # report
     pytest.param(lambda ctx: report(ctx, empty_folder(ctx, "not_a_run")), SEARCH_ERROR,
                  r"not_a_run: not a finished run folder \(missing experiment\.json, dataset\.parquet, trials\.parquet\)",

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from carclf.data.images import ImageError, box_problem, oriented_size
+from carclf.data.images import ImageError, oriented_size, region_problem
 from carclf.data.table import DatasetError, boxes
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,4 @@ def _row_problem(path: Path, box: tuple[int, int, int, int] | None, root: Path) 
         width, height = oriented_size(path)
     except ImageError as error:
         return "unreadable image", str(error).removeprefix(f"{path}: ")
-    problem = box_problem(box, width, height) if box is not None else None
-    if problem is not None:
-        return ("empty bounding box" if "empty" in problem else "bounding box outside the image"), problem
-    return None
+    return region_problem(box, width, height)
