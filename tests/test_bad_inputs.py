@@ -181,6 +181,31 @@ def csv_dataset(ctx: Context, edit: Callable[[list[dict]], None] | None = None) 
     return root
 
 
+def folder_dataset(ctx: Context) -> Path:
+    """The tiny dataset as `train/<class>/` and `test/<class>/` folders, with what a Mac and a careless copy
+    leave in them: `.DS_Store`, `._*` AppleDouble files, a hidden folder, a `.webp` and a nested folder."""
+    root = ctx.tmp / "foldercars"
+    names = [str(name) for name in scipy.io.loadmat(ctx.cars / "devkit" / "cars_meta.mat", squeeze_me=True)["class_names"]]
+    for split, annos in (("train", "cars_train_annos.mat"), ("test", "cars_test_annos_withlabels.mat")):
+        for record in read_records(ctx.cars, annos):
+            folder = root / split / names[int(record["class"]) - 1]
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ctx.cars / f"cars_{split}" / record["fname"], folder / record["fname"])
+    first = next((root / "train").iterdir())
+    (root / "train" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (first / "._00001.jpg").write_bytes(b"\0\5\26\7 AppleDouble")
+    (root / "train" / ".hidden").mkdir()
+    shutil.copy(next(first.glob("*.jpg")), root / "train" / ".hidden" / "x.jpg")
+    (first / "photo.webp").write_bytes(b"RIFF")
+    (first / "nested").mkdir()
+    shutil.copy(next(first.glob("*.jpg")), first / "nested" / "y.jpg")
+    return root
+
+
+def without_rows(rows: list[dict]) -> None:
+    rows.clear()
+
+
 def set_row(index: int, **cells: str) -> Callable[[list[dict]], None]:
     def edit(rows: list[dict]) -> None:
         rows[index].update(cells)
@@ -359,6 +384,15 @@ CASES = [
                  r"labels\.csv: line 3: bbox_y2 is empty but other box cells are not", id="annotations-csv-partly-empty-box"),
     pytest.param(lambda ctx: search_csv(ctx, set_row(5, split="validation")), SEARCH_ERROR,
                  r"labels\.csv: line 7: split 'validation' is not 'train' or 'test'", id="annotations-csv-bad-split"),
+    pytest.param(lambda ctx: search_csv(ctx, set_row(4, **{"class": "NaN"})), SEARCH_ERROR,
+                 r"labels\.csv: line 6: the 'class' cell holds 'NaN', which reads as a missing value", id="annotations-csv-nan-class"),
+    pytest.param(lambda ctx: search_csv(ctx, set_row(4, **{"class": "None"})), SEARCH_ERROR,
+                 r"labels\.csv: line 6: the 'class' cell holds 'None', which reads as a missing value", id="annotations-csv-none-class"),
+    pytest.param(lambda ctx: search_csv(ctx, without_rows), SEARCH_ERROR,
+                 r"labels\.csv: has a header but no rows", id="annotations-csv-header-only"),
+    pytest.param(lambda ctx: search_csv(ctx, lambda rows: rows.append(dict(rows[1]))), SEARCH_ERROR,
+                 r"duplicated row: 1 row\(s\) \(labels\.csv line \d+ \S*train/00002\.jpg: the same file and box as labels\.csv line 3",
+                 id="annotations-csv-duplicated-row"),
     pytest.param(lambda ctx: search_csv(ctx, class_spelt_in_lower_case), SEARCH_ERROR,
                  r"labels\.csv: 1 class name\(s\) differ only in case or surrounding spaces: "
                  r"'carclf sedan red' \(line 2\) and 'Carclf Sedan Red' \(line \d+\)",
@@ -492,6 +526,8 @@ CONTROLS = [
     pytest.param(lambda ctx: search_dry_run(ctx, data=devkit_copy(ctx)), id="search-devkit-copy"),
     pytest.param(lambda ctx: search_csv(ctx), id="search-csv-dataset"),
     pytest.param(lambda ctx: search_experiment(ctx, EXPERIMENT), id="search-experiment-file"),
+    pytest.param(lambda ctx: search_dry_run(ctx, "--set", "data.format='folders'", data=folder_dataset(ctx)),
+                 id="search-folders-with-hidden-and-unread-files"),
     pytest.param(lambda ctx: predict(ctx, "--top-k", "2", f"{tiny_image(ctx)}@1,1,40,40"), id="predict-image-with-box"),
 ]
 
