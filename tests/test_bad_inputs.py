@@ -212,9 +212,9 @@ def set_row(index: int, **cells: str) -> Callable[[list[dict]], None]:
     return edit
 
 
-def experiment_file(ctx: Context, text: str) -> Path:
+def experiment_file(ctx: Context, text: str, encoding: str = "utf-8") -> Path:
     path = ctx.tmp / "experiment.toml"
-    path.write_text(text)
+    path.write_text(text, encoding=encoding)
     return path
 
 
@@ -239,9 +239,9 @@ def search_csv(ctx: Context, edit: Callable[[list[dict]], None] | None = None) -
     return search_dry_run(ctx, "--set", "data.format='csv'", "--set", "data.csv_file='labels.csv'", data=root)
 
 
-def search_experiment(ctx: Context, text: str, *extra: str, data: Path | None = None) -> list[str]:
-    """`tuning.search --experiment FILE --dry-run`, the file holding `text`."""
-    return [sys.executable, "-m", "tuning.search", "--experiment", str(experiment_file(ctx, text)),
+def search_experiment(ctx: Context, text: str, *extra: str, data: Path | None = None, encoding: str = "utf-8") -> list[str]:
+    """`tuning.search --experiment FILE --dry-run`, the file holding `text` in `encoding`."""
+    return [sys.executable, "-m", "tuning.search", "--experiment", str(experiment_file(ctx, text, encoding)),
             "--data-dir", str(data or ctx.cars), "--storage-path", str(ctx.runs), "--num-cpus", "2",
             "--set", f"data.cache_dir='{ctx.cache}'", *extra, "--dry-run"]
 
@@ -406,6 +406,18 @@ CASES = [
     # experiments
     pytest.param(lambda ctx: search_experiment(ctx, edited("[train]\n", "[train\n")), SEARCH_ERROR,
                  r"experiment\.toml: not valid TOML", id="experiment-invalid-toml"),
+    pytest.param(lambda ctx: search_experiment(ctx, "# Réglages du démo\n" + EXPERIMENT, encoding="latin-1"), SEARCH_ERROR,
+                 r"experiment\.toml: not UTF-8 text \(byte 3 is b'\\xe9'\); TOML files must be UTF-8", id="experiment-latin-1"),
+    pytest.param(lambda ctx: search_experiment(ctx, EXPERIMENT, encoding="utf-16"), SEARCH_ERROR,
+                 r"experiment\.toml: not UTF-8 text \(byte 0 is b'\\xff'\)", id="experiment-utf-16"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("loguniform = [0.001, 0.1]", "loguniform = [0.001, inf]")), SEARCH_ERROR,
+                 r"experiment\.toml \[search\.space\] learning_rate: loguniform needs finite numbers, got \[0\.001, inf\]",
+                 id="experiment-space-bound-inf"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("loguniform = [0.001, 0.1]", "choice = [0.01, nan]")), SEARCH_ERROR,
+                 r"experiment\.toml \[search\.space\] learning_rate: choice needs finite numbers, got \[0\.01, nan\]",
+                 id="experiment-space-choice-nan"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("momentum = 0.9", "momentum = nan")), SEARCH_ERROR,
+                 r"experiment\.toml \[train\]: key 'momentum' must be a finite number, got nan", id="experiment-value-nan"),
     pytest.param(lambda ctx: search_experiment(ctx, EXPERIMENT + "\n[optimizer]\nname = 'sgd'\n"), SEARCH_ERROR,
                  r"experiment\.toml: unknown table\(s\) \['optimizer'\]", id="experiment-unknown-table"),
     pytest.param(lambda ctx: search_experiment(ctx, edited("momentum = 0.9", "momentom = 0.9")), SEARCH_ERROR,
@@ -539,3 +551,4 @@ def test_the_undamaged_inputs_pass(build, tiny_cars, tmp_path, request):
     result = run(command)
     assert result.returncode == 0, f"$ {' '.join(command)}\nexit {result.returncode}\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stdout + result.stderr
+
