@@ -47,7 +47,7 @@ from tuning.retrain import retrain_and_evaluate
 from tuning.search_space import param_space
 from tuning.samplers import choose_sampler
 from tuning.scheduler import NoiseAwareASHA, read_rung_decisions, rung_milestones
-from tuning.searcher import StudyMismatchError, make_searcher, relocate_study
+from tuning.searcher import StudyError, make_searcher, relocate_study
 from tuning.trials import against_start, best_trial, top_trials, trials_table, within_noise
 
 logger = logging.getLogger("tuning.search")
@@ -64,7 +64,7 @@ EXPERIMENT_FLAGS = {"data_dir": "data.root", "num_samples": "search.num_samples"
                     "cpus_per_trial": "resources.cpus_per_trial", "gpus_per_trial": "resources.gpus_per_trial",
                     "storage_path": "run.storage_path", "name": "run.name"}
 LOCATION_KEYS = ("run.storage_path", "run.name")
-EXPECTED_ERRORS = (ConfigError, DatasetError, StoreError, FeatureCacheError, WeightsError, StudyMismatchError,
+EXPECTED_ERRORS = (ConfigError, DatasetError, StoreError, FeatureCacheError, WeightsError, StudyError,
                    run_folder.RunInUseError)
 
 
