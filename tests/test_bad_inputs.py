@@ -234,6 +234,17 @@ def search_dry_run(ctx: Context, *extra: str, data: Path | None = None) -> list[
     return [*command, "--dry-run"]
 
 
+def search_for_real(ctx: Context, *extra: str) -> list[str]:
+    """`tuning.search` on the tiny dataset without `--dry-run`: for the cases that fail before any trial runs."""
+    return search_command(ctx.cars, ctx.runs, "bad", *extra, cache=ctx.cache)
+
+
+def without_ray_temp_folder(ctx: Context) -> Context:
+    """Ray's local cluster cannot start: its temporary folder (RAY_TMPDIR) cannot be created."""
+    ctx.request.getfixturevalue("monkeypatch").setenv("RAY_TMPDIR", "/proc/no-ray-here")
+    return ctx
+
+
 def search_csv(ctx: Context, edit: Callable[[list[dict]], None] | None = None) -> list[str]:
     root = csv_dataset(ctx, edit)
     return search_dry_run(ctx, "--set", "data.format='csv'", "--set", "data.csv_file='labels.csv'", data=root)
@@ -464,6 +475,10 @@ CASES = [
                  r"unknown table\(s\) \['trian'\]", id="flag-set-unknown-table"),
     pytest.param(lambda ctx: search_dry_run(ctx, "--set", "data.image_size=big"), SEARCH_ERROR,
                  r"\[data\]: key 'image_size' must be int, got str 'big'", id="flag-set-wrong-type"),
+    # runs that fail before their first trial
+    pytest.param(lambda ctx: search_for_real(without_ray_temp_folder(ctx)), SEARCH_ERROR,
+                 r"Ray's local cluster did not start: .*no-ray-here",
+                 id="run-ray-cluster-does-not-start"),
     # train
     pytest.param(lambda ctx: train(ctx, edited("momentum = 0.9", "momentom = 0.9")), SEARCH_ERROR,
                  r"experiment\.toml \[train\]: unknown key\(s\) \['momentom'\]", id="train-unknown-key"),

@@ -254,22 +254,31 @@ def start_ray(args: argparse.Namespace, experiment: Experiment) -> None:
     """Start a local cluster with the dashboard on `--dashboard-host`, or join `--address`.
 
     Trial processes get the driver's Keras backend, their GPU memory share and the persistent
-    compilation cache through the job's environment (`carclf.runtime.trial_environment`).
+    compilation cache through the job's environment (`carclf.runtime.trial_environment`). The
+    dashboard alone is given up when Ray's error is about it; any other failure to start or join
+    is a `SearchError` that says so.
     """
     compile_cache = cache_folder(experiment.settings.data.cache_dir, "compilation")
     environment = trial_environment(keras.backend.backend(), experiment.resources.gpus_per_trial, compile_cache)
     runtime_env = {"env_vars": environment}
-    if args.address:
-        context = ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
-    else:
-        # address="local": always a cluster of our own, never a `ray start` cluster found on this machine
-        options = dict(address="local", num_cpus=args.num_cpus, runtime_env=runtime_env, log_to_driver=False)
-        try:
-            context = ray.init(include_dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host, **options)
-        except Exception as error:  # the dashboard's extra packages are missing: go on without it
-            logger.warning("Ray's dashboard could not start (%s); running without it", error)
-            ray.shutdown()
-            context = ray.init(include_dashboard=False, **options)
+    try:
+        if args.address:
+            context = ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
+        else:
+            # address="local": always a cluster of our own, never a `ray start` cluster found on this machine
+            options = dict(address="local", num_cpus=args.num_cpus, runtime_env=runtime_env, log_to_driver=False)
+            try:
+                context = ray.init(include_dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host, **options)
+            except Exception as error:  # the dashboard's extra packages are missing, or it failed: go on without it
+                if args.no_dashboard or "dashboard" not in str(error).lower():
+                    raise
+                logger.warning("Ray's dashboard could not start (%s); running without it", error)
+                ray.shutdown()
+                context = ray.init(include_dashboard=False, **options)
+    except Exception as error:  # Ray raises Exception, TimeoutError, ConnectionError, OSError...
+        ray.shutdown()
+        cluster = f"could not join the Ray cluster at {args.address}" if args.address else "Ray's local cluster did not start"
+        raise SearchError(f"{cluster}: {error}") from None
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
 
