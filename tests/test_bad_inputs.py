@@ -245,6 +245,17 @@ def without_ray_temp_folder(ctx: Context) -> Context:
     return ctx
 
 
+def run_stopped_before_its_first_trial(ctx: Context, study: bytes | None = None) -> Context:
+    """The run folder of `search_for_real` as a start that failed before its first trial leaves it, with
+    `study` as its study.db."""
+    run_dir = ctx.runs / "bad"
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(json.dumps({"stage": "started", "time": 0}))
+    if study is not None:
+        (run_dir / "study.db").write_bytes(study)
+    return ctx
+
+
 def search_csv(ctx: Context, edit: Callable[[list[dict]], None] | None = None) -> list[str]:
     root = csv_dataset(ctx, edit)
     return search_dry_run(ctx, "--set", "data.format='csv'", "--set", "data.csv_file='labels.csv'", data=root)
@@ -477,8 +488,11 @@ CASES = [
                  r"\[data\]: key 'image_size' must be int, got str 'big'", id="flag-set-wrong-type"),
     # runs that fail before their first trial
     pytest.param(lambda ctx: search_for_real(without_ray_temp_folder(ctx)), SEARCH_ERROR,
-                 r"Ray's local cluster did not start: .*no-ray-here",
+                 r"Ray's local cluster did not start: .*no-ray-here.*; no trial ran: the same command starts the run again",
                  id="run-ray-cluster-does-not-start"),
+    pytest.param(lambda ctx: search_for_real(run_stopped_before_its_first_trial(ctx, b"not a database\n" * 64)), SEARCH_ERROR,
+                 r"bad/study\.db: damaged, or not an Optuna study \(.*file is not a database\); restore it from a backup",
+                 id="run-study-db-damaged"),
     # train
     pytest.param(lambda ctx: train(ctx, edited("momentum = 0.9", "momentom = 0.9")), SEARCH_ERROR,
                  r"experiment\.toml \[train\]: unknown key\(s\) \['momentom'\]", id="train-unknown-key"),
@@ -567,3 +581,15 @@ def test_the_undamaged_inputs_pass(build, tiny_cars, tmp_path, request):
     assert result.returncode == 0, f"$ {' '.join(command)}\nexit {result.returncode}\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stdout + result.stderr
 
+
+def test_a_start_that_failed_before_its_first_trial_keeps_no_name(tiny_cars, tmp_path, request):
+    """The same command, run again after Ray failed to start, starts the run again: it is not refused as
+    "a run with this name exists", and the study of the failed start is not reused."""
+    ctx = without_ray_temp_folder(Context(tmp_path, tiny_cars, request))
+    first = run(search_for_real(ctx))
+    assert first.returncode == SEARCH_ERROR and "did not start" in first.stderr
+    assert json.loads((ctx.runs / "bad" / "status.json").read_text())["stage"] == "started"
+    (ctx.runs / "bad" / "study.db").write_bytes(b"")  # what a start that got further leaves
+    again = run(search_for_real(ctx))
+    assert again.returncode == SEARCH_ERROR and "a run with this name exists" not in again.stderr, again.stderr[-2000:]
+    assert "Ray's local cluster did not start" in again.stderr and not (ctx.runs / "bad" / "study.db").exists()

@@ -47,7 +47,7 @@ from tuning.retrain import retrain_and_evaluate
 from tuning.search_space import param_space
 from tuning.samplers import choose_sampler
 from tuning.scheduler import NoiseAwareASHA, read_rung_decisions, rung_milestones
-from tuning.searcher import StudyError, make_searcher, relocate_study
+from tuning.searcher import STUDY_FILE, StudyError, make_searcher, relocate_study, study_trials
 from tuning.trials import against_start, best_trial, top_trials, trials_table, within_noise
 
 logger = logging.getLogger("tuning.search")
@@ -278,7 +278,7 @@ def start_ray(args: argparse.Namespace, experiment: Experiment) -> None:
     except Exception as error:  # Ray raises Exception, TimeoutError, ConnectionError, OSError...
         ray.shutdown()
         cluster = f"could not join the Ray cluster at {args.address}" if args.address else "Ray's local cluster did not start"
-        raise SearchError(f"{cluster}: {error}") from None
+        raise SearchError(f"{cluster}: {error}; no trial ran: the same command starts the run again") from None
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
 
@@ -456,10 +456,21 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
 
 
 def check_new_run(experiment: Experiment) -> None:
-    """A new run may not reuse a folder that holds another run."""
+    """A new run may not reuse a folder that holds another run's trials.
+
+    A run that stopped before its first trial (Ray did not start, no node had the GPUs asked for)
+    holds nothing to keep: its name is free again, so the same command, or the one its error
+    advises, starts it afresh. What it wrote before the trials (the study, the transfer probe) is
+    removed, since the new run may differ.
+    """
     run_dir = experiment.run_dir
-    if run_folder.stage(run_dir) is not None or tune.Tuner.can_restore(str(run_dir)):
+    stage = run_folder.stage(run_dir)
+    if tune.Tuner.can_restore(str(run_dir)) or stage not in (None, "started") or study_trials(run_dir):
         raise SearchError(f"{run_dir}: a run with this name exists; pass --resume to continue it, or another --name")
+    if stage == "started":
+        logger.info("%s: the run of this name stopped before its first trial; starting it again", run_dir)
+        for name in (STUDY_FILE, TRANSFER_FILE):
+            (run_dir / name).unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

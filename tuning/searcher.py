@@ -75,6 +75,15 @@ def experiment_fingerprint(document: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def study_trials(run_dir: Path) -> int:
+    """How many trials `RUN_DIR/study.db` holds (0 without the file)."""
+    if not (Path(run_dir) / STUDY_FILE).is_file():
+        return 0
+    with readable_study(study_url(run_dir)):
+        summaries = optuna.get_all_study_summaries(study_storage(study_url(run_dir)))
+    return sum(summary.n_trials for summary in summaries)
+
+
 def open_study(run_dir: Path, document: dict[str, Any], direction: str) -> optuna.Study:
     """Create `RUN_DIR/study.db`, or open it if it was written for this same experiment.
 
