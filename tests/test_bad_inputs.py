@@ -95,21 +95,38 @@ class Context:
         return self.request.getfixturevalue("tiny_model")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A small Keras model (32 px in, 4 classes out) saved as carclf saves one, with labels.json.
-
-    `carclf.predict` only needs a loadable model whose outputs match its labels; the bad inputs
-    are refused before any prediction, so no trained ResNet50 is needed.
-    """
+def small_model(path: Path, carclf_inputs: bool = True) -> Path:
+    """A small Keras model (32 px in, 4 classes out) saved at `path`: with carclf's uint8 input and its
+    augmentation and preprocessing layers, as `carclf.model` builds one, or (`carclf_inputs` False)
+    a plain float model that carclf did not make."""
     import keras
 
+    from carclf.layers import RandomFlipRotation, ResNetPreprocessing
+
+    if carclf_inputs:
+        inputs = keras.Input((32, 32, 3), dtype="uint8", name="image")
+        pixels = ResNetPreprocessing(name="preprocessing")(RandomFlipRotation(name="augmentation")(inputs))
+    else:
+        inputs = pixels = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(CLASS_COUNT, activation="softmax")(keras.layers.GlobalAveragePooling2D()(pixels))
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def write_labels(folder: Path, count: int = CLASS_COUNT) -> None:
+    (folder / "labels.json").write_text(json.dumps({"class_names": [f"class {i}" for i in range(count)]}))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small carclf-shaped model with labels.json, saved as carclf saves one.
+
+    `carclf.predict` needs a loadable carclf model whose outputs match its labels; the bad inputs
+    are refused before any prediction, so no trained ResNet50 is needed.
+    """
     folder = tmp_path_factory.mktemp("model")
-    inputs = keras.Input((32, 32, 3))
-    outputs = keras.layers.Dense(CLASS_COUNT, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
-    keras.Model(inputs, outputs).save(folder / "model.keras")
-    (folder / "labels.json").write_text(json.dumps({"class_names": [f"class {i}" for i in range(CLASS_COUNT)]}))
-    return folder / "model.keras"
+    write_labels(folder)
+    return small_model(folder / "model.keras")
 
 
 # --- building bad inputs ------------------------------------------------------------------------
@@ -294,12 +311,32 @@ def model_with_labels(ctx: Context, names: list[str]) -> Path:
     return folder / "model.keras"
 
 
-def text_model(ctx: Context) -> Path:
+def model_file(ctx: Context, content: Callable[[bytes], bytes], labels: bool = True) -> Path:
+    """model.keras holding `content` of the tiny model's bytes, with labels.json beside it unless `labels` is False."""
     folder = ctx.tmp / "model"
     folder.mkdir()
-    (folder / "model.keras").write_text("not a model\n")
-    (folder / "labels.json").write_text(json.dumps({"class_names": ["a", "b"]}))
+    (folder / "model.keras").write_bytes(content(ctx.model.read_bytes()))
+    if labels:
+        write_labels(folder)
     return folder / "model.keras"
+
+
+def zip_without_config(ctx: Context) -> Path:
+    """A zip archive named .keras that lacks the config.json every .keras file holds."""
+    import zipfile
+
+    path = model_file(ctx, lambda b: b"")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("metadata.json", "{}")
+    return path
+
+
+def foreign_model(ctx: Context) -> Path:
+    """A plain Keras model that carclf did not make: float input, no preprocessing layers."""
+    folder = ctx.tmp / "model"
+    folder.mkdir()
+    write_labels(folder)
+    return small_model(folder / "model.keras", carclf_inputs=False)
 
 
 def text_file(ctx: Context, name: str) -> Path:
@@ -510,8 +547,23 @@ CASES = [
                  r"labels\.json: names 3 classes, but model\.keras has 4 outputs", id="predict-labels-count-differs"),
     pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=ctx.tmp / "gone" / "model.keras"), SEARCH_ERROR,
                  r"gone/model\.keras: model file not found", id="predict-missing-model"),
-    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=text_model(ctx)), SEARCH_ERROR,
-                 r"model\.keras: not a model Keras can load safely", id="predict-model-not-keras"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_file(ctx, lambda b: b"not a model\n")), SEARCH_ERROR,
+                 r"model\.keras: damaged, or not a \.keras model: not a zip archive \(12 bytes\)", id="predict-model-not-keras"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_file(ctx, lambda b: b"")), SEARCH_ERROR,
+                 r"model\.keras: damaged, or not a \.keras model: not a zip archive \(0 bytes\)", id="predict-model-zero-bytes"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_file(ctx, lambda b: b[: len(b) // 2])), SEARCH_ERROR,
+                 r"model\.keras: damaged, or not a \.keras model: not a zip archive", id="predict-model-truncated"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=zip_without_config(ctx)), SEARCH_ERROR,
+                 r"model\.keras: damaged, or not a \.keras model: .*config\.json", id="predict-model-zip-without-config"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=empty_folder(ctx, "best")), SEARCH_ERROR,
+                 r"best: a folder, not a model file; give the \.keras file carclf saved in it \(e\.g\. \S*best/model\.keras\)",
+                 id="predict-model-is-a-folder"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_file(ctx, lambda b: b, labels=False)), SEARCH_ERROR,
+                 r"model/labels\.json: labels\.json not found beside the model; carclf saves the class names there",
+                 id="predict-model-without-labels"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=foreign_model(ctx)), SEARCH_ERROR,
+                 r"model\.keras: not a carclf classifier: expected a uint8 \(size, size, 3\) image input, got float32 \(32, 32, 3\)",
+                 id="predict-model-not-made-by-carclf"),
     pytest.param(lambda ctx: predict(ctx, f"{tiny_image(ctx)}@0,0,5000,5000"), IMAGE_ERROR,
                  r"cars_test/00001\.jpg: box \(0, 0, 5000, 5000\) does not fit in the \d+x\d+ image", id="predict-box-outside-image"),
     pytest.param(lambda ctx: predict(ctx, f"{tiny_image(ctx)}@1,2,3"), IMAGE_ERROR,
