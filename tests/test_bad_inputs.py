@@ -273,6 +273,20 @@ def run_stopped_before_its_first_trial(ctx: Context, study: bytes | None = None)
     return ctx
 
 
+def run_folder_at(ctx: Context, stage: str, files: tuple[str, ...], status: str | None = None) -> Path:
+    """A run folder of the base experiment at `stage`, holding only `files` of those a run writes (their
+    contents do not matter before a resume reads them), and `status` as its status.json when given."""
+    from tuning.experiment import load_experiment
+
+    run_dir = ctx.runs / "kept"
+    run_dir.mkdir(parents=True)
+    experiment = load_experiment(experiment_file(ctx, EXPERIMENT), [f"data.root='{ctx.cars}'", f"run.storage_path='{ctx.runs}'"]).to_dict()
+    for name in files:
+        (run_dir / name).write_text(json.dumps(experiment) if name == "experiment.json" else "kept\n")
+    (run_dir / "status.json").write_text(status if status is not None else json.dumps({"stage": stage, "time": 0}))
+    return run_dir
+
+
 def search_csv(ctx: Context, edit: Callable[[list[dict]], None] | None = None) -> list[str]:
     root = csv_dataset(ctx, edit)
     return search_dry_run(ctx, "--set", "data.format='csv'", "--set", "data.csv_file='labels.csv'", data=root)
@@ -530,6 +544,13 @@ CASES = [
     pytest.param(lambda ctx: search_for_real(run_stopped_before_its_first_trial(ctx, b"not a database\n" * 64)), SEARCH_ERROR,
                  r"bad/study\.db: damaged, or not an Optuna study \(.*file is not a database\); restore it from a backup",
                  id="run-study-db-damaged"),
+    pytest.param(lambda ctx: [sys.executable, "-m", "tuning.search", "--resume",
+                              str(run_folder_at(ctx, "searched", ("experiment.json", "dataset.parquet")))], SEARCH_ERROR,
+                 r"kept: missing trials\.parquet, written when the run was searched; --resume needs them: restore them",
+                 id="run-resume-without-trials-file"),
+    pytest.param(lambda ctx: [sys.executable, "-m", "tuning.search", "--resume",
+                              str(run_folder_at(ctx, "started", ("experiment.json", "dataset.parquet"), status="{\"stage\": "))],
+                 SEARCH_ERROR, r"kept/status\.json: damaged \(.*\); it says how far the run got", id="run-status-file-damaged"),
     # train
     pytest.param(lambda ctx: train(ctx, edited("momentum = 0.9", "momentom = 0.9")), SEARCH_ERROR,
                  r"experiment\.toml \[train\]: unknown key\(s\) \['momentom'\]", id="train-unknown-key"),

@@ -65,7 +65,7 @@ EXPERIMENT_FLAGS = {"data_dir": "data.root", "num_samples": "search.num_samples"
                     "storage_path": "run.storage_path", "name": "run.name"}
 LOCATION_KEYS = ("run.storage_path", "run.name")
 EXPECTED_ERRORS = (ConfigError, DatasetError, StoreError, FeatureCacheError, WeightsError, StudyError,
-                   run_folder.RunInUseError)
+                   run_folder.RunInUseError, run_folder.RunFolderError)
 
 
 class SearchError(RuntimeError):
@@ -499,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             if args.resume is None:
                 check_new_run(experiment)
+            else:
+                run_folder.require_files(run_dir)
             prepared = prepare(experiment, resume=args.resume is not None)
             describe_weights(experiment)
             for note in warnings_for(prepared):
