@@ -79,9 +79,9 @@ def study_trials(run_dir: Path) -> int:
     """How many trials `RUN_DIR/study.db` holds (0 without the file)."""
     if not (Path(run_dir) / STUDY_FILE).is_file():
         return 0
-    with readable_study(study_url(run_dir)):
-        summaries = optuna.get_all_study_summaries(study_storage(study_url(run_dir)))
-    return sum(summary.n_trials for summary in summaries)
+    storage = study_storage(study_url(run_dir))
+    with readable_study(storage.url):
+        return sum(summary.n_trials for summary in optuna.get_all_study_summaries(storage))
 
 
 def open_study(run_dir: Path, document: dict[str, Any], direction: str) -> optuna.Study:
@@ -89,8 +89,9 @@ def open_study(run_dir: Path, document: dict[str, Any], direction: str) -> optun
 
     A study of another experiment under the same run name is refused, naming both.
     """
-    with readable_study(study_url(run_dir)):
-        study = optuna.create_study(storage=study_storage(study_url(run_dir)), study_name=STUDY_NAME, load_if_exists=True,
+    storage = study_storage(study_url(run_dir))
+    with readable_study(storage.url):
+        study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
                                     direction="maximize" if direction == "max" else "minimize")
     fingerprint = experiment_fingerprint(document)
     saved = study.user_attrs.get(EXPERIMENT_ATTRIBUTE)
