@@ -83,9 +83,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     pixels are composited over white. Every other mode (1, L, P, RGB, CMYK, YCbCr...) is Pillow's
     conversion.
     """
-    if image.mode in WIDE_RANGES:
-        values = np.asarray(image, dtype=np.float64)
-        values = np.where(np.isfinite(values), values, 0.0)
+    if image.mode in WIDE_RANGES:  # float32: exact for 16-bit values, half float64's memory on a large picture
+        values = np.asarray(image, dtype=np.float32)
+        values = np.where(np.isfinite(values), values, np.float32(0))
         return Image.fromarray(scale_to_8bit(values, WIDE_RANGES[image.mode])).convert("RGB")
     if image.has_transparency_data:
         return Image.alpha_composite(Image.new("RGBA", image.size, BACKGROUND), image.convert("RGBA")).convert("RGB")
