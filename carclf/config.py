@@ -8,6 +8,7 @@ scheduler, resources and run tables on top with the same machinery (`parse_secti
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -206,6 +207,8 @@ def parse_section(cls: type, table: Any, where: str) -> Any:
         if not _type_matches(value, hints[key]):
             expected = getattr(hints[key], "__name__", str(hints[key]))
             raise ConfigError(f"{where}: key {key!r} must be {expected}, got {type(value).__name__} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # TOML has inf and nan; no setting means them
+            raise ConfigError(f"{where}: key {key!r} must be a finite number, got {value}")
         values[key] = float(value) if hints[key] is float else value
     section = cls(**values)
     check = getattr(section, "check", None)
@@ -218,13 +221,19 @@ def parse_section(cls: type, table: Any, where: str) -> Any:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file as plain data, with the file named in any syntax error."""
+    """Read a TOML file as plain data, with the file named in any error: not found, not readable,
+    not UTF-8 (TOML is UTF-8 by definition; an editor may have saved latin-1 or UTF-16), bad syntax."""
     path = Path(path)
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{path}: experiment file not found") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the experiment file: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start} is {error.object[error.start:error.start + 1]!r}); "
+                          "TOML files must be UTF-8: save it as UTF-8 in your editor") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
 

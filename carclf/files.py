@@ -60,10 +60,25 @@ def plain_value(value: Any) -> Any:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    """Write `data` as indented JSON, atomically."""
+    """Write `data` as indented, strict JSON, atomically.
+
+    Non-finite floats (a diverged trial's -inf score, a NaN) are written as null: Python would
+    write `-Infinity` and `NaN`, which are not JSON, and JavaScript's `JSON.parse` refuses them.
+    """
     with atomic_path(path) as partial:
-        partial.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+        partial.write_text(json.dumps(finite(data), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
     return Path(path)
+
+
+def finite(data: Any) -> Any:
+    """`data` (dicts, lists, tuples, scalars) with every non-finite float replaced by None."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(value) for value in data]
+    return data
 
 
 def read_json(path: str | Path) -> Any:

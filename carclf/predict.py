@@ -6,6 +6,10 @@ sees what training saw; the model itself does the rest. `labels.json` beside the
 classes (and must match the model's outputs), and `config.json` beside it, when present, gives
 the crop settings. Give a box as `IMAGE@x1,y1,x2,y2`, in the upright photo's pixels.
 
+Only carclf's classifiers are served: a model that does not take uint8 crops through carclf's
+augmentation and preprocessing layers would answer confidently from pixels on the wrong scale,
+so it is refused, and so is a model without `labels.json`. A damaged file is called damaged.
+
 Text output lists each image's top classes. With `--json` every input gets one JSON line, failures
 included (`"error"`), so a consumer sees as many results as inputs. A bad image does not stop the
 others; the exit status is 1 if any image failed, 2 if the model cannot be used.
@@ -17,6 +21,7 @@ import argparse
 import json
 import re
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +32,7 @@ import numpy as np
 from carclf.config import DataConfig
 from carclf.data.images import ImageError, load_crop
 from carclf.files import read_json
+from carclf.layers import RandomFlipRotation, ResNetPreprocessing
 
 BOX_TEXT = re.compile(r"[-+\d\s.,]*")
 
@@ -67,14 +73,18 @@ def load_predictor(model_path: str | Path) -> Predictor:
     """The model (Keras' safe mode, without its training configuration), its class names and crop settings."""
     model_path = Path(model_path)
     labels_path = model_path.with_name("labels.json")
+    if model_path.is_dir():
+        raise PredictorError(f"{model_path}: a folder, not a model file; give the .keras file carclf saved in it "
+                             f"(e.g. {model_path / 'model.keras'})")
     if not model_path.is_file():
         raise PredictorError(f"{model_path}: model file not found")
     if not labels_path.is_file():
-        raise PredictorError(f"{labels_path}: labels.json not found beside the model")
-    try:
-        model = keras.models.load_model(model_path, safe_mode=True, compile=False)
-    except (ValueError, OSError, TypeError) as error:
-        raise PredictorError(f"{model_path}: not a model Keras can load safely: {error}") from None
+        raise PredictorError(f"{labels_path}: labels.json not found beside the model; carclf saves the class names there "
+                             "({\"class_names\": [...]}) with every model it trains")
+    model = load_model(model_path)
+    problem = carclf_model_problem(model)
+    if problem:
+        raise PredictorError(f"{model_path}: not a carclf classifier: {problem}")
     try:
         names = read_json(labels_path)["class_names"]
     except (ValueError, KeyError, TypeError) as error:
@@ -89,6 +99,37 @@ def load_predictor(model_path: str | Path) -> Predictor:
     saved = read_json(config_path)["settings"]["data"] if config_path.is_file() else {}
     data = DataConfig(**{**saved, "image_size": size})
     return Predictor(model, names, data)
+
+
+def load_model(path: Path) -> keras.Model:
+    """The model at `path`, in Keras' safe mode, or `PredictorError`: a file that is not a whole `.keras`
+    archive (0 bytes, truncated, another kind of file) is called damaged; Keras itself says "File not found"."""
+    if not zipfile.is_zipfile(path):
+        raise PredictorError(f"{path}: damaged, or not a .keras model: not a zip archive ({path.stat().st_size} bytes)")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except (KeyError, zipfile.BadZipFile) as error:  # an archive without the members a .keras file has, or a bad one
+        raise PredictorError(f"{path}: damaged, or not a .keras model: {error}") from None
+    except (ValueError, OSError, TypeError) as error:
+        raise PredictorError(f"{path}: not a model Keras can load safely: {error}") from None
+
+
+def carclf_model_problem(model: keras.Model) -> str | None:
+    """Why `model` is not a classifier as `carclf.model` builds it, or None: one uint8 (size, size, 3)
+    image input, carclf's augmentation and preprocessing layers, one (classes) output."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return f"expected one image input and one output, got {len(model.inputs)} input(s) and {len(model.outputs)} output(s)"
+    image, output = model.inputs[0], model.outputs[0]
+    shape = tuple(image.shape[1:])
+    if image.dtype != "uint8" or len(shape) != 3 or shape[0] is None or shape[0] != shape[1] or shape[2] != 3:
+        return f"expected a uint8 (size, size, 3) image input, got {image.dtype} {shape}"
+    missing = [kind.__name__ for kind in (RandomFlipRotation, ResNetPreprocessing)
+               if not any(isinstance(layer, kind) for layer in model.layers)]
+    if missing:
+        return f"expected carclf's input layers (augmentation, then ResNet50 preprocessing), but it lacks {', '.join(missing)}"
+    if len(output.shape) != 2:
+        return f"expected one score per class, got an output of shape {tuple(output.shape[1:])}"
+    return None
 
 
 def classify(predictor: Predictor, requests: Sequence[ImageRequest], top_k: int) -> list[dict]:

@@ -95,21 +95,38 @@ class Context:
         return self.request.getfixturevalue("tiny_model")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A small Keras model (32 px in, 4 classes out) saved as carclf saves one, with labels.json.
-
-    `carclf.predict` only needs a loadable model whose outputs match its labels; the bad inputs
-    are refused before any prediction, so no trained ResNet50 is needed.
-    """
+def small_model(path: Path, carclf_inputs: bool = True) -> Path:
+    """A small Keras model (32 px in, 4 classes out) saved at `path`: with carclf's uint8 input and its
+    augmentation and preprocessing layers, as `carclf.model` builds one, or (`carclf_inputs` False)
+    a plain float model that carclf did not make."""
     import keras
 
+    from carclf.layers import RandomFlipRotation, ResNetPreprocessing
+
+    if carclf_inputs:
+        inputs = keras.Input((32, 32, 3), dtype="uint8", name="image")
+        pixels = ResNetPreprocessing(name="preprocessing")(RandomFlipRotation(name="augmentation")(inputs))
+    else:
+        inputs = pixels = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(CLASS_COUNT, activation="softmax")(keras.layers.GlobalAveragePooling2D()(pixels))
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def write_labels(folder: Path, count: int = CLASS_COUNT) -> None:
+    (folder / "labels.json").write_text(json.dumps({"class_names": [f"class {i}" for i in range(count)]}))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small carclf-shaped model with labels.json, saved as carclf saves one.
+
+    `carclf.predict` needs a loadable carclf model whose outputs match its labels; the bad inputs
+    are refused before any prediction, so no trained ResNet50 is needed.
+    """
     folder = tmp_path_factory.mktemp("model")
-    inputs = keras.Input((32, 32, 3))
-    outputs = keras.layers.Dense(CLASS_COUNT, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
-    keras.Model(inputs, outputs).save(folder / "model.keras")
-    (folder / "labels.json").write_text(json.dumps({"class_names": [f"class {i}" for i in range(CLASS_COUNT)]}))
-    return folder / "model.keras"
+    write_labels(folder)
+    return small_model(folder / "model.keras")
 
 
 # --- building bad inputs ------------------------------------------------------------------------
@@ -181,15 +198,40 @@ def csv_dataset(ctx: Context, edit: Callable[[list[dict]], None] | None = None) 
     return root
 
 
+def folder_dataset(ctx: Context) -> Path:
+    """The tiny dataset as `train/<class>/` and `test/<class>/` folders, with what a Mac and a careless copy
+    leave in them: `.DS_Store`, `._*` AppleDouble files, a hidden folder, a `.webp` and a nested folder."""
+    root = ctx.tmp / "foldercars"
+    names = [str(name) for name in scipy.io.loadmat(ctx.cars / "devkit" / "cars_meta.mat", squeeze_me=True)["class_names"]]
+    for split, annos in (("train", "cars_train_annos.mat"), ("test", "cars_test_annos_withlabels.mat")):
+        for record in read_records(ctx.cars, annos):
+            folder = root / split / names[int(record["class"]) - 1]
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ctx.cars / f"cars_{split}" / record["fname"], folder / record["fname"])
+    first = next((root / "train").iterdir())
+    (root / "train" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (first / "._00001.jpg").write_bytes(b"\0\5\26\7 AppleDouble")
+    (root / "train" / ".hidden").mkdir()
+    shutil.copy(next(first.glob("*.jpg")), root / "train" / ".hidden" / "x.jpg")
+    (first / "photo.webp").write_bytes(b"RIFF")
+    (first / "nested").mkdir()
+    shutil.copy(next(first.glob("*.jpg")), first / "nested" / "y.jpg")
+    return root
+
+
+def without_rows(rows: list[dict]) -> None:
+    rows.clear()
+
+
 def set_row(index: int, **cells: str) -> Callable[[list[dict]], None]:
     def edit(rows: list[dict]) -> None:
         rows[index].update(cells)
     return edit
 
 
-def experiment_file(ctx: Context, text: str) -> Path:
+def experiment_file(ctx: Context, text: str, encoding: str = "utf-8") -> Path:
     path = ctx.tmp / "experiment.toml"
-    path.write_text(text)
+    path.write_text(text, encoding=encoding)
     return path
 
 
@@ -209,14 +251,50 @@ def search_dry_run(ctx: Context, *extra: str, data: Path | None = None) -> list[
     return [*command, "--dry-run"]
 
 
+def search_for_real(ctx: Context, *extra: str) -> list[str]:
+    """`tuning.search` on the tiny dataset without `--dry-run`: for the cases that fail before any trial runs."""
+    return search_command(ctx.cars, ctx.runs, "bad", *extra, cache=ctx.cache)
+
+
+def without_ray_temp_folder(ctx: Context) -> Context:
+    """Ray's local cluster cannot start: its temporary folder (RAY_TMPDIR) cannot be created."""
+    ctx.request.getfixturevalue("monkeypatch").setenv("RAY_TMPDIR", "/proc/no-ray-here")
+    return ctx
+
+
+def run_stopped_before_its_first_trial(ctx: Context, study: bytes | None = None) -> Context:
+    """The run folder of `search_for_real` as a start that failed before its first trial leaves it, with
+    `study` as its study.db."""
+    run_dir = ctx.runs / "bad"
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(json.dumps({"stage": "started", "time": 0}))
+    if study is not None:
+        (run_dir / "study.db").write_bytes(study)
+    return ctx
+
+
+def run_folder_at(ctx: Context, stage: str, files: tuple[str, ...], status: str | None = None) -> Path:
+    """A run folder of the base experiment at `stage`, holding only `files` of those a run writes (their
+    contents do not matter before a resume reads them), and `status` as its status.json when given."""
+    from tuning.experiment import load_experiment
+
+    run_dir = ctx.runs / "kept"
+    run_dir.mkdir(parents=True)
+    experiment = load_experiment(experiment_file(ctx, EXPERIMENT), [f"data.root='{ctx.cars}'", f"run.storage_path='{ctx.runs}'"]).to_dict()
+    for name in files:
+        (run_dir / name).write_text(json.dumps(experiment) if name == "experiment.json" else "kept\n")
+    (run_dir / "status.json").write_text(status if status is not None else json.dumps({"stage": stage, "time": 0}))
+    return run_dir
+
+
 def search_csv(ctx: Context, edit: Callable[[list[dict]], None] | None = None) -> list[str]:
     root = csv_dataset(ctx, edit)
     return search_dry_run(ctx, "--set", "data.format='csv'", "--set", "data.csv_file='labels.csv'", data=root)
 
 
-def search_experiment(ctx: Context, text: str, *extra: str, data: Path | None = None) -> list[str]:
-    """`tuning.search --experiment FILE --dry-run`, the file holding `text`."""
-    return [sys.executable, "-m", "tuning.search", "--experiment", str(experiment_file(ctx, text)),
+def search_experiment(ctx: Context, text: str, *extra: str, data: Path | None = None, encoding: str = "utf-8") -> list[str]:
+    """`tuning.search --experiment FILE --dry-run`, the file holding `text` in `encoding`."""
+    return [sys.executable, "-m", "tuning.search", "--experiment", str(experiment_file(ctx, text, encoding)),
             "--data-dir", str(data or ctx.cars), "--storage-path", str(ctx.runs), "--num-cpus", "2",
             "--set", f"data.cache_dir='{ctx.cache}'", *extra, "--dry-run"]
 
@@ -247,12 +325,32 @@ def model_with_labels(ctx: Context, names: list[str]) -> Path:
     return folder / "model.keras"
 
 
-def text_model(ctx: Context) -> Path:
+def model_file(ctx: Context, content: Callable[[bytes], bytes], labels: bool = True) -> Path:
+    """model.keras holding `content` of the tiny model's bytes, with labels.json beside it unless `labels` is False."""
     folder = ctx.tmp / "model"
     folder.mkdir()
-    (folder / "model.keras").write_text("not a model\n")
-    (folder / "labels.json").write_text(json.dumps({"class_names": ["a", "b"]}))
+    (folder / "model.keras").write_bytes(content(ctx.model.read_bytes()))
+    if labels:
+        write_labels(folder)
     return folder / "model.keras"
+
+
+def zip_without_config(ctx: Context) -> Path:
+    """A zip archive named .keras that lacks the config.json every .keras file holds."""
+    import zipfile
+
+    path = model_file(ctx, lambda b: b"")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("metadata.json", "{}")
+    return path
+
+
+def foreign_model(ctx: Context) -> Path:
+    """A plain Keras model that carclf did not make: float input, no preprocessing layers."""
+    folder = ctx.tmp / "model"
+    folder.mkdir()
+    write_labels(folder)
+    return small_model(folder / "model.keras", carclf_inputs=False)
 
 
 def text_file(ctx: Context, name: str) -> Path:
@@ -266,6 +364,15 @@ def empty_folder(ctx: Context, name: str) -> Path:
     folder = ctx.tmp / name
     folder.mkdir()
     return folder
+
+
+def tiny_picture(ctx: Context) -> Path:
+    """A 1x1 picture: too small to show a car."""
+    from PIL import Image
+
+    path = ctx.tmp / "dot.png"
+    Image.new("RGB", (1, 1), (90, 90, 90)).save(path)
+    return path
 
 
 def damaged_run(ctx: Context) -> Path:
@@ -329,6 +436,10 @@ CASES = [
                  r"empty bounding box: 1 row\(s\) \(cars_train_annos\.mat record 5 \S*cars_train/00005\.jpg: "
                  r"box \(30, \d+, 30, \d+\) is empty",
                  id="image-devkit-empty-box"),
+    pytest.param(lambda ctx: search_dry_run(ctx, data=edit_records(ctx, lambda r: r[2].update(bbox_x1=10, bbox_x2=15))), SEARCH_ERROR,
+                 r"too small to show a car: 1 row\(s\) \(cars_train_annos\.mat record 3 \S*cars_train/00003\.jpg: "
+                 r"box \(10, \d+, 15, \d+\) is under 8 px on a side",
+                 id="image-devkit-box-too-small"),
     # annotations
     pytest.param(lambda ctx: search_dry_run(ctx, data=damage_image(ctx, lambda b: b"MATLAB? no.\n", "devkit/cars_train_annos.mat")),
                  SEARCH_ERROR, r"cars_train_annos\.mat: not a readable MATLAB \.mat file", id="annotations-mat-not-matlab"),
@@ -346,6 +457,15 @@ CASES = [
                  r"labels\.csv: line 3: bbox_y2 is empty but other box cells are not", id="annotations-csv-partly-empty-box"),
     pytest.param(lambda ctx: search_csv(ctx, set_row(5, split="validation")), SEARCH_ERROR,
                  r"labels\.csv: line 7: split 'validation' is not 'train' or 'test'", id="annotations-csv-bad-split"),
+    pytest.param(lambda ctx: search_csv(ctx, set_row(4, **{"class": "NaN"})), SEARCH_ERROR,
+                 r"labels\.csv: line 6: the 'class' cell holds 'NaN', which reads as a missing value", id="annotations-csv-nan-class"),
+    pytest.param(lambda ctx: search_csv(ctx, set_row(4, **{"class": "None"})), SEARCH_ERROR,
+                 r"labels\.csv: line 6: the 'class' cell holds 'None', which reads as a missing value", id="annotations-csv-none-class"),
+    pytest.param(lambda ctx: search_csv(ctx, without_rows), SEARCH_ERROR,
+                 r"labels\.csv: has a header but no rows", id="annotations-csv-header-only"),
+    pytest.param(lambda ctx: search_csv(ctx, lambda rows: rows.append(dict(rows[1]))), SEARCH_ERROR,
+                 r"duplicated row: 1 row\(s\) \(labels\.csv line \d+ \S*train/00002\.jpg: the same file and box as labels\.csv line 3",
+                 id="annotations-csv-duplicated-row"),
     pytest.param(lambda ctx: search_csv(ctx, class_spelt_in_lower_case), SEARCH_ERROR,
                  r"labels\.csv: 1 class name\(s\) differ only in case or surrounding spaces: "
                  r"'carclf sedan red' \(line 2\) and 'Carclf Sedan Red' \(line \d+\)",
@@ -359,6 +479,18 @@ CASES = [
     # experiments
     pytest.param(lambda ctx: search_experiment(ctx, edited("[train]\n", "[train\n")), SEARCH_ERROR,
                  r"experiment\.toml: not valid TOML", id="experiment-invalid-toml"),
+    pytest.param(lambda ctx: search_experiment(ctx, "# Réglages du démo\n" + EXPERIMENT, encoding="latin-1"), SEARCH_ERROR,
+                 r"experiment\.toml: not UTF-8 text \(byte 3 is b'\\xe9'\); TOML files must be UTF-8", id="experiment-latin-1"),
+    pytest.param(lambda ctx: search_experiment(ctx, EXPERIMENT, encoding="utf-16"), SEARCH_ERROR,
+                 r"experiment\.toml: not UTF-8 text \(byte 0 is b'\\xff'\)", id="experiment-utf-16"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("loguniform = [0.001, 0.1]", "loguniform = [0.001, inf]")), SEARCH_ERROR,
+                 r"experiment\.toml \[search\.space\] learning_rate: loguniform needs finite numbers, got \[0\.001, inf\]",
+                 id="experiment-space-bound-inf"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("loguniform = [0.001, 0.1]", "choice = [0.01, nan]")), SEARCH_ERROR,
+                 r"experiment\.toml \[search\.space\] learning_rate: choice needs finite numbers, got \[0\.01, nan\]",
+                 id="experiment-space-choice-nan"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("momentum = 0.9", "momentum = nan")), SEARCH_ERROR,
+                 r"experiment\.toml \[train\]: key 'momentum' must be a finite number, got nan", id="experiment-value-nan"),
     pytest.param(lambda ctx: search_experiment(ctx, EXPERIMENT + "\n[optimizer]\nname = 'sgd'\n"), SEARCH_ERROR,
                  r"experiment\.toml: unknown table\(s\) \['optimizer'\]", id="experiment-unknown-table"),
     pytest.param(lambda ctx: search_experiment(ctx, edited("momentum = 0.9", "momentom = 0.9")), SEARCH_ERROR,
@@ -405,6 +537,20 @@ CASES = [
                  r"unknown table\(s\) \['trian'\]", id="flag-set-unknown-table"),
     pytest.param(lambda ctx: search_dry_run(ctx, "--set", "data.image_size=big"), SEARCH_ERROR,
                  r"\[data\]: key 'image_size' must be int, got str 'big'", id="flag-set-wrong-type"),
+    # runs that fail before their first trial
+    pytest.param(lambda ctx: search_for_real(without_ray_temp_folder(ctx)), SEARCH_ERROR,
+                 r"Ray's local cluster did not start: .*no-ray-here.*; no trial ran: the same command starts the run again",
+                 id="run-ray-cluster-does-not-start"),
+    pytest.param(lambda ctx: search_for_real(run_stopped_before_its_first_trial(ctx, b"not a database\n" * 64)), SEARCH_ERROR,
+                 r"bad/study\.db: damaged, or not an Optuna study \(.*file is not a database\); restore it from a backup",
+                 id="run-study-db-damaged"),
+    pytest.param(lambda ctx: [sys.executable, "-m", "tuning.search", "--resume",
+                              str(run_folder_at(ctx, "searched", ("experiment.json", "dataset.parquet")))], SEARCH_ERROR,
+                 r"kept: missing trials\.parquet, written when the run was searched; --resume needs them: restore them",
+                 id="run-resume-without-trials-file"),
+    pytest.param(lambda ctx: [sys.executable, "-m", "tuning.search", "--resume",
+                              str(run_folder_at(ctx, "started", ("experiment.json", "dataset.parquet"), status="{\"stage\": "))],
+                 SEARCH_ERROR, r"kept/status\.json: damaged \(.*\); it says how far the run got", id="run-status-file-damaged"),
     # train
     pytest.param(lambda ctx: train(ctx, edited("momentum = 0.9", "momentom = 0.9")), SEARCH_ERROR,
                  r"experiment\.toml \[train\]: unknown key\(s\) \['momentom'\]", id="train-unknown-key"),
@@ -422,8 +568,23 @@ CASES = [
                  r"labels\.json: names 3 classes, but model\.keras has 4 outputs", id="predict-labels-count-differs"),
     pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=ctx.tmp / "gone" / "model.keras"), SEARCH_ERROR,
                  r"gone/model\.keras: model file not found", id="predict-missing-model"),
-    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=text_model(ctx)), SEARCH_ERROR,
-                 r"model\.keras: not a model Keras can load safely", id="predict-model-not-keras"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_file(ctx, lambda b: b"not a model\n")), SEARCH_ERROR,
+                 r"model\.keras: damaged, or not a \.keras model: not a zip archive \(12 bytes\)", id="predict-model-not-keras"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_file(ctx, lambda b: b"")), SEARCH_ERROR,
+                 r"model\.keras: damaged, or not a \.keras model: not a zip archive \(0 bytes\)", id="predict-model-zero-bytes"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_file(ctx, lambda b: b[: len(b) // 2])), SEARCH_ERROR,
+                 r"model\.keras: damaged, or not a \.keras model: not a zip archive", id="predict-model-truncated"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=zip_without_config(ctx)), SEARCH_ERROR,
+                 r"model\.keras: damaged, or not a \.keras model: .*config\.json", id="predict-model-zip-without-config"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=empty_folder(ctx, "best")), SEARCH_ERROR,
+                 r"best: a folder, not a model file; give the \.keras file carclf saved in it \(e\.g\. \S*best/model\.keras\)",
+                 id="predict-model-is-a-folder"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_file(ctx, lambda b: b, labels=False)), SEARCH_ERROR,
+                 r"model/labels\.json: labels\.json not found beside the model; carclf saves the class names there",
+                 id="predict-model-without-labels"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=foreign_model(ctx)), SEARCH_ERROR,
+                 r"model\.keras: not a carclf classifier: expected a uint8 \(size, size, 3\) image input, got float32 \(32, 32, 3\)",
+                 id="predict-model-not-made-by-carclf"),
     pytest.param(lambda ctx: predict(ctx, f"{tiny_image(ctx)}@0,0,5000,5000"), IMAGE_ERROR,
                  r"cars_test/00001\.jpg: box \(0, 0, 5000, 5000\) does not fit in the \d+x\d+ image", id="predict-box-outside-image"),
     pytest.param(lambda ctx: predict(ctx, f"{tiny_image(ctx)}@1,2,3"), IMAGE_ERROR,
@@ -432,6 +593,8 @@ CASES = [
                  r"nothing\.jpg: file not found", id="predict-missing-image"),
     pytest.param(lambda ctx: predict(ctx, str(text_file(ctx, "note.jpg"))), IMAGE_ERROR,
                  r"note\.jpg: not a readable image", id="predict-text-file-named-jpg"),
+    pytest.param(lambda ctx: predict(ctx, str(tiny_picture(ctx))), IMAGE_ERROR,
+                 r"dot\.png: the 1x1 image is under 8 px on a side", id="predict-image-too-small"),
     # report
     pytest.param(lambda ctx: report(ctx, empty_folder(ctx, "not_a_run")), SEARCH_ERROR,
                  r"not_a_run: not a finished run folder \(missing experiment\.json, dataset\.parquet, trials\.parquet\)",
@@ -477,6 +640,8 @@ CONTROLS = [
     pytest.param(lambda ctx: search_dry_run(ctx, data=devkit_copy(ctx)), id="search-devkit-copy"),
     pytest.param(lambda ctx: search_csv(ctx), id="search-csv-dataset"),
     pytest.param(lambda ctx: search_experiment(ctx, EXPERIMENT), id="search-experiment-file"),
+    pytest.param(lambda ctx: search_dry_run(ctx, "--set", "data.format='folders'", data=folder_dataset(ctx)),
+                 id="search-folders-with-hidden-and-unread-files"),
     pytest.param(lambda ctx: predict(ctx, "--top-k", "2", f"{tiny_image(ctx)}@1,1,40,40"), id="predict-image-with-box"),
 ]
 
@@ -488,3 +653,16 @@ def test_the_undamaged_inputs_pass(build, tiny_cars, tmp_path, request):
     result = run(command)
     assert result.returncode == 0, f"$ {' '.join(command)}\nexit {result.returncode}\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_start_that_failed_before_its_first_trial_keeps_no_name(tiny_cars, tmp_path, request):
+    """The same command, run again after Ray failed to start, starts the run again: it is not refused as
+    "a run with this name exists", and the study of the failed start is not reused."""
+    ctx = without_ray_temp_folder(Context(tmp_path, tiny_cars, request))
+    first = run(search_for_real(ctx))
+    assert first.returncode == SEARCH_ERROR and "did not start" in first.stderr
+    assert json.loads((ctx.runs / "bad" / "status.json").read_text())["stage"] == "started"
+    (ctx.runs / "bad" / "study.db").write_bytes(b"")  # what a start that got further leaves
+    again = run(search_for_real(ctx))
+    assert again.returncode == SEARCH_ERROR and "a run with this name exists" not in again.stderr, again.stderr[-2000:]
+    assert "Ray's local cluster did not start" in again.stderr and not (ctx.runs / "bad" / "study.db").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,13 +274,13 @@ def _check_distribution(kind: str, args: Any, value_type: type, at: str) -> None
         raise ConfigError(f"{at}: {kind} needs a non-empty list")
     if value_type is int and kind in ("uniform", "loguniform"):
         raise ConfigError(f"{at}: takes whole numbers: use randint = [low, high] or a choice of integers, not {kind}")
+    if not all(_is_number(a) and math.isfinite(a) for a in args):
+        raise ConfigError(f"{at}: {kind} needs finite numbers, got {args!r}")
     if kind == "choice":
-        if not all(_is_number(a) for a in args):
-            raise ConfigError(f"{at}: choice needs numbers, got {args!r}")
         if value_type is int and not all(isinstance(a, int) for a in args):
             raise ConfigError(f"{at}: takes whole numbers: a choice of integers, got {args!r}")
         return
-    if len(args) != 2 or not all(_is_number(a) for a in args):
+    if len(args) != 2:
         raise ConfigError(f"{at}: {kind} needs [low, high] numbers, got {args!r}")
     low, high = args
     if not low < high:

@@ -3,7 +3,8 @@
 `hold` takes an exclusive lock on `RUN_DIR/.lock` for the life of the search (the operating
 system drops it when the process ends, even on SIGKILL), so a second search on a run in progress
 is refused with the first one's process, host and start time. `status.json` records the stage
-reached, so `--resume` of a finished run changes nothing.
+reached, so `--resume` of a finished run changes nothing, and a resume that lacks a file its stage
+wrote, or finds `status.json` damaged, says which file and what to do.
 """
 
 from __future__ import annotations
@@ -22,10 +23,17 @@ from carclf.files import read_json, write_json
 LOCK_FILE = ".lock"
 STATUS_FILE = "status.json"
 STAGES = ("started", "searched", "finished")  # finished: retrained, evaluated and reported
+# The files a run has written once it reached each stage, which a resume reads back.
+STAGE_FILES = {"started": ("experiment.json", "dataset.parquet"),
+               "searched": ("experiment.json", "dataset.parquet", "trials.parquet")}
 
 
 class RunInUseError(RuntimeError):
     """Another search holds this run folder."""
+
+
+class RunFolderError(RuntimeError):
+    """A run folder lacks a file its stage wrote, or holds a damaged one."""
 
 
 @contextlib.contextmanager
@@ -54,7 +62,25 @@ def hold(run_dir: Path) -> Iterator[None]:
 def stage(run_dir: Path) -> str | None:
     """The last stage the run reached ("started", "searched", "finished"), None for a new folder."""
     path = run_dir / STATUS_FILE
-    return read_json(path)["stage"] if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        reached = read_json(path)["stage"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunFolderError(f"{path}: damaged ({error}); it says how far the run got: restore it from a copy of the "
+                             "run folder, or start a new run with another --name") from None
+    if reached not in STAGES:
+        raise RunFolderError(f"{path}: unknown stage {reached!r} (expected one of {STAGES})")
+    return reached
+
+
+def require_files(run_dir: Path) -> None:
+    """Raise `RunFolderError` naming each file the run's stage wrote that is no longer there."""
+    reached = stage(run_dir)
+    missing = [name for name in STAGE_FILES.get(reached, ()) if not (run_dir / name).is_file()]
+    if missing:
+        raise RunFolderError(f"{run_dir}: missing {', '.join(missing)}, written when the run was {reached}; --resume needs "
+                             "them: restore them from a copy of the run folder, or start a new run with another --name")
 
 
 def mark(run_dir: Path, reached: str, **details) -> None:

@@ -47,7 +47,7 @@ from tuning.retrain import retrain_and_evaluate
 from tuning.search_space import param_space
 from tuning.samplers import choose_sampler
 from tuning.scheduler import NoiseAwareASHA, read_rung_decisions, rung_milestones
-from tuning.searcher import StudyMismatchError, make_searcher, relocate_study
+from tuning.searcher import STUDY_FILE, StudyError, make_searcher, relocate_study, study_trials
 from tuning.trials import against_start, best_trial, top_trials, trials_table, within_noise
 
 logger = logging.getLogger("tuning.search")
@@ -64,8 +64,8 @@ EXPERIMENT_FLAGS = {"data_dir": "data.root", "num_samples": "search.num_samples"
                     "cpus_per_trial": "resources.cpus_per_trial", "gpus_per_trial": "resources.gpus_per_trial",
                     "storage_path": "run.storage_path", "name": "run.name"}
 LOCATION_KEYS = ("run.storage_path", "run.name")
-EXPECTED_ERRORS = (ConfigError, DatasetError, StoreError, FeatureCacheError, WeightsError, StudyMismatchError,
-                   run_folder.RunInUseError)
+EXPECTED_ERRORS = (ConfigError, DatasetError, StoreError, FeatureCacheError, WeightsError, StudyError,
+                   run_folder.RunInUseError, run_folder.RunFolderError)
 
 
 class SearchError(RuntimeError):
@@ -256,22 +256,31 @@ def start_ray(args: argparse.Namespace, experiment: Experiment) -> None:
     """Start a local cluster with the dashboard on `--dashboard-host`, or join `--address`.
 
     Trial processes get the driver's Keras backend, their GPU memory share and the persistent
-    compilation cache through the job's environment (`carclf.runtime.trial_environment`).
+    compilation cache through the job's environment (`carclf.runtime.trial_environment`). The
+    dashboard alone is given up when Ray's error is about it; any other failure to start or join
+    is a `SearchError` that says so.
     """
     compile_cache = cache_folder(experiment.settings.data.cache_dir, "compilation")
     environment = trial_environment(keras.backend.backend(), experiment.resources.gpus_per_trial, compile_cache)
     runtime_env = {"env_vars": environment}
-    if args.address:
-        context = ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
-    else:
-        # address="local": always a cluster of our own, never a `ray start` cluster found on this machine
-        options = dict(address="local", num_cpus=args.num_cpus, runtime_env=runtime_env, log_to_driver=False)
-        try:
-            context = ray.init(include_dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host, **options)
-        except Exception as error:  # the dashboard's extra packages are missing: go on without it
-            logger.warning("Ray's dashboard could not start (%s); running without it", error)
-            ray.shutdown()
-            context = ray.init(include_dashboard=False, **options)
+    try:
+        if args.address:
+            context = ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
+        else:
+            # address="local": always a cluster of our own, never a `ray start` cluster found on this machine
+            options = dict(address="local", num_cpus=args.num_cpus, runtime_env=runtime_env, log_to_driver=False)
+            try:
+                context = ray.init(include_dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host, **options)
+            except Exception as error:  # the dashboard's extra packages are missing, or it failed: go on without it
+                if args.no_dashboard or "dashboard" not in str(error).lower():
+                    raise
+                logger.warning("Ray's dashboard could not start (%s); running without it", error)
+                ray.shutdown()
+                context = ray.init(include_dashboard=False, **options)
+    except Exception as error:  # Ray raises Exception, TimeoutError, ConnectionError, OSError...
+        ray.shutdown()
+        cluster = f"could not join the Ray cluster at {args.address}" if args.address else "Ray's local cluster did not start"
+        raise SearchError(f"{cluster}: {error}; no trial ran: the same command starts the run again") from None
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
 
@@ -449,10 +458,21 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
 
 
 def check_new_run(experiment: Experiment) -> None:
-    """A new run may not reuse a folder that holds another run."""
+    """A new run may not reuse a folder that holds another run's trials.
+
+    A run that stopped before its first trial (Ray did not start, no node had the GPUs asked for)
+    holds nothing to keep: its name is free again, so the same command, or the one its error
+    advises, starts it afresh. What it wrote before the trials (the study, the transfer probe) is
+    removed, since the new run may differ.
+    """
     run_dir = experiment.run_dir
-    if run_folder.stage(run_dir) is not None or tune.Tuner.can_restore(str(run_dir)):
+    stage = run_folder.stage(run_dir)
+    if tune.Tuner.can_restore(str(run_dir)) or stage not in (None, "started") or study_trials(run_dir):
         raise SearchError(f"{run_dir}: a run with this name exists; pass --resume to continue it, or another --name")
+    if stage == "started":
+        logger.info("%s: the run of this name stopped before its first trial; starting it again", run_dir)
+        for name in (STUDY_FILE, TRANSFER_FILE):
+            (run_dir / name).unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -481,6 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             if args.resume is None:
                 check_new_run(experiment)
+            else:
+                run_folder.require_files(run_dir)
             prepared = prepare(experiment, resume=args.resume is not None)
             describe_weights(experiment)
             for note in warnings_for(prepared):

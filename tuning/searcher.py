@@ -14,15 +14,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import logging
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
+import sqlalchemy.exc
 from ray import cloudpickle
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -37,12 +39,34 @@ STUDY_NAME = "carclf"
 EXPERIMENT_ATTRIBUTE = "carclf_experiment"
 
 
-class StudyMismatchError(RuntimeError):
+class StudyError(RuntimeError):
+    """`study.db` cannot be used: damaged, or written for another experiment."""
+
+
+class StudyMismatchError(StudyError):
     """`study.db` belongs to another experiment."""
 
 
 def study_url(run_dir: Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve() / STUDY_FILE}"
+
+
+@contextlib.contextmanager
+def readable_study(url: str) -> Iterator[None]:
+    """Turn SQLAlchemy's and Optuna's errors on a damaged study file into a `StudyError` naming the file and
+    what to do (a truncated copy, a disk error, another program's file under the name)."""
+    try:
+        yield
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+        reason = str(error).splitlines()[0]
+        raise StudyError(f"{url.removeprefix('sqlite:///')}: damaged, or not an Optuna study ({reason}); restore it from a "
+                         "backup to continue this run, or start a new run with another --name") from None
+
+
+def study_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's storage on the SQLite file at `url`, or `StudyError` if the file is damaged."""
+    with readable_study(url):
+        return optuna.storages.RDBStorage(url)
 
 
 def experiment_fingerprint(document: dict[str, Any]) -> str:
@@ -51,14 +75,24 @@ def experiment_fingerprint(document: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def study_trials(run_dir: Path) -> int:
+    """How many trials `RUN_DIR/study.db` holds (0 without the file)."""
+    if not (Path(run_dir) / STUDY_FILE).is_file():
+        return 0
+    storage = study_storage(study_url(run_dir))
+    with readable_study(storage.url):
+        return sum(summary.n_trials for summary in optuna.get_all_study_summaries(storage))
+
+
 def open_study(run_dir: Path, document: dict[str, Any], direction: str) -> optuna.Study:
     """Create `RUN_DIR/study.db`, or open it if it was written for this same experiment.
 
     A study of another experiment under the same run name is refused, naming both.
     """
-    storage = optuna.storages.RDBStorage(study_url(run_dir))
-    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
-                                direction="maximize" if direction == "max" else "minimize")
+    storage = study_storage(study_url(run_dir))
+    with readable_study(storage.url):
+        study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
+                                    direction="maximize" if direction == "max" else "minimize")
     fingerprint = experiment_fingerprint(document)
     saved = study.user_attrs.get(EXPERIMENT_ATTRIBUTE)
     if saved is None:
@@ -107,7 +141,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._storage = optuna.storages.RDBStorage(self.relocated_study or self._study_url)
+        self._storage = study_storage(self.relocated_study or self._study_url)
         if state["_study_open"]:
             self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage, sampler=self._sampler)
         self._ot_trials = {trial_id: optuna.trial.Trial(self._ot_study, number) for trial_id, number in state["_ot_trials"].items()}
@@ -135,6 +169,7 @@ def relocate_study(run_dir: Path) -> None:
     after the restore would be written to the old folder (or fail where it no longer exists):
     their location is rewritten to `run_dir` here, before Ray reads it.
     """
+    study_storage(study_url(run_dir))  # a damaged study is named here, before Ray unpickles the searcher
     PrunedAwareOptunaSearch.relocated_study = study_url(run_dir)
     for path in run_dir.glob("search_gen_state-*.json"):
         with open(path, "rb") as handle:
@@ -155,4 +190,4 @@ def make_searcher(sampler: str, run_dir: Path, document: dict[str, Any], selecti
     open_study(run_dir, document, selection.mode)
     return PrunedAwareOptunaSearch(max_epochs=max_epochs, sampler=make_sampler(sampler, startup_trials, max_concurrent > 1, seed),
                                    points_to_evaluate=list(start) or None, study_name=STUDY_NAME,
-                                   storage=optuna.storages.RDBStorage(study_url(run_dir)))
+                                   storage=study_storage(study_url(run_dir)))

@@ -25,6 +25,10 @@ DEVKIT_FIELDS = {"bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "fname"}
 FILE_COLUMNS = ("path", "file", "fname", "filename", "image")
 CLASS_COLUMNS = ("class_name", "class", "label", "class_id")
 CSV_SPLITS = ("train", "test")
+# Cells pandas reads as missing by default (read_csv's na_values): as a class they are a blank, not a name.
+MISSING_CELLS = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+                 "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+SHOWN_UNREAD = 5
 
 
 def _find_devkit_file(root: Path, name: str) -> Path | None:
@@ -163,6 +167,8 @@ def read_csv_annotations(csv_path: str | Path, root: str | Path | None = None, c
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise DatasetError(f"{csv_path}: not a readable CSV ({error})") from None
     raw.columns = [str(column).strip() for column in raw.columns]
+    if raw.empty:
+        raise DatasetError(f"{csv_path}: has a header but no rows (expected one row per image)")
     raw.index = pd.Index(range(2, len(raw) + 2), name="line")  # line 1 is the header
     file_column = _pick_column(raw, FILE_COLUMNS, csv_path, "file")
     class_column = _pick_column(raw, CLASS_COLUMNS, csv_path, "class")
@@ -187,9 +193,12 @@ def read_csv_annotations(csv_path: str | Path, root: str | Path | None = None, c
         raise DatasetError(f"{csv_path}: line {bad_split.index[0]}: split {bad_split['split'].iloc[0]!r} is not 'train' or 'test'")
 
     classes = raw[class_column]
-    blank = classes[classes.str.strip() == ""]
+    blank = classes[classes.str.strip().isin(MISSING_CELLS)]
     if len(blank):
-        raise DatasetError(f"{csv_path}: line {blank.index[0]}: the {class_column!r} cell is empty ({len(blank)} row(s) without a class)")
+        value = blank.iloc[0]
+        what = "is empty" if not value.strip() else f"holds {value!r}, which reads as a missing value"
+        raise DatasetError(f"{csv_path}: line {blank.index[0]}: the {class_column!r} cell {what} "
+                           f"({len(blank)} row(s) without a class)")
     if classes.str.fullmatch(r"\d+").all():
         ids = classes.astype(int)
         names = class_names or [str(i) for i in range(int(ids.max()) + 1)]
@@ -238,28 +247,47 @@ def read_folder_annotations(root: str | Path) -> pd.DataFrame:
     """Read `root/train/<class name>/*.jpg` and optionally `root/test/<class name>/*.jpg`.
 
     Classes are the sorted folder names under `train/`; a test folder naming another class, or a
-    class folder with no images, is an error.
+    class folder with no images, is an error. Hidden entries (`.DS_Store`, `._*` AppleDouble files,
+    `.name/` folders: what a Mac or a tool leaves behind) are ignored. Anything else that is not
+    read (other extensions, nested folders, files beside the class folders) is counted and named
+    in a warning, so no image is dropped without a word.
     """
     root = Path(root).resolve()
     train_dir = root / "train"
     if not train_dir.is_dir():
         raise DatasetError(f"{root}: no train/ folder (expected train/<class name>/ and optionally test/<class name>/)")
-    names = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    names = sorted(p.name for p in _visible(train_dir) if p.is_dir())
     if not names:
         raise DatasetError(f"{train_dir}: has no class folders")
     check_distinct_names(((name, f"train/{name}/") for name in names), str(train_dir))
     lookup = {name: i for i, name in enumerate(names)}
-    rows = []
+    rows, unread = [], []
     for split in CSV_SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
             continue
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+        for class_dir in _visible(split_dir):
+            if not class_dir.is_dir():
+                unread.append(class_dir)
+                continue
             if class_dir.name not in lookup:
                 raise DatasetError(f"{class_dir}: class {class_dir.name!r} has no folder under {train_dir}")
-            images = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            entries = _visible(class_dir)
+            readable = [p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries]
+            images = [p for p, ok in zip(entries, readable) if ok]
+            unread += [p for p, ok in zip(entries, readable) if not ok]
             if not images and split == "train":
                 raise DatasetError(f"{class_dir}: class {class_dir.name!r} has no images (.jpg, .jpeg, .png)")
             rows += [{"path": str(p), "label": lookup[class_dir.name], "class_name": class_dir.name, "split": split,
                       "source": f"{split}/{class_dir.name}/{p.name}"} for p in images]
+    if unread:
+        shown = ", ".join(f"{p.relative_to(root)}{'/' if p.is_dir() else ''}" for p in unread[:SHOWN_UNREAD])
+        more = f" and {len(unread) - SHOWN_UNREAD} more" if len(unread) > SHOWN_UNREAD else ""
+        logger.warning("%s: %d entr(ies) not read: %s%s (only .jpg, .jpeg and .png files directly in <split>/<class name>/ are)",
+                       root, len(unread), shown, more)
     return make_table(pd.DataFrame(rows))
+
+
+def _visible(folder: Path) -> list[Path]:
+    """The entries of `folder` whose names do not start with a dot, sorted."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))

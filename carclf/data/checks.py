@@ -2,7 +2,7 @@
 
 Every problem names the row's source (file and line) and the image. By default any problem stops
 the run; with `skip_bad_rows` the bad rows are dropped and counted instead: nothing is dropped
-silently. `check_files` reads only image headers; the full decode happens once, in the store
+silently. `check_files` reads only image headers, and refuses a row that repeats another; the full decode happens once, in the store
 (`carclf.data.store`), which reports unreadable images the same way. `check_split_overlap` keeps
 a test image (the same file, or the same bytes under another name) out of training.
 """
@@ -10,6 +10,7 @@ a test image (the same file, or the same bytes under another name) out of traini
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from carclf.data.images import ImageError, box_problem, oriented_size
+from carclf.data.images import ImageError, oriented_size, region_problem
 from carclf.data.table import DatasetError, boxes
 
 logger = logging.getLogger(__name__)
@@ -69,14 +70,23 @@ def drop_bad_rows(table: pd.DataFrame, bad: Mapping[int, tuple[str, str]], skip_
 
 
 def check_files(table: pd.DataFrame, root: str | Path, skip_bad_rows: bool = False) -> tuple[pd.DataFrame, CheckReport]:
-    """Check every row's file and box against the image header.
+    """Check every row's file and box against the image header, and that no row repeats an earlier one.
 
-    Returns the table (bad rows dropped if `skip_bad_rows`) and a report; raises `DatasetError`
-    listing each kind of problem with its count and first rows otherwise.
+    A repeated row (the same file and box in the same split) would count one image twice, in
+    training or in the validation accuracy and its standard error; a file in two splits is
+    `check_split_overlap`'s to name. Returns the table (bad rows dropped if
+    `skip_bad_rows`) and a report; raises `DatasetError` listing each kind of problem with its
+    count and first rows otherwise.
     """
     root = Path(root).resolve()
-    bad = {position: problem for position, (path, box) in enumerate(zip(table["path"], boxes(table)))
-           if (problem := _row_problem(Path(path), box, root)) is not None}
+    first_row: dict[tuple[str, tuple | None, str], int] = {}
+    bad = {}
+    for position, (path, box, split) in enumerate(zip(table["path"], boxes(table), table["split"])):
+        earlier = first_row.setdefault((os.path.normpath(path), box, split), position)
+        if earlier != position:
+            bad[position] = "duplicated row", f"the same file and box as {table['source'].iloc[earlier]}"
+        elif (problem := _row_problem(Path(path), box, root)) is not None:
+            bad[position] = problem
     return drop_bad_rows(table, bad, skip_bad_rows, str(root))
 
 
@@ -101,7 +111,4 @@ def _row_problem(path: Path, box: tuple[int, int, int, int] | None, root: Path) 
         width, height = oriented_size(path)
     except ImageError as error:
         return "unreadable image", str(error).removeprefix(f"{path}: ")
-    problem = box_problem(box, width, height) if box is not None else None
-    if problem is not None:
-        return ("empty bounding box" if "empty" in problem else "bounding box outside the image"), problem
-    return None
+    return region_problem(box, width, height)

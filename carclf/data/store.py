@@ -37,7 +37,7 @@ from carclf.data.table import boxes
 from carclf.files import atomic_path, cache_folder, read_json, require_free_space, write_json
 
 logger = logging.getLogger(__name__)
-STORE_FORMAT = 2
+STORE_FORMAT = 3  # 3: 16-bit, float and transparent images converted by `images.to_rgb`
 CHUNK_ROWS = 64
 PROGRESS_FROM_ROWS = 2000  # smaller builds take a few seconds and show no bar
 

@@ -133,6 +133,10 @@ def test_missing_gpu_stops_at_once_naming_the_key(tiny_cars, tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert "resources.gpus_per_trial is 0.5 but no node of this Ray cluster has any GPU" in last and "--gpus-per-trial 0" in last
     assert time.monotonic() - started < 120
+    # The advice, followed: the name is not taken. (Too many CPUs asked for, so no trial runs here either.)
+    again = run(search_command(tiny_cars, tmp_path, "gpu", "--gpus-per-trial", "0", "--cpus-per-trial", "64"), timeout=180)
+    assert again.returncode == 2 and "a run with this name exists" not in again.stderr
+    assert "resources.cpus_per_trial is 64.0 but the largest node has" in again.stderr.strip().splitlines()[-1]
 
 
 def test_invalid_experiment_never_starts_ray(tiny_cars, tmp_path):

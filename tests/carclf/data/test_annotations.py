@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -192,3 +194,28 @@ def test_folder_class_names_differing_in_case_are_refused(tmp_path):
     _touch(tmp_path / "train/van/2.jpg")
     with pytest.raises(DatasetError, match="differ only in case"):
         read_folder_annotations(tmp_path)
+
+
+def test_folder_ignores_hidden_entries_and_names_what_it_did_not_read(tmp_path, caplog):
+    for name in ("train/Van/1.jpg", "train/Sedan/2.jpg", "train/Van/._1.jpg", "train/.DS_Store", "train/.cache/3.jpg",
+                 "test/.Trash/4.jpg", "train/Van/5.webp", "train/Van/more/6.jpg", "train/notes.txt"):
+        _touch(tmp_path / name)
+    with caplog.at_level("WARNING", logger="carclf.data.annotations"):
+        table = read_folder_annotations(tmp_path)
+    assert sorted(table["class_name"].unique()) == ["Sedan", "Van"]  # no class ".cache"
+    assert sorted(Path(p).name for p in table["path"]) == ["1.jpg", "2.jpg"]
+    assert "3 entr(ies) not read: train/Van/5.webp, train/Van/more/, train/notes.txt" in caplog.text
+    assert "._1.jpg" not in caplog.text and ".DS_Store" not in caplog.text
+
+
+@pytest.mark.parametrize("label", ["NaN", "None", "nan", "NULL", "N/A"])
+def test_csv_labels_pandas_reads_as_missing_are_refused(tmp_path, label):
+    (tmp_path / "labels.csv").write_text(f"file,class\na.jpg,Sedan\nb.jpg,{label}\n")
+    with pytest.raises(DatasetError, match=rf"labels\.csv: line 3: the 'class' cell holds '{re.escape(label)}', which reads as a missing value"):
+        read_csv_annotations(tmp_path / "labels.csv")
+
+
+def test_csv_with_a_header_and_no_rows_is_named(tmp_path):
+    (tmp_path / "labels.csv").write_text("file,class,bbox_x1,bbox_y1,bbox_x2,bbox_y2\n")
+    with pytest.raises(DatasetError, match=r"labels\.csv: has a header but no rows"):
+        read_csv_annotations(tmp_path / "labels.csv")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -123,10 +124,12 @@ def test_the_same_bytes_under_another_name_are_found_and_can_be_skipped(tmp_path
 
 
 def test_duplicate_images_stay_in_one_split(tmp_path):
-    data = _csv_dataset(tmp_path, _rows([f"red{i}.jpg,red,train" for i in range(4)]))  # each red image listed twice
+    data = _csv_dataset(tmp_path, _rows([f"copy{i}.jpg,red,train" for i in range(4)]))  # each red image twice, under two names
+    for i in range(4):
+        shutil.copy(f"{data.root}/red{i}.jpg", f"{data.root}/copy{i}.jpg")
     index = prepare_dataset(dataclasses.replace(data, validation_fraction=0.5)).index
-    splits = index[index["split"] != "test"].groupby("path")["split"].nunique()
-    assert (splits == 1).all() and (index["split"] == "val").any()
+    split_of = dict(zip(index["path"].map(lambda path: Path(path).name), index["split"]))
+    assert all(split_of[f"red{i}.jpg"] == split_of[f"copy{i}.jpg"] for i in range(4)) and (index["split"] == "val").any()
 
 
 def test_undecodable_image_names_file_and_line(tmp_path):
@@ -141,3 +144,15 @@ def test_empty_validation_split_is_an_error(tmp_path):
     data = _csv_dataset(tmp_path, ["red0.jpg,red,train", "blue0.jpg,blue,train"])
     with pytest.raises(DatasetError, match="the validation split is empty"):
         prepare_dataset(data)
+
+
+def test_a_repeated_row_is_refused_naming_both_lines_or_skipped_and_counted(tmp_path):
+    row = {"path": _image(tmp_path / "a.jpg"), "label": 0, "bbox_x1": 0, "bbox_y1": 0, "bbox_x2": 40, "bbox_y2": 30}
+    other = {**row, "path": _image(tmp_path / "b.jpg")}
+    table = _table([row, other, {**row, "path": str(tmp_path / "." / "a.jpg")}])
+    with pytest.raises(DatasetError, match=r"duplicated row: 1 row\(s\) \(labels\.csv line 4 \S*a\.jpg: the same file and box as labels\.csv line 2"):
+        check_files(table, tmp_path)
+    checked, report = check_files(table, tmp_path, skip_bad_rows=True)
+    assert checked["source"].tolist() == ["labels.csv line 2", "labels.csv line 3"] and report.skipped == 1
+    cropped = _table([row, {**row, "bbox_x2": 20}])  # the same file with another box: another crop
+    assert len(check_files(cropped, tmp_path)[0]) == 2

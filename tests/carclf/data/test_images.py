@@ -6,7 +6,107 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carclf.data.images import ImageError, crop_window, load_crop, oriented_size
+from carclf.data.images import MIN_SIDE, ImageError, crop_window, load_crop, oriented_size, to_rgb
+
+SIDE = 16  # the test pictures' size, and the crop size: load_crop then neither crops nor resamples
+RNG = np.random.default_rng(7)
+
+
+def _gray(values: np.ndarray) -> np.ndarray:
+    """A (SIDE, SIDE) plane of 0..255 values as the (SIDE, SIDE, 3) uint8 RGB it should become."""
+    return np.repeat(np.round(values).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def _over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    a = alpha.astype(np.float64)[..., None] / 255
+    return np.round(rgb.astype(np.float64) * a + 255 * (1 - a)).astype(np.uint8)
+
+
+def _mode_case(mode: str):
+    """A picture file in `mode` made from random values, and the RGB it holds, computed with NumPy alone."""
+    shape = (SIDE, SIDE)
+    if mode == "1":
+        bits = RNG.random(shape) > 0.5
+        return Image.fromarray(bits), "png", _gray(bits * 255.0)
+    if mode == "L":
+        gray = RNG.integers(0, 256, shape, dtype=np.uint8)
+        return Image.fromarray(gray), "png", _gray(gray)
+    if mode == "LA":
+        gray, alpha = RNG.integers(0, 256, (2, *shape), dtype=np.uint8)
+        return Image.fromarray(np.stack([gray, alpha], axis=2), mode="LA"), "png", _over_white(_gray(gray), alpha)
+    if mode == "RGBA":
+        rgba = RNG.integers(0, 256, (*shape, 4), dtype=np.uint8)
+        return Image.fromarray(rgba), "png", _over_white(rgba[..., :3], rgba[..., 3])
+    if mode == "P":  # four palette colours, index 3 transparent
+        palette = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [0, 0, 0]], np.uint8)
+        indices = RNG.integers(0, 4, shape, dtype=np.uint8)
+        image = Image.fromarray(indices, mode="P")
+        image.putpalette(palette.tobytes())
+        image.info["transparency"] = 3
+        return image, "png", np.where((indices == 3)[..., None], 255, palette[indices]).astype(np.uint8)
+    if mode == "CMYK":
+        cmyk = RNG.integers(0, 256, (*shape, 4), dtype=np.uint8).astype(np.float64)
+        rgb = (255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) / 255
+        return Image.fromarray(cmyk.astype(np.uint8), mode="CMYK"), "tiff", np.round(rgb).astype(np.uint8)
+    if mode in ("I;16", "I;16B"):  # 16-bit: 0..65535 is 0..255
+        wide = RNG.integers(0, 65536, shape).astype(np.uint16)
+        raw = wide.astype(">u2" if mode == "I;16B" else "<u2").tobytes()
+        return Image.frombytes(mode, shape, raw), "png" if mode == "I;16" else "tiff", _gray(wide / 257)
+    if mode == "I":  # 32-bit integers holding 16-bit data
+        wide = RNG.integers(0, 65536, shape).astype(np.int32)
+        return Image.fromarray(wide), "tiff", _gray(wide / 257)
+    if mode == "F":  # floats in 0..1
+        values = RNG.random(shape).astype(np.float32)
+        return Image.fromarray(values), "tiff", _gray(values.astype(np.float64) * 255)
+    raise AssertionError(mode)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGBA", "CMYK", "I;16", "I;16B", "I", "F"])
+def test_every_mode_becomes_the_rgb_it_holds(tmp_path, mode):
+    image, suffix, expected = _mode_case(mode)
+    path = tmp_path / f"picture.{suffix}"
+    image.save(path)
+    with Image.open(path) as reopened:
+        assert reopened.mode == mode  # the file really is in that mode
+    crop = load_crop(path, None, SIDE)
+    assert crop.dtype == np.uint8 and crop.shape == (SIDE, SIDE, 3)
+    assert np.abs(crop.astype(int) - expected).max() <= 1, mode
+
+
+def test_little_endian_16_bit_is_scaled_like_the_others():
+    wide = RNG.integers(0, 65536, (SIDE, SIDE)).astype(np.uint16)
+    image = Image.frombytes("I;16L", (SIDE, SIDE), wide.astype("<u2").tobytes())  # no format writes I;16L back
+    assert np.abs(np.asarray(to_rgb(image)).astype(int) - _gray(wide / 257)).max() <= 1
+
+
+def test_a_16_bit_png_is_the_8_bit_picture_not_a_white_square(tmp_path):
+    """The bug this guards: Pillow's convert("RGB") clipped 16-bit values at 255."""
+    eight = RNG.integers(0, 256, (40, 50), dtype=np.uint8)
+    Image.fromarray(eight).save(tmp_path / "eight.png")
+    Image.frombytes("I;16", (50, 40), (eight.astype("<u2") * 257).tobytes()).save(tmp_path / "sixteen.png")
+    np.testing.assert_array_equal(load_crop(tmp_path / "sixteen.png", (2, 3, 45, 38), 24),
+                                  load_crop(tmp_path / "eight.png", (2, 3, 45, 38), 24))
+
+
+@pytest.mark.parametrize(("mode", "values", "expected"), [
+    ("I", [0, 100, 255], [0, 100, 255]),  # 8-bit data held in 32 bits
+    ("I", [-1000, 0, 1000], [0, 128, 255]),  # outside 0..65535: its own range
+    ("F", [0.0, 100.0, 255.0], [0, 100, 255]),  # floats on the 8-bit scale
+    ("F", [-2.0, 0.0, 2.0], [0, 128, 255]),
+])
+def test_wide_values_take_the_smallest_range_that_holds_them(mode, values, expected):
+    plane = np.resize(np.array(values, np.int32 if mode == "I" else np.float32), (SIDE, SIDE))
+    rgb = np.asarray(to_rgb(Image.fromarray(plane)))
+    np.testing.assert_array_equal(rgb[0, :3, 0], expected)
+
+
+@pytest.mark.parametrize(("size", "box"), [((1, 1), None), ((7, 40), None), ((60, 40), (10, 10, 17, 30))])
+def test_a_region_too_small_to_show_a_car_is_refused(tmp_path, size, box):
+    Image.new("RGB", size, (90, 90, 90)).save(tmp_path / "tiny.png")
+    with pytest.raises(ImageError, match=rf"tiny\.png: .* is under {MIN_SIDE} px on a side"):
+        load_crop(tmp_path / "tiny.png", box, 16)
+    Image.new("RGB", (MIN_SIDE, MIN_SIDE)).save(tmp_path / "smallest.png")
+    assert load_crop(tmp_path / "smallest.png", None, 16).shape == (16, 16, 3)
 
 
 def test_grayscale_cmyk_and_png_named_jpg_load_as_rgb(tmp_path):
