@@ -21,55 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import keras
-import pandas as pd
-import ray
-from ray import tune
-from ray.tune.schedulers import FIFOScheduler
-
-from carclf.config import ConfigError, apply_overrides
-from carclf.data.batches import epoch_images
-from carclf.data.sources import prepare_dataset
-from carclf.data.store import StoreError
-from carclf.data.table import DatasetError, load_index, rows_for, save_index
-from carclf.features import FeatureCacheError
-from carclf.files import atomic_path, cache_folder, read_json, require_free_space, write_json
-from carclf.model import WeightsError
-from carclf.pretrained import synthetic_backbone_path
-from carclf.runtime import trial_environment
-from carclf.trainable import Selection, train_car_classifier
-from carclf.weights import IMAGENET_FILE, IMAGENET_URL, check_weights_file
-from tuning import run_folder
-from tuning.driver_tasks import prepare_head_features, resolve_backbone, run_transfer_probe, whole_gpu_task
 from tuning.experiment import DEMO_EXPERIMENT, Experiment, experiment_from_document, load_experiment
-from tuning.report import write_report
-from tuning.retrain import retrain_and_evaluate
-from tuning.search_space import param_space
-from tuning.samplers import choose_sampler
-from tuning.scheduler import NoiseAwareASHA, read_rung_decisions, rung_milestones
-from tuning.searcher import STUDY_FILE, StudyError, make_searcher, relocate_study, study_trials
-from tuning.trials import against_start, best_trial, top_trials, trials_table, within_noise
-
-logger = logging.getLogger("tuning.search")
-EXPERIMENT_FILE = "experiment.json"
-DATASET_FILE = "dataset.parquet"
-TRIALS_FILE = "trials.parquet"
-TRANSFER_FILE = "transfer.json"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-SMALL_VALIDATION = 200
-LOW_DISK_BYTES = 50 * 2**20
-CHECKPOINT_BYTES = 256 * 2**20  # ResNet50's weights and momentum at any image size (239 MB measured at depth 16)
-# Flags that set experiment values; on --resume each may only repeat what the run saved.
-EXPERIMENT_FLAGS = {"data_dir": "data.root", "num_samples": "search.num_samples", "max_concurrent": "search.max_concurrent",
-                    "cpus_per_trial": "resources.cpus_per_trial", "gpus_per_trial": "resources.gpus_per_trial",
-                    "storage_path": "run.storage_path", "name": "run.name"}
-LOCATION_KEYS = ("run.storage_path", "run.name")
-EXPECTED_ERRORS = (ConfigError, DatasetError, StoreError, FeatureCacheError, WeightsError, StudyError,
-                   run_folder.RunInUseError, run_folder.RunFolderError)
-
-
-class SearchError(RuntimeError):
-    """The search cannot start or did not finish."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -93,6 +45,59 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any experiment value, e.g. --set train.momentum=0.8 (repeatable)")
     return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args(None)  # --help and argument errors answer here, before the imports below load Ray, Keras and TensorFlow
+
+import keras  # noqa: E402
+import pandas as pd  # noqa: E402
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.schedulers import FIFOScheduler  # noqa: E402
+
+from carclf.config import ConfigError, apply_overrides  # noqa: E402
+from carclf.data.batches import epoch_images  # noqa: E402
+from carclf.data.sources import prepare_dataset  # noqa: E402
+from carclf.data.store import StoreError  # noqa: E402
+from carclf.data.table import DatasetError, load_index, rows_for, save_index  # noqa: E402
+from carclf.features import FeatureCacheError  # noqa: E402
+from carclf.files import atomic_path, cache_folder, read_json, require_free_space, write_json  # noqa: E402
+from carclf.model import WeightsError  # noqa: E402
+from carclf.pretrained import synthetic_backbone_path  # noqa: E402
+from carclf.runtime import trial_environment  # noqa: E402
+from carclf.trainable import Selection, train_car_classifier  # noqa: E402
+from carclf.weights import IMAGENET_FILE, IMAGENET_URL, check_weights_file  # noqa: E402
+from tuning import run_folder  # noqa: E402
+from tuning.driver_tasks import prepare_head_features, resolve_backbone, run_transfer_probe, whole_gpu_task  # noqa: E402
+from tuning.report import write_report  # noqa: E402
+from tuning.retrain import retrain_and_evaluate  # noqa: E402
+from tuning.search_space import param_space  # noqa: E402
+from tuning.samplers import choose_sampler  # noqa: E402
+from tuning.scheduler import NoiseAwareASHA, read_rung_decisions, rung_milestones  # noqa: E402
+from tuning.searcher import STUDY_FILE, StudyError, make_searcher, relocate_study, study_trials  # noqa: E402
+from tuning.trials import against_start, best_trial, top_trials, trials_table, within_noise  # noqa: E402
+
+logger = logging.getLogger("tuning.search")
+EXPERIMENT_FILE = "experiment.json"
+DATASET_FILE = "dataset.parquet"
+TRIALS_FILE = "trials.parquet"
+TRANSFER_FILE = "transfer.json"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SMALL_VALIDATION = 200
+LOW_DISK_BYTES = 50 * 2**20
+CHECKPOINT_BYTES = 256 * 2**20  # ResNet50's weights and momentum at any image size (239 MB measured at depth 16)
+# Flags that set experiment values; on --resume each may only repeat what the run saved.
+EXPERIMENT_FLAGS = {"data_dir": "data.root", "num_samples": "search.num_samples", "max_concurrent": "search.max_concurrent",
+                    "cpus_per_trial": "resources.cpus_per_trial", "gpus_per_trial": "resources.gpus_per_trial",
+                    "storage_path": "run.storage_path", "name": "run.name"}
+LOCATION_KEYS = ("run.storage_path", "run.name")
+EXPECTED_ERRORS = (ConfigError, DatasetError, StoreError, FeatureCacheError, WeightsError, StudyError,
+                   run_folder.RunInUseError, run_folder.RunFolderError)
+
+
+class SearchError(RuntimeError):
+    """The search cannot start or did not finish."""
 
 
 def flag_overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
