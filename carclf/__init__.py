@@ -17,12 +17,12 @@ import importlib.machinery
 import os
 import sys
 
-# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries the useful output; a
+from carclf.runtime import DEFAULT_TF_LOG_LEVEL, probe_devices, quiet_backend_startup, require_supported_backend
+
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) buries the useful output: errors
+# only, applied to TensorFlow's earliest records too (quiet_backend_startup, when Keras loads). A
 # user's own TF_CPP_MIN_LOG_LEVEL still wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from carclf.runtime import require_supported_backend  # noqa: E402
-
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", DEFAULT_TF_LOG_LEVEL)
 require_supported_backend()
 
 
@@ -54,7 +54,9 @@ class _RegisterWhenKerasLoads(importlib.abc.MetaPathFinder, importlib.abc.Loader
         module.__loader__ = module.__spec__.loader = self.keras_loader  # Keras sees its own loader
         if self in sys.meta_path:
             sys.meta_path.remove(self)
-        self.keras_loader.exec_module(module)
+        with quiet_backend_startup():
+            self.keras_loader.exec_module(module)
+            probe_devices()
         _register_keras_objects()
 
 

@@ -61,6 +61,37 @@ def test_the_first_line_predict_help_prints_is_its_usage():
     assert (result.stderr + result.stdout).splitlines()[0].startswith("usage: python -m carclf.predict"), result.stderr
 
 
+CHATTER = (  # what TensorFlow 2.21 wrote on a 2-core machine without a GPU, before carclf applied the log level
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1796194143.950851    7118 port.cc:153] oneDNN custom operations are on. You may see slightly different "
+    "numerical results due to floating-point round-off errors from different computation orders.\n"
+    "I0000 00:00:1796194143.951274    7118 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.\n"
+    "E0000 00:00:1796194543.110651    9219 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: "
+    "Failed call to cuInit: UNKNOWN ERROR (303)\n"
+)
+REAL = ("W0000 00:00:1796194543.2    9219 gpu_device.cc:2] Cannot dlopen some GPU libraries.\n"
+        "E0000 00:00:1796194543.3    9219 loader.cc:7] out of memory allocating 2.1GiB\n"
+        "a line of Python's own\n")
+
+
+@pytest.mark.parametrize(("level", "shown"), [
+    pytest.param(None, REAL.splitlines()[1:], id="carclf-default"),
+    pytest.param("2", REAL.splitlines()[1:], id="level-2"),
+    pytest.param("1", CHATTER.splitlines()[-1:] + REAL.splitlines(), id="level-1-shows-warnings-and-errors"),
+    pytest.param("0", CHATTER.splitlines() + REAL.splitlines(), id="level-0-shows-all"),
+    pytest.param("3", REAL.splitlines()[2:], id="level-3-hides-errors"),
+])
+def test_startup_chatter_is_hidden_as_tf_cpp_min_log_level_says(level, shown, capfd, monkeypatch):
+    """What TensorFlow's C++ code writes on file descriptor 2 while Keras loads its backend is filtered
+    by the log level in effect (carclf's default 2, or the user's own): the rest still shows."""
+    from carclf.runtime import DEFAULT_TF_LOG_LEVEL, quiet_backend_startup
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", level or DEFAULT_TF_LOG_LEVEL)
+    with quiet_backend_startup():
+        os.write(2, (CHATTER + REAL).encode())
+    assert capfd.readouterr().err.splitlines() == shown
+
+
 @pytest.fixture(scope="module")
 def saved_carclf_model(tmp_path_factory) -> Path:
     """A small model with carclf's own layers, which Keras can load only once carclf registered them."""
@@ -87,3 +118,16 @@ def test_load_model_reads_a_carclf_model_after_import_carclf(imports, saved_carc
     result = python("-c", code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["RandomFlipRotation"], result.stdout
+
+
+def test_predict_prints_its_answer_and_no_tensorflow_chatter(saved_carclf_model, tmp_path):
+    """On a machine without a GPU, predict's output is its answer: no absl notice, oneDNN note or cuInit error."""
+    from PIL import Image
+
+    (saved_carclf_model.parent / "labels.json").write_text('{"class_names": ["a", "b", "c", "d"]}')
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), (120, 40, 40)).save(photo)
+    result = python("-m", "carclf.predict", "--model", str(saved_carclf_model), "--top-k", "1", str(photo), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[0] == str(photo)
+    assert result.stderr == "", result.stderr
