@@ -35,7 +35,7 @@ from tqdm import tqdm
 from carclf.config import DataConfig
 from carclf.data.images import ImageError, load_crop
 from carclf.data.table import boxes
-from carclf.files import atomic_path, cache_folder, read_json, require_free_space, write_json
+from carclf.files import atomic_path, cache_folder, read_json, remove_abandoned_partials, require_free_space, write_json
 
 logger = logging.getLogger(__name__)
 STORE_FORMAT = 3  # 3: 16-bit, float and transparent images converted by `images.to_rgb`
@@ -107,6 +107,7 @@ def build_image_store(rows: pd.DataFrame, data: DataConfig, workers: int | None 
     key = store_key(rows, digests, data)
     path = cache_folder(data.cache_dir, "decoded") / f"images-{key}.npy"
     shape = (len(rows), data.image_size, data.image_size, 3)
+    remove_abandoned_partials(path.parent)
     try:
         manifest = verify_store(path, shape, key, checksum=True)
         logger.info("reusing the decoded image store %s", path)

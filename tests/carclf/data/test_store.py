@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -118,3 +121,16 @@ def test_half_written_store_is_never_reused(own_cars):
         open_image_store(store.path, 32)
     assert not list(store.path.parent.glob(".partial-*"))
 
+
+def test_a_killed_build_leaves_nothing_behind_for_good(own_cars):
+    """A build killed outright (SIGKILL, so no clean-up of its own) leaves its partial array file; the next
+    build in that folder removes it."""
+    index, data = own_cars
+    store = build_image_store(index, data)
+    code = ("import os, signal, sys\nfrom carclf.files import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as partial:\n    partial.write_bytes(b'half a store')\n    os.kill(os.getpid(), signal.SIGKILL)")
+    killed = subprocess.run([sys.executable, "-c", code, str(store.path.with_name("images-killed.npy"))], timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list(store.path.parent.glob(".partial-*"))) == 1
+    assert build_image_store(index, data).path == store.path
+    assert not list(store.path.parent.glob(".partial-*"))
