@@ -477,6 +477,9 @@ CASES = [
                  r"the same image as test row cars_test_annos_withlabels\.mat record 1",
                  id="annotations-test-image-also-in-training"),
     # experiments
+    pytest.param(lambda ctx: [*search_experiment(ctx, EXPERIMENT), "--experiment", "stanford_carz"], SEARCH_ERROR,
+                 r"stanford_carz: experiment file not found, and no shipped experiment has this name \(shipped: demo, stanford_cars\)",
+                 id="experiment-unknown-shipped-name"),
     pytest.param(lambda ctx: search_experiment(ctx, edited("[train]\n", "[train\n")), SEARCH_ERROR,
                  r"experiment\.toml: not valid TOML", id="experiment-invalid-toml"),
     pytest.param(lambda ctx: search_experiment(ctx, "# Réglages du démo\n" + EXPERIMENT, encoding="latin-1"), SEARCH_ERROR,

@@ -26,7 +26,8 @@ from tuning.experiment import DEMO_EXPERIMENT, Experiment, experiment_from_docum
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tuning.search", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experiment", help=f"experiment TOML file (default: the demo, {DEMO_EXPERIMENT.name})")
+    parser.add_argument("--experiment", help="experiment TOML file, or the name of a shipped one such as stanford_cars "
+                                             f"(default: the demo, {DEMO_EXPERIMENT.name})")
     parser.add_argument("--data-dir", help="dataset root (data.root)")
     parser.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
     parser.add_argument("--max-concurrent", type=int, help="trials at once (search.max_concurrent)")
