@@ -118,7 +118,9 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
     """The experiment to run; on `--resume`, the one saved in the run folder, wherever that folder is now."""
     overrides = flag_overrides(args)
     if args.resume is None:
-        return load_experiment(args.experiment or DEMO_EXPERIMENT, [item for _, item in overrides])
+        experiment = load_experiment(args.experiment or DEMO_EXPERIMENT, [item for _, item in overrides])
+        named = args.experiment or any(item.split("=", 1)[0].strip() == "run.name" for _, item in overrides)
+        return experiment if named else next_demo_run(experiment, [item for _, item in overrides])
     if args.resume:
         run_dir = Path(args.resume).expanduser().resolve()
     else:
@@ -143,6 +145,18 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
             raise SearchError(f"--experiment {args.experiment}: differs from the saved run in {', '.join(differing)}; "
                               f"--resume continues the run as saved (pass --resume {run_dir} alone)")
     return saved
+
+
+def next_demo_run(demo: Experiment, overrides: list[str]) -> Experiment:
+    """The demo, run again without a name: a finished demo run is kept, and this one is named demo-2 (then
+    demo-3, ...), so the README's first line works every time. An unfinished one is left for --resume."""
+    experiment, number = demo, 1
+    while run_folder.stage(experiment.run_dir) == "finished":
+        number += 1
+        experiment = load_experiment(DEMO_EXPERIMENT, [*overrides, f"run.name='{demo.name}-{number}'"])
+    if experiment is not demo:
+        logger.info("%s is a finished demo run, kept as it is; this run is %s (--name chooses a name)", demo.run_dir, experiment.run_dir)
+    return experiment
 
 
 def _comparable(experiment: Experiment) -> dict[str, Any]:
