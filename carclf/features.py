@@ -10,9 +10,10 @@ views at random (seeded); validation sees the same features the network would co
 
 The cache is a folder `features/<key>/` of `.npy` files read as memory maps, with a manifest
 written last. The key covers everything the features depend on: the weights file's content, the
-decoded store (files, boxes, image settings), each row's label and split, the augmentation, the
-number of views and the seed; a truncated file or one whose bytes do not match the manifest's
-checksum is rebuilt. Random weights (`"none"`) are never cached: such a backbone is rebuilt
+decoded store (its key: each image file's content digest, boxes, image settings), each row's label
+and split, the augmentation, the number of views and the seed; a truncated file or one whose bytes
+do not match the manifest's checksum is rebuilt. The folder is built under a partial name and
+renamed when complete; what a killed build left is removed by the next one. Random weights (`"none"`) are never cached: such a backbone is rebuilt
 differently by every trial.
 """
 
@@ -34,7 +35,7 @@ from carclf.config import RunSettings
 from carclf.data.batches import padded_batches
 from carclf.data.store import file_sha256, open_image_store, verify_store
 from carclf.data.table import rows_for
-from carclf.files import cache_folder, read_json, write_json
+from carclf.files import cache_folder, partial_path, read_json, remove_abandoned_partials, write_json
 from carclf.layers import compiled_flip_and_rotate
 from carclf.model import build_feature_extractor
 from carclf.progress import ProgressFile
@@ -117,8 +118,8 @@ def build_head_features(index: pd.DataFrame, store: str | Path, settings: RunSet
                 views, len(train_rows), len(validation_rows))
     pixels = open_image_store(store, settings.data.image_size)
     extractor = build_feature_extractor(settings.data, settings.model, resolve_precision(settings.train.precision))
-    partial = folder.with_name(f".partial-{folder.name}")
-    shutil.rmtree(partial, ignore_errors=True)
+    remove_abandoned_partials(folder.parent)
+    partial = partial_path(folder)
     partial.mkdir(parents=True)
     train = np.lib.format.open_memmap(partial / "train.npy", "w+", np.float32, (views, len(train_rows), extractor.output_shape[-1]))
     told = ProgressFile(progress, "computing the feature cache (passes over the images)", views + 1)

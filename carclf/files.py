@@ -1,6 +1,9 @@
 """Atomic writes: every artifact is written to a temporary name and renamed into place.
 
-A run killed mid-write then leaves the previous file (or none), never a truncated one.
+A run killed mid-write then leaves the previous file (or none), never a truncated one. The
+temporary name says which host and process write it (`.partial-<host>-<pid>-<name>`), so what a
+killed process left is recognised and removed by the next build in that folder
+(`remove_abandoned_partials`), never read.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
+import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,12 +25,46 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same suffix); rename it to `path` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    partial = partial_path(path)
     try:
         yield partial
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def partial_path(path: str | Path) -> Path:
+    """The temporary name this process writes `path` under, beside it."""
+    path = Path(path)
+    return path.with_name(f".partial-{socket.gethostname()}-{os.getpid()}-{path.name}")
+
+
+def remove_abandoned_partials(folder: str | Path) -> None:
+    """Remove the partial files and folders in `folder` that a process of this host, now gone, left.
+
+    A build killed outright (kill -9, a lost machine) cannot clean up after itself; its partial
+    output is never read, and this removes it. Other hosts' partials (a shared cache) are left alone.
+    """
+    pattern = re.compile(rf"\.partial-{re.escape(socket.gethostname())}-(\d+)-")
+    folder = Path(folder)
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        match = pattern.match(entry.name)
+        if match is None or process_alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def cache_home() -> Path:

@@ -27,7 +27,7 @@ import keras
 from keras import ops
 
 from carclf.config import DataConfig, ModelConfig, TrainConfig, check_unfreeze_depth
-from carclf.layers import RandomFlipRotation, ResNetPreprocessing
+from carclf import layers  # the module, not its names: carclf.layers may still be loading (see carclf/__init__.py)
 
 BACKBONE_NAME = "resnet50"
 # ResNet50's 16 residual blocks, bottom to top: conv2 has 3, conv3 4, conv4 6, conv5 3.
@@ -94,7 +94,7 @@ def set_unfreeze_depth(backbone: keras.Model, unfreeze_depth: int, *, pretrained
 
 def pooled_features(images, backbone: keras.Model):
     """Preprocessing, the backbone and global average pooling: what the head sees of float32 pixels."""
-    return keras.layers.GlobalAveragePooling2D(name="pool")(backbone(ResNetPreprocessing(name="preprocessing")(images)))
+    return keras.layers.GlobalAveragePooling2D(name="pool")(backbone(layers.ResNetPreprocessing(name="preprocessing")(images)))
 
 
 def build_classifier(num_classes: int, data: DataConfig, model: ModelConfig, unfreeze_depth: int, seed: int = 0,
@@ -114,7 +114,7 @@ def build_classifier(num_classes: int, data: DataConfig, model: ModelConfig, unf
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.momentum = RANDOM_INIT_BN_MOMENTUM
         inputs = keras.Input(shape=(size, size, 3), dtype="uint8", name="image")
-        augmented = RandomFlipRotation(data.rotation_degrees, data.horizontal_flip, seed=seed, name="augmentation")(inputs)
+        augmented = layers.RandomFlipRotation(data.rotation_degrees, data.horizontal_flip, seed=seed, name="augmentation")(inputs)
         pooled = pooled_features(augmented, backbone)
         return keras.Model(inputs, classification_head(pooled, num_classes, model.dropout, seed), name="car_classifier")
 

@@ -24,15 +24,16 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import keras
 import numpy as np
 
 from carclf.config import DataConfig
 from carclf.data.images import ImageError, load_crop
 from carclf.files import read_json
-from carclf.layers import RandomFlipRotation, ResNetPreprocessing
+
+if TYPE_CHECKING:
+    import keras
 
 BOX_TEXT = re.compile(r"[-+\d\s.,]*")
 
@@ -103,7 +104,12 @@ def load_predictor(model_path: str | Path) -> Predictor:
 
 def load_model(path: Path) -> keras.Model:
     """The model at `path`, in Keras' safe mode, or `PredictorError`: a file that is not a whole `.keras`
-    archive (0 bytes, truncated, another kind of file) is called damaged; Keras itself says "File not found"."""
+    archive (0 bytes, truncated, another kind of file) is called damaged; Keras itself says "File not found".
+
+    Keras (and so TensorFlow) is imported here, not at the top of the module, so `--help` and argument
+    errors answer before its seconds of start-up."""
+    import keras
+
     if not zipfile.is_zipfile(path):
         raise PredictorError(f"{path}: damaged, or not a .keras model: not a zip archive ({path.stat().st_size} bytes)")
     try:
@@ -117,6 +123,8 @@ def load_model(path: Path) -> keras.Model:
 def carclf_model_problem(model: keras.Model) -> str | None:
     """Why `model` is not a classifier as `carclf.model` builds it, or None: one uint8 (size, size, 3)
     image input, carclf's augmentation and preprocessing layers, one (classes) output."""
+    from carclf.layers import RandomFlipRotation, ResNetPreprocessing
+
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         return f"expected one image input and one output, got {len(model.inputs)} input(s) and {len(model.outputs)} output(s)"
     image, output = model.inputs[0], model.outputs[0]

@@ -10,12 +10,15 @@ either backend.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +27,12 @@ from carclf.config import PRECISIONS
 logger = logging.getLogger(__name__)
 
 SUPPORTED_BACKENDS = ("tensorflow", "jax")
+DEFAULT_TF_LOG_LEVEL = "2"  # TensorFlow's C++ logs: errors only, unless the user set TF_CPP_MIN_LOG_LEVEL
+# What TensorFlow's C++ code writes before absl's logging starts, whatever TF_CPP_MIN_LOG_LEVEL says: a
+# notice, then records such as "I0000 00:00:1796194143.950851    7118 port.cc:153] oneDNN custom operations ...".
+ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+ABSL_RECORD = re.compile(r"([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ \S+:\d+\] ")
+NO_GPU_ERROR = "failed call to cuInit"  # logged as an error on every machine without a CUDA driver
 
 
 class UnsupportedBackendError(ImportError):
@@ -65,6 +74,63 @@ def require_supported_backend() -> str:
     raise UnsupportedBackendError(message)
 
 
+def tensorflow_log_level() -> int:
+    """TF_CPP_MIN_LOG_LEVEL as TensorFlow reads it (0: everything, 1: no info, 2: no warnings, 3: no errors)."""
+    value = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def is_startup_chatter(line: str, level: int) -> bool:
+    """Whether TF_CPP_MIN_LOG_LEVEL `level` hides this line of TensorFlow's start-up output.
+
+    TensorFlow's earliest C++ records ignore the level, so carclf applies it to them: info from 1,
+    warnings from 2, errors from 3. At 2 the cuInit failure is hidden too: on a machine without a GPU
+    it only says that TensorFlow will use the CPU, yet it reads like a failure.
+    """
+    record = ABSL_RECORD.match(line)
+    if line.startswith(ABSL_PREAMBLE):
+        return level >= 1
+    if record is None:
+        return False
+    severity = "IWEF".index(record.group(1))
+    return severity < level or (level >= 2 and NO_GPU_ERROR in line)
+
+
+@contextlib.contextmanager
+def quiet_backend_startup():
+    """Hide the start-up chatter (`is_startup_chatter`) that TensorFlow's C++ code writes to file
+    descriptor 2 while the block runs; every other line, Python's warnings included, still shows.
+
+    The block is where Keras loads its backend; `probe_devices` belongs in it, as the probe is when
+    a machine without a GPU logs cuInit's failure. What the block writes is shown when it ends.
+    """
+    level = tensorflow_log_level()
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no file descriptor 2 to borrow
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not is_startup_chatter(line, level)))
+            sys.stderr.flush()
+
+
+def probe_devices() -> None:
+    """Have TensorFlow, where Keras runs on it, look for GPUs now (it would at its first op anyway)."""
+    if "tensorflow" in sys.modules:
+        sys.modules["tensorflow"].config.list_physical_devices("GPU")
+
+
 def trial_environment(backend: str, gpu_share: float, compile_cache: str | Path | None) -> dict[str, str]:
     """Environment variables a worker process needs before its backend starts.
 
@@ -73,7 +139,8 @@ def trial_environment(backend: str, gpu_share: float, compile_cache: str | Path 
     `configure_process`). `compile_cache` is the persistent compilation cache: JAX's, and
     TensorFlow's XLA cache where XLA runs.
     """
-    environment = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    environment = {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", DEFAULT_TF_LOG_LEVEL),
+                   "PYTHONUNBUFFERED": "1"}
     if 0 < gpu_share < 1:
         environment["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * gpu_share:.3f}"  # 10% headroom for the runtime
     if compile_cache:

@@ -25,23 +25,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import keras
-import numpy as np
-import pandas as pd
 
-from carclf.checkpoints import read_checkpoint_state, restore_checkpoint
-from carclf.config import ConfigError, RunSettings, TrainConfig, apply_overrides, parse_run_settings, read_toml
-from carclf.data.batches import TrainingBatches, epoch_images
-from carclf.data.sources import prepare_dataset
-from carclf.data.store import StoreError, open_image_store
-from carclf.data.table import DatasetError, class_names, rows_for
-from carclf.evaluate import classification_metrics, predict_probabilities
-from carclf.features import open_head_features
-from carclf.files import atomic_path, write_json
-from carclf.model import (BACKBONE_NAME, WeightsError, build_classifier, build_head, compile_classifier, current_learning_rate,
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m carclf.train", description="Train one configuration, without Ray.")
+    parser.add_argument("--experiment", required=True, help="experiment TOML file ([data], [model] and [train] are used)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--data-dir", help="dataset root, overriding data.root")
+    parser.add_argument("--output", default="model.keras", help="where to save the trained model (default: model.keras)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args(None)  # --help and argument errors answer here, before the imports below load Keras and TensorFlow
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from carclf.checkpoints import read_checkpoint_state, restore_checkpoint  # noqa: E402
+from carclf.config import ConfigError, RunSettings, TrainConfig, apply_overrides, parse_run_settings, read_toml  # noqa: E402
+from carclf.data.batches import TrainingBatches, epoch_images  # noqa: E402
+from carclf.data.sources import prepare_dataset  # noqa: E402
+from carclf.data.store import StoreError, open_image_store  # noqa: E402
+from carclf.data.table import DatasetError, class_names, rows_for  # noqa: E402
+from carclf.evaluate import classification_metrics, predict_probabilities  # noqa: E402
+from carclf.features import open_head_features  # noqa: E402
+from carclf.files import atomic_path, write_json  # noqa: E402
+from carclf.model import (BACKBONE_NAME, WeightsError, build_classifier, build_head, compile_classifier, current_learning_rate,  # noqa: E402
                           set_unfreeze_depth, transfer_weights)
-from carclf.runtime import configure_process, resolve_precision
-from carclf.weights import resolve_weights
+from carclf.runtime import configure_process, resolve_precision  # noqa: E402
+from carclf.weights import resolve_weights  # noqa: E402
 
 logger = logging.getLogger(__name__)
 EVALUATION_BATCH = 128
@@ -201,12 +214,7 @@ def save_labels(names: list[str], path: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m carclf.train", description="Train one configuration, without Ray.")
-    parser.add_argument("--experiment", required=True, help="experiment TOML file ([data], [model] and [train] are used)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--data-dir", help="dataset root, overriding data.root")
-    parser.add_argument("--output", default="model.keras", help="where to save the trained model (default: model.keras)")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         overrides = args.overrides + ([f"data.root={args.data_dir!r}"] if args.data_dir else [])

@@ -9,7 +9,8 @@ Searches run with `--dry-run`, which checks the experiment, the annotations, eve
 weights without starting Ray.
 
 The control cases run the same commands on the undamaged inputs: they must pass, so each bad
-case fails because of its one damage and nothing else.
+case fails because of its one damage and nothing else. What needs a fresh Python (nothing heavy
+imported before `--help` answers, no TensorFlow chatter in the output) is in tests/test_startup.py.
 """
 
 from __future__ import annotations
@@ -477,6 +478,9 @@ CASES = [
                  r"the same image as test row cars_test_annos_withlabels\.mat record 1",
                  id="annotations-test-image-also-in-training"),
     # experiments
+    pytest.param(lambda ctx: [*search_experiment(ctx, EXPERIMENT), "--experiment", "stanford_carz"], SEARCH_ERROR,
+                 r"stanford_carz: experiment file not found, and no shipped experiment has this name \(shipped: demo, stanford_cars\)",
+                 id="experiment-unknown-shipped-name"),
     pytest.param(lambda ctx: search_experiment(ctx, edited("[train]\n", "[train\n")), SEARCH_ERROR,
                  r"experiment\.toml: not valid TOML", id="experiment-invalid-toml"),
     pytest.param(lambda ctx: search_experiment(ctx, "# Réglages du démo\n" + EXPERIMENT, encoding="latin-1"), SEARCH_ERROR,
@@ -537,6 +541,8 @@ CASES = [
                  r"unknown table\(s\) \['trian'\]", id="flag-set-unknown-table"),
     pytest.param(lambda ctx: search_dry_run(ctx, "--set", "data.image_size=big"), SEARCH_ERROR,
                  r"\[data\]: key 'image_size' must be int, got str 'big'", id="flag-set-wrong-type"),
+    pytest.param(lambda ctx: [*search_dry_run(ctx), "--num-samples", "many"], SEARCH_ERROR,
+                 r"argument --num-samples: invalid int value: 'many'", id="flag-num-samples-not-a-number"),
     # runs that fail before their first trial
     pytest.param(lambda ctx: search_for_real(without_ray_temp_folder(ctx)), SEARCH_ERROR,
                  r"Ray's local cluster did not start: .*no-ray-here.*; no trial ran: the same command starts the run again",
@@ -556,6 +562,8 @@ CASES = [
                  r"experiment\.toml \[train\]: unknown key\(s\) \['momentom'\]", id="train-unknown-key"),
     pytest.param(lambda ctx: [*train(ctx), "--experiment", str(ctx.tmp / "nowhere.toml")], SEARCH_ERROR,
                  r"nowhere\.toml: experiment file not found", id="train-missing-experiment"),
+    pytest.param(lambda ctx: [sys.executable, "-m", "carclf.train", "--output", str(ctx.tmp / "model.keras")], SEARCH_ERROR,
+                 r"the following arguments are required: --experiment", id="train-without-experiment"),
     pytest.param(lambda ctx: train(ctx, EXPERIMENT, "--output", str(ctx.tmp / "model.h5")), SEARCH_ERROR,
                  r"--output \S*model\.h5: model files must end in \.keras", id="train-output-not-keras"),
     pytest.param(lambda ctx: train(ctx, data=damage_image(ctx, lambda b: b"")), SEARCH_ERROR,

@@ -213,8 +213,27 @@ class Experiment:
         return {"source": self.source, **dataclasses.asdict(self.settings), **document}
 
 
+def shipped_experiments() -> list[str]:
+    return sorted(path.stem for path in EXPERIMENTS.glob("*.toml"))
+
+
+def experiment_path(name: str | Path) -> Path:
+    """The file an `--experiment` value names: the path as given where it exists, else, for a bare name
+    (`stanford_cars` or `stanford_cars.toml`), the experiment shipped in `tuning.experiments`, which is
+    where a non-editable install keeps them. A name that is neither says which experiments ship."""
+    path = Path(name)
+    if path.exists() or path.parent != Path("."):
+        return path
+    shipped = EXPERIMENTS / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"{name}: experiment file not found, and no shipped experiment has this name "
+                      f"(shipped: {', '.join(shipped_experiments())})")
+
+
 def load_experiment(path: str | Path = DEMO_EXPERIMENT, overrides: list[str] | None = None) -> Experiment:
-    """Read, override (`section.key=value`) and validate an experiment file."""
+    """Read, override (`section.key=value`) and validate an experiment file (or a shipped one, by name)."""
+    path = experiment_path(path)
     where = str(path)
     return experiment_from_document(apply_overrides(read_toml(path), overrides or [], where), where)
 

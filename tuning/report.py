@@ -125,23 +125,33 @@ def early_stopping_summary(run_dir: Path) -> dict[str, int] | None:
             "spared": sum(d["decision"] == "spared" for d in decisions)}
 
 
+DIVERGED_MARKER = {"marker": "D", "color": "black"}  # no trial's colour (Matplotlib's cycle has no black) and not ASHA's ×
+
+
 def plot_learning_curves(trials: pd.DataFrame, metric: str) -> str:
-    """Every trial's `metric` by epoch; × marks where ASHA stopped a trial early, ✕ in red a diverged one."""
+    return _figure_to_data_uri(learning_curves(trials, metric))
+
+
+def learning_curves(trials: pd.DataFrame, metric: str) -> plt.Figure:
+    """Every trial's `metric` by epoch; × in the trial's colour marks where ASHA stopped it early, a black
+    diamond where it diverged (a red × for diverged was confused with the trial drawn in the cycle's red)."""
     figure, axis = plt.subplots(figsize=(8, 4.5))
     for trial_id, rows in trials.dropna(subset=["epoch"]).groupby("trial_id"):
         rows = rows.sort_values("epoch")
         (line,) = axis.plot(rows["epoch"], rows[metric], marker=".", alpha=0.8, label=str(trial_id))
+        end = rows["epoch"].iloc[-1], rows[metric].fillna(0).iloc[-1]
         status = rows["status"].iloc[0]
-        if status in ("stopped early", "diverged"):
-            colour = "red" if status == "diverged" else line.get_color()
-            axis.plot(rows["epoch"].iloc[-1], rows[metric].fillna(0).iloc[-1], "x", color=colour, markersize=11, mew=2.5)
+        if status == "stopped early":
+            axis.plot(*end, "x", color=line.get_color(), markersize=11, mew=2.5)
+        elif status == "diverged":
+            axis.plot(*end, linestyle="none", markersize=9, **DIVERGED_MARKER)
     axis.set_xlabel("epoch (every epoch holds the same number of training images)")
     axis.set_ylabel(metric)
-    axis.set_title(f"{metric} of every trial (× = stopped early by ASHA, red × = diverged)")
+    axis.set_title(f"{metric} of every trial (× = stopped early by ASHA, black diamond = diverged)")
     axis.grid(alpha=0.3)
     if trials["trial_id"].nunique() <= 12:
         axis.legend(fontsize=7, ncol=2)
-    return _figure_to_data_uri(figure)
+    return figure
 
 
 def plot_hyperparameters(trials: pd.DataFrame, space: dict, selection: Selection) -> str:

@@ -21,34 +21,63 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import keras
-import pandas as pd
-import ray
-from ray import tune
-from ray.tune.schedulers import FIFOScheduler
-
-from carclf.config import ConfigError, apply_overrides
-from carclf.data.batches import epoch_images
-from carclf.data.sources import prepare_dataset
-from carclf.data.store import StoreError
-from carclf.data.table import DatasetError, load_index, rows_for, save_index
-from carclf.features import FeatureCacheError
-from carclf.files import atomic_path, cache_folder, read_json, require_free_space, write_json
-from carclf.model import WeightsError
-from carclf.pretrained import synthetic_backbone_path
-from carclf.runtime import trial_environment
-from carclf.trainable import Selection, train_car_classifier
-from carclf.weights import IMAGENET_FILE, IMAGENET_URL, check_weights_file
-from tuning import run_folder
-from tuning.driver_tasks import prepare_head_features, resolve_backbone, run_transfer_probe, whole_gpu_task
 from tuning.experiment import DEMO_EXPERIMENT, Experiment, experiment_from_document, load_experiment
-from tuning.report import write_report
-from tuning.retrain import retrain_and_evaluate
-from tuning.search_space import param_space
-from tuning.samplers import choose_sampler
-from tuning.scheduler import NoiseAwareASHA, read_rung_decisions, rung_milestones
-from tuning.searcher import STUDY_FILE, StudyError, make_searcher, relocate_study, study_trials
-from tuning.trials import against_start, best_trial, top_trials, trials_table, within_noise
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tuning.search", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", help="experiment TOML file, or the name of a shipped one such as stanford_cars "
+                                             f"(default: the demo, {DEMO_EXPERIMENT.name})")
+    parser.add_argument("--data-dir", help="dataset root (data.root)")
+    parser.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
+    parser.add_argument("--max-concurrent", type=int, help="trials at once (search.max_concurrent)")
+    parser.add_argument("--cpus-per-trial", type=float, help="resources.cpus_per_trial")
+    parser.add_argument("--gpus-per-trial", type=float, help="resources.gpus_per_trial (fractions share a GPU)")
+    parser.add_argument("--address", help="join an existing Ray cluster (e.g. auto, or ray://host:10001)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
+    parser.add_argument("--dashboard-host", default="127.0.0.1", help="bind the local dashboard here (default 127.0.0.1)")
+    parser.add_argument("--no-dashboard", action="store_true", help="start the local cluster without Ray's dashboard")
+    parser.add_argument("--storage-path", help="where runs are stored (run.storage_path)")
+    parser.add_argument("--name", help="run name (run.name; default: the experiment file's name)")
+    parser.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
+                        help="continue an interrupted run as it was saved: the run named by the other flags, or RUN_DIR")
+    parser.add_argument("--no-retrain", action="store_true", help="stop after the search (no retraining, evaluation or report)")
+    parser.add_argument("--dry-run", action="store_true", help="check everything (data, images, weights) and print the plan; start nothing")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any experiment value, e.g. --set train.momentum=0.8 (repeatable)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args(None)  # --help and argument errors answer here, before the imports below load Ray, Keras and TensorFlow
+
+import keras  # noqa: E402
+import pandas as pd  # noqa: E402
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.schedulers import FIFOScheduler  # noqa: E402
+
+from carclf.config import ConfigError, apply_overrides  # noqa: E402
+from carclf.data.batches import epoch_images  # noqa: E402
+from carclf.data.sources import prepare_dataset  # noqa: E402
+from carclf.data.store import StoreError  # noqa: E402
+from carclf.data.table import DatasetError, load_index, rows_for, save_index  # noqa: E402
+from carclf.features import FeatureCacheError  # noqa: E402
+from carclf.files import atomic_path, cache_folder, read_json, require_free_space, write_json  # noqa: E402
+from carclf.model import WeightsError  # noqa: E402
+from carclf.pretrained import synthetic_backbone_path  # noqa: E402
+from carclf.runtime import trial_environment  # noqa: E402
+from carclf.trainable import Selection, train_car_classifier  # noqa: E402
+from carclf.weights import IMAGENET_FILE, IMAGENET_URL, check_weights_file  # noqa: E402
+from tuning import run_folder  # noqa: E402
+from tuning.driver_tasks import prepare_head_features, resolve_backbone, run_transfer_probe, whole_gpu_task  # noqa: E402
+from tuning.report import write_report  # noqa: E402
+from tuning.retrain import retrain_and_evaluate  # noqa: E402
+from tuning.search_space import param_space  # noqa: E402
+from tuning.samplers import choose_sampler  # noqa: E402
+from tuning.scheduler import NoiseAwareASHA, read_rung_decisions, rung_milestones  # noqa: E402
+from tuning.searcher import STUDY_FILE, StudyError, make_searcher, relocate_study, study_trials  # noqa: E402
+from tuning.trials import against_start, best_trial, top_trials, trials_table, within_noise  # noqa: E402
 
 logger = logging.getLogger("tuning.search")
 EXPERIMENT_FILE = "experiment.json"
@@ -72,29 +101,6 @@ class SearchError(RuntimeError):
     """The search cannot start or did not finish."""
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tuning.search", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--experiment", help=f"experiment TOML file (default: the demo, {DEMO_EXPERIMENT.name})")
-    parser.add_argument("--data-dir", help="dataset root (data.root)")
-    parser.add_argument("--num-samples", type=int, help="number of trials (search.num_samples)")
-    parser.add_argument("--max-concurrent", type=int, help="trials at once (search.max_concurrent)")
-    parser.add_argument("--cpus-per-trial", type=float, help="resources.cpus_per_trial")
-    parser.add_argument("--gpus-per-trial", type=float, help="resources.gpus_per_trial (fractions share a GPU)")
-    parser.add_argument("--address", help="join an existing Ray cluster (e.g. auto, or ray://host:10001)")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
-    parser.add_argument("--dashboard-host", default="127.0.0.1", help="bind the local dashboard here (default 127.0.0.1)")
-    parser.add_argument("--no-dashboard", action="store_true", help="start the local cluster without Ray's dashboard")
-    parser.add_argument("--storage-path", help="where runs are stored (run.storage_path)")
-    parser.add_argument("--name", help="run name (run.name; default: the experiment file's name)")
-    parser.add_argument("--resume", nargs="?", const="", metavar="RUN_DIR",
-                        help="continue an interrupted run as it was saved: the run named by the other flags, or RUN_DIR")
-    parser.add_argument("--no-retrain", action="store_true", help="stop after the search (no retraining, evaluation or report)")
-    parser.add_argument("--dry-run", action="store_true", help="check everything (data, images, weights) and print the plan; start nothing")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any experiment value, e.g. --set train.momentum=0.8 (repeatable)")
-    return parser.parse_args(argv)
-
-
 def flag_overrides(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Experiment values given on the command line, as (the flag as typed, `section.key=value`)."""
     overrides = [(f"--set {item}", item) for item in args.overrides]
@@ -112,7 +118,9 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
     """The experiment to run; on `--resume`, the one saved in the run folder, wherever that folder is now."""
     overrides = flag_overrides(args)
     if args.resume is None:
-        return load_experiment(args.experiment or DEMO_EXPERIMENT, [item for _, item in overrides])
+        experiment = load_experiment(args.experiment or DEMO_EXPERIMENT, [item for _, item in overrides])
+        named = args.experiment or any(item.split("=", 1)[0].strip() == "run.name" for _, item in overrides)
+        return experiment if named else next_demo_run(experiment, [item for _, item in overrides])
     if args.resume:
         run_dir = Path(args.resume).expanduser().resolve()
     else:
@@ -137,6 +145,18 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
             raise SearchError(f"--experiment {args.experiment}: differs from the saved run in {', '.join(differing)}; "
                               f"--resume continues the run as saved (pass --resume {run_dir} alone)")
     return saved
+
+
+def next_demo_run(demo: Experiment, overrides: list[str]) -> Experiment:
+    """The demo, run again without a name: a finished demo run is kept, and this one is named demo-2 (then
+    demo-3, ...), so the README's first line works every time. An unfinished one is left for --resume."""
+    experiment, number = demo, 1
+    while run_folder.stage(experiment.run_dir) == "finished":
+        number += 1
+        experiment = load_experiment(DEMO_EXPERIMENT, [*overrides, f"run.name='{demo.name}-{number}'"])
+    if experiment is not demo:
+        logger.info("%s is a finished demo run, kept as it is; this run is %s (--name chooses a name)", demo.run_dir, experiment.run_dir)
+    return experiment
 
 
 def _comparable(experiment: Experiment) -> dict[str, Any]:

@@ -7,8 +7,9 @@ map, so the operating system shares its pages between all of them on a node.
 
 Beside it, `images-<key>.json` (the manifest) records what the store promises: its key, shape,
 each row's content digest, the rows that could not be decoded, and the array file's SHA-256. The
-key hashes the image settings and every row's path, size, modification time and box, so a
-changed file or setting makes a new store. The manifest is written last, after the array file
+key hashes the image settings and every row's path, content digest (BLAKE2b of the file's bytes)
+and box, so a changed file makes a new store even when its size and timestamps stay the same, and
+so does a changed setting. The manifest is written last, after the array file
 is complete and renamed into place; a store without its manifest, of the wrong size, or whose
 bytes do not match the checksum is named in the log and rebuilt, never reused.
 
@@ -34,7 +35,7 @@ from tqdm import tqdm
 from carclf.config import DataConfig
 from carclf.data.images import ImageError, load_crop
 from carclf.data.table import boxes
-from carclf.files import atomic_path, cache_folder, read_json, require_free_space, write_json
+from carclf.files import atomic_path, cache_folder, read_json, remove_abandoned_partials, require_free_space, write_json
 
 logger = logging.getLogger(__name__)
 STORE_FORMAT = 3  # 3: 16-bit, float and transparent images converted by `images.to_rgb`
@@ -63,15 +64,32 @@ def manifest_path(store: str | Path) -> Path:
     return Path(store).with_suffix(".json")
 
 
-def store_key(rows: pd.DataFrame, data: DataConfig) -> str:
-    """A hash of what the stored pixels depend on: image settings, files (path, size, mtime), boxes."""
-    digest = hashlib.sha256(json.dumps(
+def file_digests(paths: list[str], workers: int | None = None) -> list[str]:
+    """Each file's BLAKE2b content digest ("" for a file that cannot be read), across threads.
+
+    The store is keyed by content, not by size and modification time, which an edit in place can
+    keep. hashlib releases the GIL while it hashes, so threads read and hash files in parallel:
+    16,185 Stanford Cars JPEGs (1.9 GB) are a few seconds of work on 2 cores.
+    """
+    def digest(path: str) -> str:
+        try:
+            with open(path, "rb") as handle:
+                return hashlib.file_digest(handle, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+        except OSError:
+            return ""
+
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+        return list(pool.map(digest, paths, chunksize=CHUNK_ROWS))
+
+
+def store_key(rows: pd.DataFrame, digests: list[str], data: DataConfig) -> str:
+    """A hash of what the stored pixels depend on: image settings, and each row's file, content and box."""
+    key = hashlib.sha256(json.dumps(
         {"format": STORE_FORMAT, "size": data.image_size, "crop": data.crop_to_bbox, "margin": data.bbox_margin}
     ).encode())
-    for path, box in zip(rows["path"], boxes(rows)):
-        stat = os.stat(path)
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{box}\n".encode())
-    return digest.hexdigest()[:24]
+    for path, digest, box in zip(rows["path"], digests, boxes(rows)):
+        key.update(f"{path}|{digest}|{box}\n".encode())
+    return key.hexdigest()[:24]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -85,20 +103,22 @@ def build_image_store(rows: pd.DataFrame, data: DataConfig, workers: int | None 
     Row i of the store is row i of `rows`. An image that cannot be decoded leaves zeros in its
     row and is listed in `failures`; the caller decides whether that stops the run.
     """
-    key = store_key(rows, data)
+    digests = file_digests(rows["path"].tolist(), workers)
+    key = store_key(rows, digests, data)
     path = cache_folder(data.cache_dir, "decoded") / f"images-{key}.npy"
     shape = (len(rows), data.image_size, data.image_size, 3)
+    remove_abandoned_partials(path.parent)
     try:
         manifest = verify_store(path, shape, key, checksum=True)
         logger.info("reusing the decoded image store %s", path)
-        return ImageStore(path, manifest["digests"], {int(k): v for k, v in manifest["failures"].items()})
+        return ImageStore(path, digests, {int(k): v for k, v in manifest["failures"].items()})
     except StoreError as error:
         if path.exists() or manifest_path(path).exists():
             logger.warning("rebuilding the decoded image store: %s", error)
     manifest_path(path).unlink(missing_ok=True)  # a store is complete only once its manifest is back
     require_free_space(path.parent, int(np.prod(shape) * 1.05), "the decoded image store")
     logger.info("decoding %d images once into %s (%.2f GB)", len(rows), path, np.prod(shape) / 1e9)
-    digests, failures = _decode_into(path, rows, data, shape, workers)
+    failures = _decode_into(path, rows, data, shape, workers)
     write_json(manifest_path(path), {
         "format": STORE_FORMAT, "key": key, "shape": list(shape), "digests": digests,
         "failures": {str(row): reason for row, reason in failures.items()}, "sha256": file_sha256(path),
@@ -107,27 +127,25 @@ def build_image_store(rows: pd.DataFrame, data: DataConfig, workers: int | None 
 
 
 def _decode_into(path: Path, rows: pd.DataFrame, data: DataConfig, shape: tuple[int, ...],
-                 workers: int | None) -> tuple[list[str], dict[int, str]]:
-    """Decode `rows` into a new array file at `path` (renamed into place when complete)."""
+                 workers: int | None) -> dict[int, str]:
+    """Decode `rows` into a new array file at `path` (renamed into place when complete); the failures."""
     with atomic_path(path) as partial:
         pixels = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
-        digests, failures = _decode_rows(pixels, rows, data, workers)
+        failures = _decode_rows(pixels, rows, data, workers)
         pixels.flush()
         del pixels  # unmapped before the rename
-    return digests, failures
+    return failures
 
 
-def _decode_rows(pixels: np.ndarray, rows: pd.DataFrame, data: DataConfig, workers: int | None) -> tuple[list[str], dict[int, str]]:
-    """Fill `pixels` with `load_crop` of every row, in chunks across threads; each row's digest, and failures."""
+def _decode_rows(pixels: np.ndarray, rows: pd.DataFrame, data: DataConfig, workers: int | None) -> dict[int, str]:
+    """Fill `pixels` with `load_crop` of every row, in chunks across threads; the rows that failed, and why."""
     paths = rows["path"].tolist()
     row_boxes = boxes(rows) if data.crop_to_bbox else [None] * len(rows)
-    digests: list[str] = [""] * len(rows)
     failures: dict[int, str] = {}
 
     def decode(start: int) -> None:
         for row in range(start, min(start + CHUNK_ROWS, len(paths))):
             try:
-                digests[row] = hashlib.blake2b(Path(paths[row]).read_bytes(), digest_size=16).hexdigest()
                 pixels[row] = load_crop(paths[row], row_boxes[row], data.image_size, data.bbox_margin)
             except (ImageError, OSError) as error:
                 failures[row] = str(error).removeprefix(f"{paths[row]}: ")
@@ -137,7 +155,7 @@ def _decode_rows(pixels: np.ndarray, rows: pd.DataFrame, data: DataConfig, worke
             tqdm(total=len(paths), unit="image", desc="decoding", disable=len(paths) < PROGRESS_FROM_ROWS) as bar:
         for start, _ in zip(starts, pool.map(decode, starts)):
             bar.update(min(CHUNK_ROWS, len(paths) - start))
-    return digests, failures
+    return failures
 
 
 def verify_store(path: str | Path, shape: tuple[int, ...] | None = None, key: str | None = None, checksum: bool = False) -> dict:

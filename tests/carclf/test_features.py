@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import keras
 import numpy as np
 import pytest
 
 from carclf.config import ModelConfig
-from carclf.data.store import open_image_store
+from carclf.data.store import build_image_store, open_image_store
 from carclf.data.table import rows_for
 from carclf.features import build_head_features, feature_folder, open_head_features, view_transforms
 from carclf.layers import flip_and_rotate
@@ -104,3 +105,20 @@ def test_truncated_feature_file_is_named_and_rebuilt(tiny_dataset, pretrained_se
         again = build_head_features(tiny_dataset.index, tiny_dataset.store, pretrained_settings)
     assert again == folder and "train.npy" in caplog.text and "rebuilding" in caplog.text
     np.testing.assert_allclose(np.load(folder / "train.npy"), good, atol=1e-5)
+
+
+def test_an_image_changed_in_place_makes_a_new_feature_cache(tiny_cars, tiny_settings, tiny_index, tmp_path):
+    """The features' key holds the store's, which holds each image's content: a byte changed in place,
+    with the file's size and timestamps given back, names another feature folder."""
+    from tests.carclf.data.test_store import change_in_place
+
+    root = tmp_path / "cars"
+    shutil.copytree(tiny_cars, root)
+    index = tiny_index.assign(path=tiny_index["path"].str.replace(str(tiny_cars), str(root), regex=False))
+    weights = tmp_path / "backbone.weights.h5"
+    weights.write_bytes(b"the key hashes this file's bytes")
+    settings = dataclasses.replace(tiny_settings, data=dataclasses.replace(tiny_settings.data, cache_dir=str(tmp_path / "cache")),
+                                   model=ModelConfig(weights=str(weights)))
+    before = feature_folder(index, build_image_store(index, settings.data).path, settings)
+    change_in_place(index["path"].iloc[0])
+    assert feature_folder(index, build_image_store(index, settings.data).path, settings) != before

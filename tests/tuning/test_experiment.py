@@ -89,6 +89,23 @@ def test_invalid_toml_and_missing_file(tmp_path):
         load_experiment(tmp_path / "nope.toml")
 
 
+@pytest.mark.parametrize("name", ["stanford_cars", "stanford_cars.toml"])
+def test_a_shipped_experiment_is_found_by_its_name_from_any_folder(name, tmp_path, monkeypatch):
+    """After a non-editable install the experiments live in tuning.experiments: `--experiment stanford_cars`
+    (or `stanford_cars.toml`), from a folder without such a file, reads the shipped one."""
+    monkeypatch.chdir(tmp_path)
+    assert load_experiment(name).to_dict() == load_experiment(EXPERIMENTS / "stanford_cars.toml").to_dict()
+
+
+def test_a_file_of_that_name_in_the_folder_wins_over_the_shipped_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stanford_cars.toml").write_text(DEMO_EXPERIMENT.read_text())
+    ours, demo = load_experiment("stanford_cars.toml").to_dict(), load_experiment(DEMO_EXPERIMENT).to_dict()
+    assert ours.pop("source") == "stanford_cars.toml"
+    demo.pop("source")
+    assert ours == demo
+
+
 def test_param_space_becomes_tune_domains():
     space = param_space({"unfreeze_depth": {"randint": [0, 16]}, "batch_size": {"choice": [16, 32]},
                          "learning_rate": {"loguniform": [1e-4, 1e-1]}})

@@ -9,10 +9,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from tuning.report import CONFUSION_LIMIT, plot_confusion, render_html
+from tuning.report import CONFUSION_LIMIT, learning_curves, plot_confusion, render_html
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -154,3 +155,19 @@ def test_a_hand_made_run_reports_its_gain_over_the_start_and_counts_each_ending_
     assert numbers["parameter_importance"] == {} and numbers["parameter_importance_note"].startswith("withheld: 4 scored trials")
     page = render_html(numbers, {})
     assert "Against the starting configuration:" in page and "ASHA stopped 1 trial(s) at a rung, 1 of them within noise" in page
+
+
+def test_a_diverged_trial_is_marked_in_no_trial_colour_and_in_its_own_shape():
+    """Twelve trials use every colour of Matplotlib's cycle, its red included; the diverged mark is none of them."""
+    from matplotlib.colors import to_hex
+
+    statuses = {3: "diverged", 5: "stopped early"}
+    rows = [{"trial_id": f"t{trial:02d}", "epoch": epoch, "val_loss": 1.0 / (trial + epoch), "status": statuses.get(trial, "finished")}
+            for trial in range(12) for epoch in (1, 2)]
+    axis = learning_curves(pd.DataFrame(rows), "val_loss").axes[0]
+    trials = [line for line in axis.lines if line.get_label().startswith("t")]
+    marks = {line.get_marker(): to_hex(line.get_color()) for line in axis.lines if line not in trials}
+    trial_colours = {to_hex(line.get_color()) for line in trials}
+    assert len(trials) == 12 and to_hex("tab:red") in trial_colours
+    assert set(marks) == {"x", "D"} and marks["D"] not in trial_colours and marks["x"] == to_hex(trials[5].get_color())
+    assert "black diamond = diverged" in axis.get_title()

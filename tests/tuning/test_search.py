@@ -326,3 +326,28 @@ def test_each_sampler_searches_stores_pruned_trials_and_resumes(algorithm, tiny_
     for decision in (json.loads(line) for line in (run_dir / "rungs.jsonl").read_text().splitlines()):
         row = trials[(trials["trial_id"] == decision["trial_id"]) & (trials["epoch"] == decision["epoch"])].iloc[0]
         assert row["final_phase_epochs"] >= 1 and row["phase"] == last.loc[decision["trial_id"], "phase"]  # never in a warm-up
+
+
+def test_the_demo_runs_again_under_a_new_name_once_finished(tmp_path, caplog):
+    """README's first line, run again: a finished demo run is kept and the new one is demo-2, then demo-3.
+    An interrupted demo keeps its name (for --resume), and a chosen --name or --experiment is never changed."""
+    from tuning import run_folder
+    from tuning.search import parse_args, resolve_experiment
+
+    def run_dir(*flags: str) -> Path:
+        return resolve_experiment(parse_args(["--storage-path", str(tmp_path), *flags])).run_dir
+
+    def reach(name: str, stage: str) -> None:
+        (tmp_path / name).mkdir(exist_ok=True)
+        run_folder.mark(tmp_path / name, stage)
+
+    assert run_dir() == tmp_path / "demo"
+    reach("demo", "finished")
+    with caplog.at_level("INFO", logger="tuning.search"):
+        assert run_dir() == tmp_path / "demo-2"
+    assert f"{tmp_path / 'demo'} is a finished demo run, kept as it is; this run is {tmp_path / 'demo-2'}" in caplog.text
+    reach("demo-2", "finished")
+    assert run_dir("--set", "train.momentum=0.8") == tmp_path / "demo-3"
+    assert run_dir("--name", "demo") == run_dir("--experiment", "demo") == tmp_path / "demo"
+    reach("demo", "searched")
+    assert run_dir() == tmp_path / "demo"

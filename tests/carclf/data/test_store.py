@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -43,12 +46,36 @@ def test_stored_pixels_are_what_load_crop_gives(own_cars):
         np.testing.assert_array_equal(pixels[row], expected)
 
 
-def test_changed_file_makes_a_new_store(own_cars):
+def change_in_place(path: str) -> None:
+    """Change a byte in the middle of the file, then give it back its size and timestamps."""
+    before = os.stat(path)
+    with open(path, "r+b") as handle:
+        handle.seek(before.st_size // 2)
+        byte = handle.read(1)
+        handle.seek(before.st_size // 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_a_file_changed_in_place_makes_a_new_store_whatever_its_size_and_timestamps(own_cars):
     index, data = own_cars
     store = build_image_store(index, data)
     changed = index["path"].iloc[3]
-    os.utime(changed, ns=(os.stat(changed).st_atime_ns, os.stat(changed).st_mtime_ns + 10**9))
-    assert build_image_store(index, data).path != store.path
+    change_in_place(changed)
+    rebuilt = build_image_store(index, data)
+    assert rebuilt.path != store.path and rebuilt.digests[3] != store.digests[3]
+    assert rebuilt.digests[:3] == store.digests[:3]
+    np.testing.assert_array_equal(np.load(rebuilt.path)[3], load_crop(changed, boxes(index.iloc[[3]])[0], 32, data.bbox_margin))
+
+
+def test_a_file_touched_but_not_changed_reuses_the_store(own_cars):
+    index, data = own_cars
+    store = build_image_store(index, data)
+    touched = index["path"].iloc[3]
+    os.utime(touched, ns=(os.stat(touched).st_atime_ns, os.stat(touched).st_mtime_ns + 10**9))
+    assert build_image_store(index, data).path == store.path
 
 
 def test_unreadable_image_is_reported_with_its_row(own_cars):
@@ -92,4 +119,18 @@ def test_half_written_store_is_never_reused(own_cars):
     manifest_path(store.path).unlink()  # as if the build died before its last step
     with pytest.raises(StoreError, match="incomplete"):
         open_image_store(store.path, 32)
+    assert not list(store.path.parent.glob(".partial-*"))
+
+
+def test_a_killed_build_leaves_nothing_behind_for_good(own_cars):
+    """A build killed outright (SIGKILL, so no clean-up of its own) leaves its partial array file; the next
+    build in that folder removes it."""
+    index, data = own_cars
+    store = build_image_store(index, data)
+    code = ("import os, signal, sys\nfrom carclf.files import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as partial:\n    partial.write_bytes(b'half a store')\n    os.kill(os.getpid(), signal.SIGKILL)")
+    killed = subprocess.run([sys.executable, "-c", code, str(store.path.with_name("images-killed.npy"))], timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list(store.path.parent.glob(".partial-*"))) == 1
+    assert build_image_store(index, data).path == store.path
     assert not list(store.path.parent.glob(".partial-*"))
