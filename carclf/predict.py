@@ -107,8 +107,12 @@ def load_model(path: Path) -> keras.Model:
     archive (0 bytes, truncated, another kind of file) is called damaged; Keras itself says "File not found".
 
     Keras (and so TensorFlow) is imported here, not at the top of the module, so `--help` and argument
-    errors answer before its seconds of start-up."""
+    errors answer before its seconds of start-up. carclf's layers are imported by name too: run from a
+    folder holding a checkout named `carclf`, that folder shadows the package's `__init__` (a namespace
+    package), which then never registers them."""
     import keras
+
+    import carclf.layers  # noqa: F401  (registers carclf's Keras objects, whatever ran carclf's __init__)
 
     if not zipfile.is_zipfile(path):
         raise PredictorError(f"{path}: damaged, or not a .keras model: not a zip archive ({path.stat().st_size} bytes)")

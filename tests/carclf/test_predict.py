@@ -18,6 +18,7 @@ import carclf  # noqa: F401  (what a user's program imports to load a carclf mod
 from carclf.data.images import load_crop
 from carclf.data.table import class_names
 from carclf.files import write_json
+from tests.conftest import REPO
 from carclf.predict import parse_image_argument
 from carclf.train import TrainingData, save_labels, save_model, train_classifier
 
@@ -131,3 +132,18 @@ def test_model_with_code_is_refused_by_safe_mode(tmp_path, real_samples):
     result = _predict("--model", tmp_path / "model.keras", real_samples[0])
     assert result.returncode == 2
     assert "error:" in result.stderr and "safe_mode" in result.stderr
+
+
+def test_predict_works_from_the_folder_that_holds_a_checkout_named_carclf(trained_model, tiny_cars, tmp_path):
+    """`git clone` names the checkout `carclf`; run from its parent, that folder shadows the installed package.
+    Predict (which loads carclf's layers), train and the search answer there as in the checkout."""
+    (tmp_path / "carclf").symlink_to(REPO, target_is_directory=True)
+    photo = next((tiny_cars / "cars_test").glob("*.jpg"))
+    for folder in (tmp_path, REPO):
+        result = subprocess.run([sys.executable, "-m", "carclf.predict", "--model", str(trained_model), str(photo)],
+                                capture_output=True, text=True, timeout=180, cwd=folder)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert f"{photo}\n  1. " in result.stdout
+    for command in ("carclf.train", "tuning.search"):
+        result = subprocess.run([sys.executable, "-m", command, "--help"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+        assert result.returncode == 0 and result.stdout.startswith(f"usage: python -m {command}"), result.stderr[-2000:]
