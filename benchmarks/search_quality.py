@@ -18,7 +18,7 @@ evaluation) on this machine, on one of three tasks where trials are cheap but re
 A strategy is a sampler (`search.algorithm`: random, tpe, gp or auto) with early stopping
 (`+asha`: `scheduler.kind = "asha"`) or without (`scheduler.kind = "none"`). `--budgets` sets
 `search.num_samples` (default: the task's own). Run folders stay under `--work` (default
-/work/bench/sq), so a stopped benchmark goes on: every finished run is written to `--out` at once,
+search_quality_runs/ in the current folder), so a stopped benchmark goes on: every finished run is written to `--out` at once,
 and a rerun skips the (task, strategy, budget, seed) combinations already there. A run folder left
 unfinished by a stopped benchmark is moved aside (`*.stale-<time>`) and its run starts again.
 
@@ -357,11 +357,11 @@ def main() -> None:
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default 3)")
     seeds.add_argument("--seed-list", nargs="+", type=int, help="these seeds")
-    parser.add_argument("--work", default="/work/bench/sq", help="run folders, data, caches, logs (persistent)")
+    parser.add_argument("--work", default="search_quality_runs", help="run folders, data, caches, logs (persistent)")
     parser.add_argument("--out", default="search_quality.json")
     parser.add_argument("--dry-run", action="store_true", help="run each search with --dry-run; record nothing")
     parser.add_argument("--summary-only", action="store_true", help="print the table of what --out holds; run nothing")
-    parser.add_argument("--stop-file", default="/work/bench/STOP", help="start no new run while this file exists")
+    parser.add_argument("--stop-file", default="search_quality.stop", help="start no new run while this file exists")
     args = parser.parse_args()
     work, out = Path(args.work).resolve(), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -412,7 +412,8 @@ def main() -> None:
                         print(f"ran {run['name']} in {run['wall_s']} s: best {run['best'][-1]:.3f} after {run['images'][-1]} "
                               f"images, test {run['test_accuracy']:.3f} (n={run['test_count']}), start config "
                               f"{run['start_best_val_accuracy']}", flush=True)
-    save()
+    if not args.summary_only:
+        save()
     print_table(summarize(runs))
 
 
