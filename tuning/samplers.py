@@ -23,8 +23,8 @@ import optuna
 
 from carclf.config import ConfigError
 
-# From Optuna's guidance (GP for 10-100 trials, TPE for 100-1,000); carclf's own measurements at 8
-# and 16 trials are in benchmarks/README.md (search_quality.py).
+# Optuna's guidance (GP for 10-100 trials, TPE for 100-1,000), not yet measured for carclf: what
+# benchmarks/README.md has so far is auto + ASHA against random search at 8 trials.
 AUTO_TPE_FROM = 100
 
 
