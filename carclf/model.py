@@ -216,6 +216,15 @@ def compile_classifier(model: keras.Model, train: TrainConfig, learning_rate: fl
     return model
 
 
+def set_optimizer_values(model: keras.Model, learning_rate: float, decay: float, momentum: float) -> None:
+    """Give a compiled model's `DecayingSGD` a run's rate, decay and momentum: variables of its compiled
+    step, so a model reused from `carclf.compiled_models` trains at the new values without recompiling."""
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under loss scaling
+    optimizer.learning_rate = float(learning_rate)  # Keras' setter assigns the variable
+    optimizer.decay.assign(float(decay))
+    optimizer.momentum_rate.assign(float(momentum))
+
+
 def current_learning_rate(model: keras.Model) -> float:
     """The learning rate the optimizer applies at its current step."""
     optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under loss scaling

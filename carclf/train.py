@@ -42,7 +42,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from carclf.checkpoints import read_checkpoint_state, restore_checkpoint  # noqa: E402
+from carclf.checkpoints import read_checkpoint_state, restore_checkpoint, save_checkpoint  # noqa: E402
+from carclf.compiled_models import CompiledModels  # noqa: E402
 from carclf.config import ConfigError, RunSettings, TrainConfig, apply_overrides, parse_run_settings, read_toml  # noqa: E402
 from carclf.data.batches import TrainingBatches, epoch_images  # noqa: E402
 from carclf.data.sources import prepare_dataset  # noqa: E402
@@ -51,8 +52,8 @@ from carclf.data.table import DatasetError, class_names, rows_for  # noqa: E402
 from carclf.evaluate import classification_metrics, predict_probabilities  # noqa: E402
 from carclf.features import open_head_features  # noqa: E402
 from carclf.files import atomic_path, write_json  # noqa: E402
-from carclf.model import (BACKBONE_NAME, WeightsError, build_classifier, build_head, compile_classifier, current_learning_rate,  # noqa: E402
-                          set_unfreeze_depth, transfer_weights)
+from carclf.model import (WeightsError, build_classifier, build_head, compile_classifier, current_learning_rate,  # noqa: E402
+                          set_optimizer_values, transfer_weights)
 from carclf.runtime import configure_process, resolve_precision  # noqa: E402
 from carclf.weights import resolve_weights  # noqa: E402
 
@@ -83,9 +84,14 @@ def plan_phases(train: TrainConfig) -> list[Phase]:
     return phases
 
 
+def phase_at(phases: Sequence[Phase], epoch: int) -> Phase:
+    """The phase that trains epoch `epoch` (1-based)."""
+    return next(phase for phase in phases if phase.start < epoch <= phase.end)
+
+
 def phase_of(train: TrainConfig, epoch: int) -> str:
     """The name of the phase that trains epoch `epoch` (1-based)."""
-    return next(phase.name for phase in plan_phases(train) if phase.start < epoch <= phase.end)
+    return phase_at(plan_phases(train), epoch).name
 
 
 def final_phase_epochs(train: TrainConfig, epoch: int) -> int:
@@ -105,97 +111,160 @@ class TrainingData:
     features: Path | None = None
 
 
-class ValidationMetrics(keras.callbacks.Callback):
-    """Adds exact `val_loss`, `val_accuracy` and `val_top5_accuracy` to each epoch's logs."""
+# What every epoch reports, beside Keras' own training `loss`, `accuracy` and `top5_accuracy`.
+EPOCH_KEYS = ("val_loss", "val_accuracy", "val_top5_accuracy", "learning_rate", "train_seconds", "eval_seconds",
+              "seconds_per_epoch", "images_per_second", "images_seen", "diverged")
 
-    def __init__(self, predict: Callable[[keras.Model], np.ndarray], labels: np.ndarray):
+
+class EndOfEpoch(keras.callbacks.Callback):
+    """The end of an epoch as one step: exact validation metrics, timing, images seen and divergence
+    (`EPOCH_KEYS`), added to the epoch's logs before any later callback sees them. A run whose loss
+    is no longer finite stops after that epoch."""
+
+    def __init__(self, predict: Callable[[keras.Model], np.ndarray] | None, labels: np.ndarray, images_per_epoch: int):
         super().__init__()
-        self.predict, self.labels = predict, labels
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            metrics = classification_metrics(self.predict(self.model), self.labels)
-            logs.update({f"val_{name}": value for name, value in metrics.items()})
-
-
-class EpochStats(keras.callbacks.Callback):
-    """Adds the learning rate, timing, images seen and `diverged` to each epoch's logs; stops a
-    run whose loss is no longer finite."""
-
-    def __init__(self, images_per_epoch: int):
-        super().__init__()
-        self.images_per_epoch = images_per_epoch
+        self.predict, self.labels, self.images_per_epoch = predict, labels, images_per_epoch
+        self.logs: dict[str, float] = {}
         self._started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        seconds = time.perf_counter() - self._started
+        trained = time.perf_counter()
+        if self.predict is not None:
+            metrics = classification_metrics(self.predict(self.model), self.labels)
+            logs.update({f"val_{name}": value for name, value in metrics.items()})
+        done = time.perf_counter()
         diverged = not all(math.isfinite(float(logs[key])) for key in ("loss", "val_loss") if key in logs)
-        logs.update({"learning_rate": current_learning_rate(self.model), "seconds_per_epoch": seconds,
-                     "images_per_second": self.images_per_epoch / seconds,
+        logs.update({"learning_rate": current_learning_rate(self.model), "train_seconds": trained - self._started,
+                     "eval_seconds": done - trained, "seconds_per_epoch": done - self._started,
+                     "images_per_second": self.images_per_epoch / (done - self._started),
                      "images_seen": (epoch + 1) * self.images_per_epoch, "diverged": float(diverged)})
+        self.logs = dict(logs)
         if diverged:
             logger.warning("epoch %d: the loss is not finite; stopping this run (diverged)", epoch + 1)
             self.model.stop_training = True
 
 
-def train_classifier(data: TrainingData, settings: RunSettings, *, splits: Sequence[str] = ("train",), validate: bool = True,
-                     callbacks: Sequence[keras.callbacks.Callback] = (), resume: Path | None = None, verbose: int | str = 0,
-                     workers: int = 1) -> keras.Model:
-    """Train on the `splits` rows for `settings.train.epochs` epochs; validate on "val" if `validate`.
+@dataclass
+class PhaseModel:
+    """The model that trains one phase, with its batches and its end-of-epoch step."""
 
-    `resume` is a checkpoint folder (`carclf.checkpoints`): training restores it and goes on at the
-    next epoch. `callbacks` see every epoch's logs (ending with the run's own keys). Returns the
-    classifier, or the head alone when every epoch trained on cached features.
+    phase: Phase
+    model: keras.Model
+    batches: TrainingBatches
+    end_of_epoch: EndOfEpoch
+    reused: bool  # compiled by an earlier run in this process (`carclf.compiled_models`)
+
+
+class TrainingRun:
+    """One training run, one epoch at a time: `train_epoch()` until `finished`, then `final_model`.
+
+    The run resolves its inputs once: the precision, the open store (or the `pixels` a caller already
+    opened), the rows and the head features. Each phase's model comes from `models`, a process's
+    compiled models (`carclf.compiled_models`), so a later run of the same shape compiles nothing.
+    `restore(folder)` continues from a checkpoint (`carclf.checkpoints`) at its next epoch.
     """
-    train = settings.train
-    names = class_names(data.index)
-    precision = resolve_precision(train.precision)
-    pixels = open_image_store(data.store, settings.data.image_size)
-    train_rows = rows_for(data.index, *splits)
-    validation_rows = rows_for(data.index, "val") if validate else train_rows.iloc[:0]
-    images_per_epoch = train.epoch_images or epoch_images(len(train_rows), [train.batch_size])
-    features = open_head_features(data.features) if data.features and validate and tuple(splits) == ("train",) else None
-    done = read_checkpoint_state(resume)["epoch"] if resume else 0
-    classifier = head = None
-    for phase in plan_phases(train):
-        if phase.end < done:
-            continue
-        on_features = phase.unfreeze_depth == 0 and features is not None
-        if on_features:
-            head = model = compile_classifier(build_head(len(names), settings.model, train.seed), train, phase.learning_rate)
-            batches = TrainingBatches(lambda rows, rng: features.train[rng.integers(len(features.train), size=len(rows)), rows],
-                                      np.arange(len(features.train_labels)), features.train_labels, train.batch_size,
-                                      images_per_epoch, train.seed, max(done, phase.start), workers)
+
+    def __init__(self, data: TrainingData, settings: RunSettings, *, splits: Sequence[str] = ("train",), validate: bool = True,
+                 workers: int = 1, models: CompiledModels | None = None, pixels: np.ndarray | None = None):
+        self.settings, self.train, self.validate, self.workers = settings, settings.train, validate, workers
+        self.names = class_names(data.index)
+        self.precision = resolve_precision(self.train.precision)
+        self.pixels = pixels if pixels is not None else open_image_store(data.store, settings.data.image_size)
+        self.train_rows = rows_for(data.index, *splits)
+        self.validation_rows = rows_for(data.index, "val") if validate else self.train_rows.iloc[:0]
+        self.images_per_epoch = self.train.epoch_images or epoch_images(len(self.train_rows), [self.train.batch_size])
+        use_features = data.features and validate and tuple(splits) == ("train",)
+        self.features = open_head_features(data.features) if use_features else None
+        self.models = models if models is not None else CompiledModels()
+        self.phases = plan_phases(self.train)
+        self.epoch = 0  # epochs done
+        self.diverged = False
+        self.current: PhaseModel | None = None
+        self.classifier: keras.Model | None = None  # the last network model trained, when any phase trained one
+
+    @property
+    def finished(self) -> bool:
+        return self.diverged or self.epoch >= self.train.epochs
+
+    @property
+    def final_model(self) -> keras.Model:
+        """The classifier, or the head alone when every epoch trained on cached features."""
+        return self.classifier if self.classifier is not None else self.current.model
+
+    def train_epoch(self, callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int | str = 0) -> dict[str, float]:
+        """Train the next epoch and return its logs: Keras' training metrics and `EPOCH_KEYS`."""
+        phase = phase_at(self.phases, self.epoch + 1)
+        if self.current is None or self.current.phase != phase:
+            self.current = self._enter(phase)
+        current = self.current
+        current.batches.epoch = self.epoch
+        current.model.fit(current.batches, epochs=self.epoch + 1, initial_epoch=self.epoch, verbose=verbose, shuffle=False,
+                          callbacks=[current.end_of_epoch, *callbacks])
+        self.epoch += 1
+        self.diverged = bool(current.end_of_epoch.logs.get("diverged"))
+        return current.end_of_epoch.logs
+
+    def save(self, folder: str | Path, state: dict) -> int:
+        """Checkpoint the current phase's model with `state` and the epochs done; returns the bytes written."""
+        return save_checkpoint(self.current.model, folder, {**state, "epoch": self.epoch})
+
+    def restore(self, folder: str | Path) -> dict:
+        """Continue from a checkpoint: its phase's model takes the saved weights and optimizer state; returns its state."""
+        state = read_checkpoint_state(folder)
+        self.epoch = min(int(state["epoch"]), self.train.epochs)
+        if self.epoch:
+            self.current = self._enter(phase_at(self.phases, self.epoch))
+            restore_checkpoint(self.current.model, folder)
+        return state
+
+    def _enter(self, phase: Phase) -> PhaseModel:
+        """The model for `phase`, starting from the previous phase's weights when there was one."""
+        train, data, model_config = self.train, self.settings.data, self.settings.model
+        key = (phase.unfreeze_depth, len(self.names), train.seed, train.label_smoothing, self.precision, data.image_size,
+               data.rotation_degrees, data.horizontal_flip, model_config)
+        if phase.unfreeze_depth == 0 and self.features is not None:
+            features = self.features
+            model, reused = self.models.get(("head", *key), lambda: compile_classifier(
+                build_head(len(self.names), model_config, train.seed), train, phase.learning_rate))
+            read = lambda rows, rng: features.train[rng.integers(len(features.train), size=len(rows)), rows]  # noqa: E731
+            rows, labels = np.arange(len(features.train_labels)), features.train_labels
             predict = lambda model: predict_probabilities(model, lambda positions: features.val[positions],  # noqa: E731
                                                           len(features.val), EVALUATION_BATCH)
         else:
-            if classifier is None:
-                classifier = build_classifier(len(names), settings.data, settings.model, phase.unfreeze_depth, train.seed, precision)
-                if head is not None:
-                    transfer_weights(head, classifier)
-            set_unfreeze_depth(classifier.get_layer(BACKBONE_NAME), phase.unfreeze_depth, pretrained=settings.model.pretrained)
-            model = compile_classifier(classifier, train, phase.learning_rate)
-            store_rows = train_rows["store_row"].to_numpy(dtype=np.int64)
-            batches = TrainingBatches(lambda rows, rng: pixels[rows], store_rows, train_rows["label"].to_numpy(), train.batch_size,
-                                      images_per_epoch, train.seed, max(done, phase.start), workers)
-            validation_store_rows = validation_rows["store_row"].to_numpy(dtype=np.int64)
-            predict = lambda model: predict_probabilities(model, lambda positions: pixels[validation_store_rows[positions]],  # noqa: E731
+            def build() -> keras.Model:
+                classifier = build_classifier(len(self.names), data, model_config, phase.unfreeze_depth, train.seed, self.precision)
+                return compile_classifier(classifier, train, phase.learning_rate)
+
+            model, reused = self.models.get(("network", *key), build)
+            pixels, validation_rows = self.pixels, self.validation_rows["store_row"].to_numpy(dtype=np.int64)
+            read = lambda rows, rng: pixels[rows]  # noqa: E731
+            rows, labels = self.train_rows["store_row"].to_numpy(dtype=np.int64), self.train_rows["label"].to_numpy()
+            predict = lambda model: predict_probabilities(model, lambda positions: pixels[validation_rows[positions]],  # noqa: E731
                                                           len(validation_rows), EVALUATION_BATCH)
-        if resume and phase.start <= done <= phase.end:
-            restore_checkpoint(model, resume)
-        if done >= phase.end:
-            continue
-        run_callbacks = [ValidationMetrics(predict, validation_rows["label"].to_numpy())] if validate else []
-        model.fit(batches, epochs=phase.end, initial_epoch=max(done, phase.start), verbose=verbose,
-                  callbacks=[*run_callbacks, EpochStats(batches.images_per_epoch), *callbacks])
-        if model.stop_training:
-            break
-    return classifier if classifier is not None else head
+            self.classifier = model
+        set_optimizer_values(model, phase.learning_rate, train.lr_decay, train.momentum)
+        if self.current is not None:
+            transfer_weights(self.current.model, model)
+        batches = TrainingBatches(read, rows, labels, train.batch_size, self.images_per_epoch, train.seed, self.epoch, self.workers)
+        end_of_epoch = EndOfEpoch(predict if self.validate else None, self.validation_rows["label"].to_numpy(),
+                                  batches.images_per_epoch)
+        return PhaseModel(phase, model, batches, end_of_epoch, reused)
+
+
+def train_classifier(data: TrainingData, settings: RunSettings, *, splits: Sequence[str] = ("train",), validate: bool = True,
+                     callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int | str = 0, workers: int = 1) -> keras.Model:
+    """Train on the `splits` rows for `settings.train.epochs` epochs; validate on "val" if `validate`.
+
+    `callbacks` see every epoch's logs (ending with `EPOCH_KEYS`). Returns the classifier, or the
+    head alone when every epoch trained on cached features.
+    """
+    run = TrainingRun(data, settings, splits=splits, validate=validate, workers=workers)
+    while not run.finished:
+        run.train_epoch(callbacks, verbose)
+    return run.final_model
 
 
 def save_model(model: keras.Model, path: str | Path) -> Path:

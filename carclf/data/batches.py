@@ -8,7 +8,8 @@ whatever the batch size (ASHA's rungs compare trials that saw the same amount of
 run restored at epoch e reads exactly the batches it would have read.
 
 The batches come from a `keras.utils.PyDataset`, which every Keras backend's `fit` takes;
-`workers > 1` prefetches in threads (numpy's gathers from a memory map release the GIL).
+The caller sets `epoch` before each epoch (`carclf.train.TrainingRun`
+trains one epoch per `fit`, which must not shuffle: the order is this class's); `workers > 1` prefetches in threads (numpy's gathers from a memory map release the GIL).
 Evaluation pads its last batch (`padded_batches`) instead of dropping it.
 """
 
@@ -71,9 +72,6 @@ class TrainingBatches(keras.utils.PyDataset):
         picked.sort()  # ascending rows read a memory map in file order; a batch's order does not matter
         rng = np.random.default_rng([self.seed, self.epoch, step])
         return self.read(self.rows[picked], rng), self.labels[picked]
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
 
 
 @lru_cache(maxsize=4)
