@@ -1,6 +1,6 @@
 """carclf: one transfer-learning car classifier run (data, model, training, evaluation, prediction).
 
-Only `carclf.trainable` knows Ray, and only `carclf.runtime` knows TensorFlow or JAX by name.
+carclf knows no Ray (the search and its trainable are `tuning`), and only `carclf.runtime` knows TensorFlow or JAX by name.
 Importing carclf checks the Keras backend (from the environment, without loading Keras) and makes
 sure carclf's Keras layers, loss and optimizer are registered whenever Keras is there, so
 `keras.models.load_model` reads a saved classifier after a plain `import carclf`, whether Keras

@@ -133,7 +133,8 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """Where the run lives (`storage_path/name`), checkpoints kept and how often, and retries."""
+    """Where the run lives (`storage_path/name`), checkpoints kept and how often, retries, retraining,
+    and whether trial workers are reused (`tuning.trainable`)."""
 
     storage_path: str = "runs"
     name: str = ""  # default: the experiment file's name
@@ -141,6 +142,7 @@ class OutputConfig:
     checkpoint_minutes: float = 10.0  # a trial checkpoints at its end and at most this often
     max_failures: int = 2
     retrain: bool = True
+    reuse_workers: bool = True  # a worker runs trial after trial, compiled models kept (Ray Tune's reuse_actors)
 
     def check(self) -> None:
         if self.checkpoints_to_keep < 1:

@@ -9,7 +9,9 @@ report.json schema (version 3):
   experiment: the experiment document (tables data, model, train, search, scheduler, resources, run)
   dataset: {classes, rows_by_split: {train, val, test}}
   search: {trials, finished, stopped_early, diverged, failed, interrupted, never_started, wall_time_s, metric, mode,
-           validation_size, selection, sampler}; stopped_early counts ASHA's stops only
+           validation_size, selection, sampler, useful_fraction, trials_s}; stopped_early counts ASHA's stops only;
+           useful_fraction: training-step seconds over the trials phase's wall time times its trial slots
+           (tuning.trials.useful_fraction), null for a run that did not record it
   early_stopping: {stopped, stopped_within_noise, spared} from rungs.jsonl (stops of trials within 1.96 combined
                   standard errors of the rung's cut; trials below the cut that went on because they were within
                   scheduler.noise_z of it), or null without ASHA
@@ -49,10 +51,9 @@ from PIL import Image, ImageOps  # noqa: E402
 
 from carclf.data.table import class_names, load_index  # noqa: E402
 from carclf.files import plain_value, read_json, write_json, write_text  # noqa: E402
-from carclf.trainable import Selection  # noqa: E402
 from carclf.config import METRIC_MODES  # noqa: E402
 from tuning.scheduler import read_rung_decisions  # noqa: E402
-from tuning.trials import NOISE_Z, STATUSES, against_start, top_trials, trial_summaries, within_noise  # noqa: E402
+from tuning.trials import NOISE_Z, STATUSES, Selection, against_start, top_trials, trial_summaries, within_noise  # noqa: E402
 
 logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 3
@@ -256,7 +257,8 @@ def build_report(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         "search": {"trials": int(statuses.sum()), **{status.replace(" ", "_"): int(statuses.get(status, 0)) for status in STATUSES},
                    "wall_time_s": search_info.get("wall_time_s"), "metric": selection.metric, "mode": selection.mode,
                    "validation_size": validation_size, "selection": SELECTION_RULE.format(metric=selection.metric),
-                   "sampler": search_info.get("sampler")},
+                   "sampler": search_info.get("sampler"), "useful_fraction": search_info.get("useful_fraction"),
+                   "trials_s": search_info.get("trials_s")},
         "early_stopping": early_stopping_summary(run_dir),
         "against_start": against_start(trials, search.get("start") or [], selection, validation_size),
         "transfer": search_info.get("transfer"),
@@ -321,6 +323,7 @@ def render_html(numbers: dict[str, Any], extras: dict[str, Any]) -> str:
         _table([{"trials": search["trials"], "finished": search["finished"], "stopped early (ASHA)": search["stopped_early"],
                  "diverged": search["diverged"], "failed": search["failed"], "interrupted": search["interrupted"],
                  "never started": search["never_started"], "sampler": search.get("sampler"), "wall time": wall,
+                 "time in training steps": f"{search['useful_fraction']:.0%}" if search.get("useful_fraction") is not None else "unknown",
                  "metric": f"{search['mode']} {search['metric']}"}]),
         f"<p>Selection: {html.escape(search['selection'])}.</p>",
     ]

@@ -67,7 +67,6 @@ from carclf.files import atomic_path, cache_folder, read_json, require_free_spac
 from carclf.model import WeightsError  # noqa: E402
 from carclf.pretrained import synthetic_backbone_path  # noqa: E402
 from carclf.runtime import trial_environment  # noqa: E402
-from carclf.trainable import Selection, train_car_classifier  # noqa: E402
 from carclf.weights import IMAGENET_FILE, IMAGENET_URL, check_weights_file  # noqa: E402
 from tuning import run_folder  # noqa: E402
 from tuning.driver_tasks import prepare_head_features, resolve_backbone, run_transfer_probe, whole_gpu_task  # noqa: E402
@@ -77,7 +76,8 @@ from tuning.search_space import param_space  # noqa: E402
 from tuning.samplers import choose_sampler  # noqa: E402
 from tuning.scheduler import NoiseAwareASHA, read_rung_decisions, rung_milestones  # noqa: E402
 from tuning.searcher import STUDY_FILE, StudyError, make_searcher, relocate_study, study_trials  # noqa: E402
-from tuning.trials import against_start, best_trial, top_trials, trials_table, within_noise  # noqa: E402
+from tuning.trainable import CarClassifierTrainable  # noqa: E402
+from tuning.trials import Selection, against_start, best_trial, top_trials, trials_table, useful_fraction, within_noise  # noqa: E402
 
 logger = logging.getLogger("tuning.search")
 EXPERIMENT_FILE = "experiment.json"
@@ -322,6 +322,15 @@ def check_cluster_resources(experiment: Experiment) -> None:
                           "lower --cpus-per-trial")
 
 
+def trial_slots(experiment: Experiment) -> int:
+    """How many trials this cluster can run at once: `search.max_concurrent`, or fewer where its CPUs or GPUs run out."""
+    resources, cluster = experiment.resources, ray.cluster_resources()
+    slots = [experiment.search.max_concurrent, int(cluster.get("CPU", 0) // resources.cpus_per_trial)]
+    if resources.gpus_per_trial:
+        slots.append(int(cluster.get("GPU", 0) // resources.gpus_per_trial))
+    return max(1, min(slots))
+
+
 def transfer_probe(experiment: Experiment, prepared: Prepared) -> dict[str, Any] | None:
     """The transfer probe's result, computed once per run (`TRANSFER_FILE`) and said on the console; a warning
     when the pretrained backbone's features are not clearly better than random ones."""
@@ -345,7 +354,7 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
     """The `Tuner`: an Optuna sampler on `RUN_DIR/study.db` behind a concurrency limit, ASHA on final-phase epochs."""
     search, run_dir = experiment.search, experiment.run_dir
     selection = Selection(search.metric, search.direction)
-    trainable = tune.with_parameters(train_car_classifier, index=prepared.index, settings=experiment.trial_settings(),
+    trainable = tune.with_parameters(CarClassifierTrainable, index=prepared.index, settings=experiment.trial_settings(),
                                      store=str(prepared.store), features=features, selection=selection,
                                      checkpoint_minutes=experiment.run.checkpoint_minutes)
     trainable = tune.with_resources(trainable, {"cpu": experiment.resources.cpus_per_trial, "gpu": experiment.resources.gpus_per_trial})
@@ -370,7 +379,7 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
         tune_config=tune.TuneConfig(
             metric=selection.objective, mode=selection.mode, num_samples=search.num_samples,
             search_alg=searcher, max_concurrent_trials=search.max_concurrent,
-            scheduler=scheduler, time_budget_s=search.time_budget_s or None,
+            scheduler=scheduler, time_budget_s=search.time_budget_s or None, reuse_actors=experiment.run.reuse_workers,
         ),
         run_config=tune.RunConfig(
             name=run_dir.name, storage_path=str(run_dir.parent),
@@ -445,6 +454,7 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
             write_json(run_dir / "search.json", {"wall_time_s": time.time() - started, "finished": time.time(),
                                                  "validation_size": validation_size, "prepare_s": prepared.seconds,
                                                  "features_s": fit_started - features_started, "trials_s": time.time() - fit_started,
+                                                 "useful_fraction": useful_fraction(trials, time.time() - fit_started, trial_slots(experiment)),
                                                  "sampler": choose_sampler(experiment.search.algorithm, experiment.search.num_samples)[0],
                                                  "transfer": transfer})
             run_folder.mark(run_dir, "searched")

@@ -1,6 +1,6 @@
 """Optuna inside Ray Tune, done so that the study learns what the trials really showed.
 
-- Every trial reports `best_<metric>` (`carclf.trainable.Selection`): Optuna learns each trial's
+- Every trial reports `best_<metric>` (`tuning.trials.Selection`): Optuna learns each trial's
   best epoch, the value that ranks trials and picks the winner's epochs.
 - A trial that ASHA stopped reaches the study as PRUNED with its per-epoch values (Ray's
   `OptunaSearch` calls it COMPLETE), so TPE knows it was cut short rather than finished.
@@ -30,8 +30,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from carclf.files import atomic_path
-from carclf.trainable import Selection
 from tuning.samplers import make_sampler
+from tuning.trials import Selection
 
 logger = logging.getLogger(__name__)
 STUDY_FILE = "study.db"

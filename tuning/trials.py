@@ -2,7 +2,7 @@
 
 The rule: a trial's score is its best epoch's value of the search metric, and that epoch is the
 one the winner is retrained for. Trials report both every epoch (`best_<metric>`, `best_epoch`,
-see `carclf.trainable`), the same values Optuna learns from and ASHA compares, so ranking reads
+see `tuning.trainable`), the same values Optuna learns from and ASHA compares, so ranking reads
 them from the trial's last report. A diverged trial scores the worst possible value. Ties are
 broken by a stated rule, through stable sorts: fewer images trained to reach the score (the
 earlier best epoch; every epoch holds the same images), then the earlier trial (Ray's trial
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,28 @@ import pandas as pd
 
 from carclf.evaluate import NOISE_Z, accuracy_standard_error
 from carclf.files import plain_value
-from carclf.trainable import Selection
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The search metric and direction; `objective` is the name trials report their best value under."""
+
+    metric: str = "val_accuracy"
+    mode: str = "max"
+
+    @property
+    def objective(self) -> str:
+        return f"best_{self.metric}"
+
+    @property
+    def worst(self) -> float:
+        return -math.inf if self.mode == "max" else math.inf
+
+    def improves(self, value: float, best: float | None) -> bool:
+        if not math.isfinite(value):
+            return False
+        return best is None or (value > best if self.mode == "max" else value < best)
+
 
 # "stopped early": stopped by ASHA at a rung; "interrupted": cut short otherwise (a time budget, a
 # lost worker); "never started": no epoch reported.
@@ -66,7 +88,7 @@ def trials_table(results, max_epochs: int, stopped_early: set[str] = frozenset()
 
 
 def trial_number(trial_id: str, trial_path: str) -> float:
-    """Ray's creation number of a trial, from its folder (`train_car_classifier_<id>_3_batch_size=...` → 3); NaN without one."""
+    """Ray's creation number of a trial, from its folder (`CarClassifierTrainable_<id>_3_batch_size=...` → 3); NaN without one."""
     found = re.search(rf"_{re.escape(str(trial_id))}_(\d+)(_|$)", Path(str(trial_path)).name)
     return float(found.group(1)) if found else math.nan
 
@@ -161,3 +183,18 @@ def best_trial(trials: pd.DataFrame, selection: Selection, space_keys: list[str]
         return None
     best = scored.iloc[0]
     return {key: plain_value(best[key]) for key in space_keys}, int(best["best_epoch"])
+
+
+def useful_fraction(trials: pd.DataFrame, trials_seconds: float, slots: int) -> float | None:
+    """The share of the trials phase spent in training steps: each trial's epochs' `train_seconds`, less
+    its `compile_seconds`, summed over trials, divided by the phase's wall time times the trials that
+    could run at once. The rest went to starting workers, building models, compiling, validating and
+    checkpointing (`tuning.trainable`). None when no trial reported its timing."""
+    if trials.empty or "train_seconds" not in trials or trials_seconds <= 0 or slots < 1:
+        return None
+    training = 0.0
+    for _, rows in trials.groupby("trial_id", sort=False):
+        seconds = rows["train_seconds"].dropna()
+        compiling = rows["compile_seconds"].dropna() if "compile_seconds" in rows else pd.Series(dtype=float)
+        training += max(0.0, float(seconds.sum()) - (float(compiling.iloc[-1]) if len(compiling) else 0.0))
+    return training / (trials_seconds * slots)

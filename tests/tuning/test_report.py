@@ -62,7 +62,7 @@ def test_report_html_is_self_contained(finished_run):
 def test_report_command_regenerates_and_refuses_other_folders(finished_run, tmp_path):
     run_dir, _ = finished_run
     copy = tmp_path / "copy"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("train_car_classifier_*", "report.*"))
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("CarClassifierTrainable_*", "report.*"))
     result = subprocess.run([sys.executable, "-m", "tuning.report", str(copy)], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((copy / "report.json").read_text())["top_trials"] == json.loads((run_dir / "report.json").read_text())["top_trials"]
@@ -100,7 +100,7 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(finished_ru
 
 
 def test_standard_errors_and_noise_on_accuracy():
-    from carclf.trainable import Selection
+    from tuning.trials import Selection
     from tuning.trials import standard_error, top_trials, within_noise
     import pandas as pd
 
@@ -132,7 +132,7 @@ def test_a_hand_made_run_reports_its_gain_over_the_start_and_counts_each_ending_
         best = None
         for epoch, accuracy in enumerate(accuracies, start=1):
             best = accuracy if best is None or (accuracy or 0) > best else best
-            rows.append({"trial_id": trial_id, "trial_path": f"/x/train_car_classifier_{trial_id}_{number}_a", "status": status,
+            rows.append({"trial_id": trial_id, "trial_path": f"/x/CarClassifierTrainable_{trial_id}_{number}_a", "status": status,
                          "epoch": epoch if accuracy is not None else None, "val_accuracy": accuracy, "best_val_accuracy": best,
                          "best_epoch": epoch, "config/batch_size": 16, "config/learning_rate": 0.01 if trial_id == "s" else 0.001 * (number + 1),
                          "config/lr_decay": 0.0001, "config/unfreeze_depth": 0, "config/head_epochs": 0})

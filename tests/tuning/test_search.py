@@ -51,6 +51,11 @@ def test_search_runs_trials_stops_some_early_and_saves_the_best_model(finished_r
     probe = json.loads((run_dir / "transfer.json").read_text())  # the pretrained backbone was probed once, before the trials
     assert probe["validation_size"] == 8 and probe["verdict"] in ("better", "within noise", "not better")
     assert "linear probe on frozen features, 8 validation images" in result.stdout
+    # Warm workers: 6 trials on 2 CPUs ran in fewer processes than trials, and the search says where its time went.
+    assert trials["worker_trials"].max() > 1
+    assert trials[["setup_seconds", "train_seconds", "eval_seconds", "compile_seconds"]].notna().all().all()
+    useful = json.loads((run_dir / "search.json").read_text())["useful_fraction"]
+    assert 0 < useful < 1 and json.loads((run_dir / "report.json").read_text())["search"]["useful_fraction"] == useful
 
 
 def test_two_phase_trials_are_judged_only_after_their_warm_up(finished_run):
@@ -160,7 +165,7 @@ def test_dry_run_checks_the_data_and_prints_the_plan(tiny_cars, tmp_path):
 
 def _finished_trials(run_dir):
     done = []
-    for result_file in run_dir.glob("train_car_classifier_*/result.json"):
+    for result_file in run_dir.glob("CarClassifierTrainable_*/result.json"):
         rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
         if any(row.get("epoch") == 2 for row in rows):
             done.append(result_file.parent.name)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from carclf.trainable import Selection
+from tuning.trials import Selection
 from tuning.trials import against_start, best_trial, trial_summaries, trials_table
 
 SELECTION = Selection("val_accuracy", "max")
@@ -17,7 +17,7 @@ SPACE = ["learning_rate"]
 def trial_rows(trial_id: str, number: int, accuracies: list[float], learning_rate: float) -> pd.DataFrame:
     best = pd.Series(accuracies).cummax()
     return pd.DataFrame({
-        "trial_id": trial_id, "trial_path": f"/runs/x/train_car_classifier_{trial_id}_{number}_learning_rate={learning_rate}",
+        "trial_id": trial_id, "trial_path": f"/runs/x/CarClassifierTrainable_{trial_id}_{number}_learning_rate={learning_rate}",
         "epoch": range(1, len(accuracies) + 1), "val_accuracy": accuracies, "best_val_accuracy": best,
         "best_epoch": [int(best[: i + 1].idxmax()) + 1 for i in range(len(accuracies))],
         "status": "finished", "config/learning_rate": learning_rate,
@@ -47,7 +47,7 @@ def result(trial_id: str, epochs: int, *, error: str | None = None, diverged: bo
     """What `trials_table` reads of a Ray `Result`."""
     frame = pd.DataFrame({"epoch": range(1, epochs + 1), "trial_id": trial_id, "diverged": [i == epochs and diverged for i in range(1, epochs + 1)]})
     return SimpleNamespace(metrics_dataframe=frame if epochs else None, metrics={"trial_id": trial_id} if epochs else {},
-                           path=f"/runs/x/train_car_classifier_{trial_id}_1", error=error, config={"learning_rate": 0.01})
+                           path=f"/runs/x/CarClassifierTrainable_{trial_id}_1", error=error, config={"learning_rate": 0.01})
 
 
 def test_every_way_a_trial_ends_is_counted_apart():
@@ -56,7 +56,7 @@ def test_every_way_a_trial_ends_is_counted_apart():
     table = trials_table(results, max_epochs=4, stopped_early={"asha"})
     statuses = table.groupby("trial_id")["status"].first().to_dict()
     assert statuses == {"done": "finished", "asha": "stopped early", "cut": "interrupted", "nan": "diverged",
-                        "broke": "failed", "train_car_classifier_never_1": "never started"}
+                        "broke": "failed", "CarClassifierTrainable_never_1": "never started"}
 
 
 def test_gain_over_the_starting_configuration_with_its_standard_error():
