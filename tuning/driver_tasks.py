@@ -14,7 +14,7 @@ import ray
 
 from carclf.features import build_head_features, cached_head_features, can_cache_features
 from carclf.pretrained import build_synthetic_backbone
-from carclf.probe import TransferProbe, probe_transfer
+from carclf.probe import TransferProbe, cached_probe, probe_transfer_cached
 from carclf.weights import resolve_weights
 from tuning.experiment import Experiment
 from tuning.progress import wait_with_progress
@@ -64,5 +64,9 @@ def run_transfer_probe(experiment: Experiment, index: pd.DataFrame, store: Path)
     """The linear probe of the pretrained backbone against random weights (`carclf.probe`); None for random weights."""
     if not experiment.settings.model.pretrained:
         return None
+    settings = experiment.trial_settings()
+    cached = cached_probe(index, store, settings)  # checked here: no task, no Keras
+    if cached is not None:
+        return cached
     print("probing the pretrained backbone's frozen features against random weights ...", flush=True)
-    return ray.get(whole_gpu_task(probe_transfer, experiment).remote(index, store, experiment.trial_settings()))
+    return ray.get(whole_gpu_task(probe_transfer_cached, experiment).remote(index, store, settings))

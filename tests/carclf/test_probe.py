@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from carclf.model import FEATURE_SIZE
-from carclf.probe import head_probe_accuracy, probe_transfer
+from carclf.probe import cached_probe, head_probe_accuracy, probe_path, probe_transfer, probe_transfer_cached
 
 
 def features(rng, labels, signal):
@@ -36,3 +36,16 @@ def test_probe_compares_the_pretrained_backbone_with_random_weights(tiny_dataset
     assert probe.verdict == expected and probe.standard_error >= 0 and probe.weights == str(synthetic_backbone)
     again = probe_transfer(tiny_dataset.index, tiny_dataset.store, settings)
     assert (again.pretrained_accuracy, again.random_accuracy) == (probe.pretrained_accuracy, probe.random_accuracy)  # seeded
+
+
+def test_a_probe_is_cached_by_what_it_depends_on(tiny_dataset, tiny_settings, synthetic_backbone, tmp_path):
+    model = dataclasses.replace(tiny_settings.model, weights=str(synthetic_backbone))
+    settings = dataclasses.replace(tiny_settings, model=model, data=dataclasses.replace(tiny_settings.data, cache_dir=str(tmp_path)))
+    index, store = tiny_dataset.index, tiny_dataset.store
+    assert cached_probe(index, store, settings) is None
+    probe = probe_transfer_cached(index, store, settings)
+    assert probe_path(index, store, settings).parent == tmp_path / "probes"
+    assert cached_probe(index, store, settings) == probe
+    assert cached_probe(index, store, settings.with_train(learning_rate=0.05)) is None  # another head, another key
+    probe_path(index, store, settings).write_text('{"weights": 1}')
+    assert cached_probe(index, store, settings) is None  # a damaged file is probed again, not trusted
