@@ -1,12 +1,16 @@
-"""The demo's wall time, first run and re-run, and a trial's first-epoch (compile) seconds, per backend.
+"""The demo's wall time, first run and re-runs, warm trial workers against one process per trial, per backend.
 
     python benchmarks/demo_time.py [--backends tensorflow jax]
 
 For each Keras backend, with a fresh cache folder (`XDG_CACHE_HOME`): the first run of
-`python -m tuning.search` generates the synthetic data, decodes it, pretrains the synthetic backbone
-and builds the cached features before its trials; the re-run (another run name, same cache) reuses
-all of that. From the re-run's `trials.parquet`: the median seconds of a trial's first epoch (build,
-tracing, compilation) against its later epochs. Prints a markdown table and writes `demo_time.json`.
+`python -m tuning.search` generates the synthetic data, decodes it, pretrains the synthetic backbone,
+probes it and builds the cached features before its trials (warm workers, the default). Then two
+re-runs on that cache, side by side: warm workers (`run.reuse_workers = true`) and one process per
+trial (`false`). For each run: the wall time, each phase's seconds (`search.json`,
+`best/metrics.json`), the useful fraction, and from `trials.parquet` the seconds every trial spent
+starting, compiling, training, evaluating and checkpointing. For a trial whose models came compiled
+from an earlier trial of its worker: its setup + compile seconds against the worker's first trial.
+On JAX, the XLA step programs each trial compiled (its `compiles` metric). Writes `demo_time.json`.
 """
 
 from __future__ import annotations
@@ -22,13 +26,48 @@ from pathlib import Path
 
 import pandas as pd
 
+TRIAL_PHASES = ("setup_seconds", "compile_seconds", "train_seconds", "eval_seconds", "checkpoint_seconds")
 
-def timed_demo(backend: str, cache: Path, runs: Path, name: str) -> float:
+
+def timed_demo(backend: str, cache: Path, runs: Path, name: str, reuse_workers: bool) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "tuning.search", "--storage-path", str(runs), "--name", name, "--no-dashboard"],
+    subprocess.run([sys.executable, "-m", "tuning.search", "--storage-path", str(runs), "--name", name, "--no-dashboard",
+                    "--set", f"run.reuse_workers={str(reuse_workers).lower()}"],
                    check=True, capture_output=True, text=True,
                    env={**os.environ, "KERAS_BACKEND": backend, "XDG_CACHE_HOME": str(cache), "TF_CPP_MIN_LOG_LEVEL": "3"})
     return time.perf_counter() - started
+
+
+def last_rows(trials: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's last report (its cumulative figures: setup, compile seconds, compiles)."""
+    return trials.dropna(subset=["epoch"]).sort_values("epoch").groupby("trial_id").tail(1)
+
+
+def describe_run(run_dir: Path, wall_s: float, reuse_workers: bool) -> dict:
+    search = json.loads((run_dir / "search.json").read_text())
+    metrics = json.loads((run_dir / "best" / "metrics.json").read_text())
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    epochs = trials.dropna(subset=["epoch"])
+    last = last_rows(trials)
+    per_trial = {
+        "setup_seconds": float(last["setup_seconds"].sum()),
+        "compile_seconds": float(last["compile_seconds"].sum()),
+        "train_seconds": float(epochs["train_seconds"].sum()),
+        "eval_seconds": float(epochs["eval_seconds"].sum()),
+        "checkpoint_seconds": float(epochs["checkpoint_seconds"].fillna(0).sum()),
+    }
+    row = {"reuse_workers": reuse_workers, "wall_s": wall_s, "prepare_s": search["prepare_s"], "features_s": search["features_s"],
+           "trials_s": search["trials_s"], "retrain_s": metrics["retrain_s"], "evaluate_s": metrics["evaluate_s"],
+           "useful_fraction": search["useful_fraction"], "trials": int(last["trial_id"].nunique()), "trial_totals": per_trial,
+           "test_accuracy": metrics["test"].get("accuracy")}
+    first = last[last["worker_trials"] == 1]
+    reused = last[last["reused_compiled"].astype(bool)]
+    row["first_trial_setup_plus_compile_s"] = (first["setup_seconds"] + first["compile_seconds"]).tolist()
+    row["reused_trial_setup_plus_compile_s"] = (reused["setup_seconds"] + reused["compile_seconds"]).tolist()
+    if "compiles" in last:
+        row["compiles_first_trials"] = first["compiles"].tolist()
+        row["compiles_reused_trials"] = reused["compiles"].tolist()
+    return row
 
 
 def main() -> None:
@@ -39,22 +78,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for backend in args.backends:
             cache, runs = Path(folder) / f"cache-{backend}", Path(folder) / f"runs-{backend}"
-            first = timed_demo(backend, cache, runs, "first")
-            again = timed_demo(backend, cache, runs, "again")
-            trials = pd.read_parquet(runs / "again" / "trials.parquet")
-            epochs = trials.dropna(subset=["epoch"])
-            first_epoch = epochs[epochs["epoch"] == 1]["seconds_per_epoch"].median()
-            later = epochs[epochs["epoch"] > 1]["seconds_per_epoch"].median()
-            report = json.loads((runs / "again" / "report.json").read_text())
-            results.append({"backend": backend, "first_run_s": first, "rerun_s": again, "first_epoch_s": first_epoch,
-                            "later_epoch_s": later, "trials": int(trials["trial_id"].nunique()),
-                            "test_accuracy": report["best"]["test"]["accuracy"]})
+            first_s = timed_demo(backend, cache, runs, "first", True)
+            results.append({"backend": backend, "run": "first", **describe_run(runs / "first", first_s, True)})
+            for reuse in (True, False):
+                name = "again-warm" if reuse else "again-per-trial"
+                wall = timed_demo(backend, cache, runs, name, reuse)
+                results.append({"backend": backend, "run": name, **describe_run(runs / name, wall, reuse)})
     Path("demo_time.json").write_text(json.dumps(results, indent=2))
-    print("| backend | first run (data, store, backbone, features, search) | re-run | trial's first epoch (median) | later epochs (median) | test accuracy |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| backend | run | workers | wall | features + probe | trials | retrain + evaluate | useful fraction | "
+          "setup / compile / train / eval / checkpoint s (all trials) | first trial's setup + compile | reused trial's | test accuracy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in results:
-        print(f"| {row['backend']} | {row['first_run_s']:.0f} s | {row['rerun_s']:.0f} s | {row['first_epoch_s']:.1f} s | "
-              f"{row['later_epoch_s']:.1f} s | {row['test_accuracy']:.2f} |")
+        totals = " / ".join(f"{row['trial_totals'][key]:.1f}" for key in TRIAL_PHASES)
+        first = ", ".join(f"{v:.1f}" for v in row["first_trial_setup_plus_compile_s"])
+        reused = ", ".join(f"{v:.1f}" for v in row["reused_trial_setup_plus_compile_s"]) or "none"
+        print(f"| {row['backend']} | {row['run']} | {'warm' if row['reuse_workers'] else 'per trial'} | {row['wall_s']:.0f} s | "
+              f"{row['features_s']:.0f} s | {row['trials_s']:.0f} s | {row['retrain_s'] + row['evaluate_s']:.0f} s | "
+              f"{row['useful_fraction']:.0%} | {totals} | {first} s | {reused} s | {row['test_accuracy']:.2f} |")
+        if "compiles_first_trials" in row:
+            print(f"|   | compiles (JAX): first trials {row['compiles_first_trials']}, reused {row['compiles_reused_trials']} |")
 
 
 if __name__ == "__main__":
