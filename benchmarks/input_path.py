@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from backends import measure_each_backend
 
 GOALS = {"store batches": 20_000, "flip + rotation 20°": 388}

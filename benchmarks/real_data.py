@@ -114,7 +114,6 @@ def scored(accuracy: float, n: int, seconds: float, **details) -> dict:
 
 
 def baseline_svm(root: Path) -> dict:
-    import numpy as np
     from sklearn.datasets import load_digits
     from sklearn.model_selection import GridSearchCV
     from sklearn.svm import SVC
@@ -151,7 +150,6 @@ def baseline_svm(root: Path) -> dict:
 def baseline_keras(root: Path) -> dict:
     """Plain Keras, no carclf (run in a child process: see `main`)."""
     import keras
-    import numpy as np
 
     keras.utils.set_random_seed(0)
     x_train, y_train, _ = read_split(root, "train")
@@ -173,9 +171,10 @@ def baseline_keras(root: Path) -> dict:
 
 def evaluate_model(model_path: Path, root: Path) -> dict:
     """A saved carclf model on the test PNGs, through `carclf.data.images.load_crop` (child process)."""
-    import carclf  # noqa: F401  (registers carclf's Keras objects)
     import keras
     import numpy as np
+
+    import carclf  # noqa: F401  (registers carclf's Keras objects)
     from carclf.data.images import load_crop
 
     names = json.loads(model_path.with_name("labels.json").read_text())["class_names"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from backends import measure_each_backend
 
 BATCH = 16

@@ -26,8 +26,8 @@ from typing import Iterator
 import keras
 from keras import ops
 
-from carclf.config import DataConfig, ModelConfig, TrainConfig, check_unfreeze_depth
 from carclf import layers  # the module, not its names: carclf.layers may still be loading (see carclf/__init__.py)
+from carclf.config import DataConfig, ModelConfig, TrainConfig, check_unfreeze_depth
 
 BACKBONE_NAME = "resnet50"
 # ResNet50's 16 residual blocks, bottom to top: conv2 has 3, conv3 4, conv4 6, conv5 3.

@@ -52,8 +52,7 @@ from carclf.data.table import DatasetError, class_names, rows_for  # noqa: E402
 from carclf.evaluate import classification_metrics, predict_probabilities  # noqa: E402
 from carclf.features import open_head_features  # noqa: E402
 from carclf.files import atomic_path, write_json  # noqa: E402
-from carclf.model import (WeightsError, build_classifier, build_head, compile_classifier, current_learning_rate,  # noqa: E402
-                          set_optimizer_values, transfer_weights)
+from carclf.model import WeightsError, build_classifier, build_head, compile_classifier, current_learning_rate, set_optimizer_values, transfer_weights  # noqa: E402
 from carclf.runtime import configure_process, resolve_precision  # noqa: E402
 from carclf.weights import resolve_weights  # noqa: E402
 

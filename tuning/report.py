@@ -49,9 +49,9 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
+from carclf.config import METRIC_MODES  # noqa: E402
 from carclf.data.table import class_names, load_index  # noqa: E402
 from carclf.files import plain_value, read_json, write_json, write_text  # noqa: E402
-from carclf.config import METRIC_MODES  # noqa: E402
 from tuning.scheduler import read_rung_decisions  # noqa: E402
 from tuning.trials import NOISE_Z, STATUSES, Selection, against_start, top_trials, trial_summaries, within_noise  # noqa: E402
 

@@ -72,9 +72,9 @@ from tuning import run_folder  # noqa: E402
 from tuning.driver_tasks import prepare_head_features, resolve_backbone, run_transfer_probe, whole_gpu_task  # noqa: E402
 from tuning.report import write_report  # noqa: E402
 from tuning.retrain import retrain_and_evaluate  # noqa: E402
-from tuning.search_space import param_space  # noqa: E402
 from tuning.samplers import choose_sampler  # noqa: E402
 from tuning.scheduler import NoiseAwareASHA, read_rung_decisions, rung_milestones  # noqa: E402
+from tuning.search_space import param_space  # noqa: E402
 from tuning.searcher import STUDY_FILE, StudyError, make_searcher, relocate_study, study_trials  # noqa: E402
 from tuning.trainable import CarClassifierTrainable  # noqa: E402
 from tuning.trials import Selection, against_start, best_trial, top_trials, trials_table, useful_fraction, within_noise  # noqa: E402

@@ -8,8 +8,9 @@ whatever the batch size (ASHA's rungs compare trials that saw the same amount of
 run restored at epoch e reads exactly the batches it would have read.
 
 The batches come from a `keras.utils.PyDataset`, which every Keras backend's `fit` takes;
-The caller sets `epoch` before each epoch (`carclf.train.TrainingRun`
-trains one epoch per `fit`, which must not shuffle: the order is this class's); `workers > 1` prefetches in threads (numpy's gathers from a memory map release the GIL).
+The caller sets `epoch` before each epoch (`carclf.train.TrainingRun` trains one epoch per `fit`,
+which must not shuffle: the order is this class's); `workers > 1` prefetches in threads (numpy's
+gathers from a memory map release the GIL).
 Evaluation pads its last batch (`padded_batches`) instead of dropping it.
 """
 

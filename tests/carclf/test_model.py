@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from carclf.config import ConfigError, DataConfig, ModelConfig, TrainConfig
-from carclf.model import (RESIDUAL_BLOCKS, DecayingSGD, WeightsError, build_backbone, build_classifier, compile_classifier,
-                          current_learning_rate)
+from carclf.model import RESIDUAL_BLOCKS, DecayingSGD, WeightsError, build_backbone, build_classifier, compile_classifier, current_learning_rate
 from carclf.weights import check_weights_file
 
 DATA = DataConfig(image_size=32)

@@ -18,9 +18,9 @@ import carclf  # noqa: F401  (what a user's program imports to load a carclf mod
 from carclf.data.images import load_crop
 from carclf.data.table import class_names
 from carclf.files import write_json
-from tests.conftest import REPO
 from carclf.predict import parse_image_argument
 from carclf.train import TrainingData, save_labels, save_model, train_classifier
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")

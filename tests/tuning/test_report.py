@@ -100,9 +100,9 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(finished_ru
 
 
 def test_standard_errors_and_noise_on_accuracy():
-    from tuning.trials import Selection
-    from tuning.trials import standard_error, top_trials, within_noise
     import pandas as pd
+
+    from tuning.trials import Selection, standard_error, top_trials, within_noise
 
     rows = [{"trial_id": t, "epoch": 1, "status": "finished", "best_val_accuracy": v, "best_epoch": 1, "config/batch_size": 8}
             for t, v in (("a", 0.80), ("b", 0.78), ("c", 0.40))]

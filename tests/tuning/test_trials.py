@@ -7,8 +7,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from tuning.trials import Selection
-from tuning.trials import against_start, best_trial, trial_summaries, trials_table
+from tuning.trials import Selection, against_start, best_trial, trial_summaries, trials_table
 
 SELECTION = Selection("val_accuracy", "max")
 SPACE = ["learning_rate"]

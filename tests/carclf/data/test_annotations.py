@@ -167,7 +167,8 @@ def test_folder_test_class_unknown_to_train(tmp_path):
      ("a.jpg,Sedan,1,,3,4\n", r"line 2: bbox_y1 is empty but other box cells are not"),
      ("a.jpg,,1,2,3,4\n", r"line 2: the 'class' cell is empty"),
      ("b.jpg,Van,1,2,3,4\n,Van,1,2,3,4\n", r"line 3: the 'file' cell is empty"),
-     ("a.jpg,Audi A4,1,2,3,4\nb.jpg,audi a4 ,1,2,3,4\n", r"1 class name\(s\) differ only in case or surrounding spaces: 'Audi A4' \(line 2\) and 'audi a4 ' \(line 3\)")],
+     ("a.jpg,Audi A4,1,2,3,4\nb.jpg,audi a4 ,1,2,3,4\n",
+      r"1 class name\(s\) differ only in case or surrounding spaces: 'Audi A4' \(line 2\) and 'audi a4 ' \(line 3\)")],
 )
 def test_csv_values_are_parsed_strictly_naming_the_line(tmp_path, lines, message):
     (tmp_path / "labels.csv").write_text("file,class,bbox_x1,bbox_y1,bbox_x2,bbox_y2\n" + lines)
