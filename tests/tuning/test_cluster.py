@@ -70,6 +70,7 @@ def two_node_cluster(tmp_path):
                 os.killpg(node.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_search_runs_trials_on_both_nodes_into_one_storage_path(two_node_cluster, tiny_cars, tmp_path):
     result = run(search_command(tiny_cars, tmp_path, "cluster", "--address", two_node_cluster, "--num-samples", "2",
                                 "--max-concurrent", "2", "--cpus-per-trial", "1", "--set", "scheduler.max_epochs=2",

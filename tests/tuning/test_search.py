@@ -23,6 +23,7 @@ from tuning.samplers import choose_sampler, gp_available
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
+@pytest.mark.slow
 def test_search_runs_trials_stops_some_early_and_saves_the_best_model(finished_run):
     run_dir, result = finished_run
     trials = pd.read_parquet(run_dir / "trials.parquet")
@@ -58,6 +59,7 @@ def test_search_runs_trials_stops_some_early_and_saves_the_best_model(finished_r
     assert 0 < useful < 1 and json.loads((run_dir / "report.json").read_text())["search"]["useful_fraction"] == useful
 
 
+@pytest.mark.slow
 def test_two_phase_trials_are_judged_only_after_their_warm_up(finished_run):
     run_dir, _ = finished_run
     trials = pd.read_parquet(run_dir / "trials.parquet")
@@ -74,6 +76,7 @@ def test_two_phase_trials_are_judged_only_after_their_warm_up(finished_run):
     assert (last.loc[list(stopped), "final_phase_epochs"] >= 1).all()
 
 
+@pytest.mark.slow
 def test_one_rule_ranks_trials_teaches_optuna_and_sets_the_retrained_epochs(finished_run):
     run_dir, _ = finished_run
     trials = pd.read_parquet(run_dir / "trials.parquet")
@@ -98,6 +101,7 @@ def test_one_rule_ranks_trials_teaches_optuna_and_sets_the_retrained_epochs(fini
     assert all(trial.intermediate_values for trial in pruned)
 
 
+@pytest.mark.slow
 def test_start_point_is_evaluated_first(finished_run):
     run_dir, _ = finished_run
     trials = pd.read_parquet(run_dir / "trials.parquet").groupby("trial_id").first()
@@ -107,6 +111,7 @@ def test_start_point_is_evaluated_first(finished_run):
     assert {key: first[key] for key in start} == pytest.approx(start)
 
 
+@pytest.mark.slow
 def test_existing_run_needs_resume(finished_run, tiny_cars):
     run_dir, _ = finished_run
     result = run(search_command(tiny_cars, run_dir.parent, run_dir.name, "--no-retrain"))
@@ -114,6 +119,7 @@ def test_existing_run_needs_resume(finished_run, tiny_cars):
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {run_dir}: a run with this name exists; pass --resume")
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_changes_nothing(finished_run, tiny_cars, synthetic_backbone):
     run_dir, _ = finished_run
     watched = [run_dir / "best" / "model.keras", run_dir / "report.html", run_dir / "best" / "metrics.json"]
@@ -124,6 +130,7 @@ def test_resuming_a_finished_run_changes_nothing(finished_run, tiny_cars, synthe
     assert [path.stat().st_mtime_ns for path in watched] == before
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_flag_that_would_change_the_run(finished_run, tiny_cars):
     run_dir, _ = finished_run
     result = run([sys.executable, "-m", "tuning.search", "--resume", str(run_dir), "--num-samples", "9"], timeout=120)
@@ -131,6 +138,7 @@ def test_resume_refuses_a_flag_that_would_change_the_run(finished_run, tiny_cars
     assert "error: --num-samples 9: --resume continues e2e as it was saved" in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_gpu_stops_at_once_naming_the_key(tiny_cars, tmp_path):
     started = time.monotonic()
     result = run(search_command(tiny_cars, tmp_path, "gpu", "--gpus-per-trial", "0.5"), timeout=180)
@@ -179,6 +187,7 @@ def _wait_for(run_dir, finished, process, seconds=300):
     assert len(_finished_trials(run_dir)) >= finished, "the search did not get far enough to interrupt"
 
 
+@pytest.mark.slow
 def test_an_interrupted_search_resumes_where_it_is_now_without_rerunning_finished_trials(tiny_cars, tmp_path):
     """Ctrl+C, then a SIGKILL of the resumed run, then the folder moved: one run, each trial's epochs once."""
     command = search_command(tiny_cars, tmp_path, "resume", "--num-samples", "3", "--max-concurrent", "1",
@@ -221,6 +230,7 @@ def test_an_interrupted_search_resumes_where_it_is_now_without_rerunning_finishe
     assert optuna.trial.TrialState.RUNNING not in states  # a trial asked for just before a kill is closed
 
 
+@pytest.mark.slow
 def test_diverging_trials_are_marked_and_the_search_goes_on(tiny_cars, tmp_path):
     command = search_command(tiny_cars, tmp_path, "nan", "--num-samples", "2", "--max-concurrent", "1", "--no-retrain",
                              "--set", "scheduler.max_epochs=1", "--set", "scheduler.kind='none'",
@@ -239,6 +249,7 @@ def test_diverging_trials_are_marked_and_the_search_goes_on(tiny_cars, tmp_path)
     assert report["search"]["diverged"] == 1 and report["top_trials"][-1]["status"] == "diverged"
 
 
+@pytest.mark.slow
 def test_a_single_point_search_runs_says_so_and_repeats_exactly(tiny_cars, tmp_path):
     """Nothing to choose, and seeded and deterministic on the CPU: two runs, the same trial and test metrics."""
     outcomes = []
@@ -288,6 +299,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(folder)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_named_before_anything_is_half_written(tiny_cars, tmp_path, small_disk):
     command = search_command(tiny_cars, small_disk, "full", "--num-samples", "1", "--no-retrain", "--set", "scheduler.max_epochs=1",
                              cache=tmp_path / "cache")
@@ -302,6 +314,7 @@ def test_a_full_disk_is_named_before_anything_is_half_written(tiny_cars, tmp_pat
     assert (small_disk / "full" / "trials.parquet").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["tpe", "gp", "random"])
 def test_each_sampler_searches_stores_pruned_trials_and_resumes(algorithm, tiny_cars, tmp_path):
     """A tiny search per sampler, interrupted after its first trial and resumed: one study, ASHA's stops PRUNED."""

@@ -38,6 +38,7 @@ def _in_order(results):
     return sorted(results, key=lambda result: result.path)
 
 
+@pytest.mark.slow
 def test_trials_report_every_epoch_and_checkpoint_lightly_at_their_end(ray_cluster, tiny_dataset, tiny_settings, tmp_path):
     settings = tiny_settings.with_train(epochs=3)
     tuner = tune.Tuner(_trainable(CarClassifierTrainable, tiny_dataset, settings),
@@ -77,6 +78,7 @@ class DiesOnceAtItsThirdEpoch(CarClassifierTrainable):
         return super().step()
 
 
+@pytest.mark.slow
 def test_restored_trial_continues_at_next_epoch_with_optimizer_state(ray_cluster, tiny_dataset, tiny_settings, tmp_path):
     settings = tiny_settings.with_train(epochs=3, learning_rate=0.01, lr_decay=0.05, unfreeze_depth=0)
     tuner = tune.Tuner(_trainable(DiesOnceAtItsThirdEpoch, tiny_dataset, settings, checkpoint_minutes=0.0), param_space={},
@@ -102,6 +104,7 @@ class RaisesAtHalfLearningRate(CarClassifierTrainable):
         return super().step()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [0, 1], ids=["head-on-network", "two-blocks-fine-tuned"])
 def test_a_warm_worker_trains_exactly_as_a_fresh_one_and_a_crash_does_not_leak(ray_cluster, tiny_dataset, tiny_settings,
                                                                                 tmp_path, depth):
