@@ -57,8 +57,7 @@ class HeadFeatures:
 
     train: np.ndarray
     train_labels: np.ndarray
-    val: np.ndarray
-    val_labels: np.ndarray
+    val: np.ndarray  # in the order of the validation rows, whose labels the run has
 
 
 def can_cache_features(settings: RunSettings) -> bool:
@@ -181,5 +180,4 @@ def open_head_features(folder: str | Path) -> HeadFeatures:
     folder = Path(folder)
     return HeadFeatures(train=np.load(folder / "train.npy", mmap_mode="r"),
                         train_labels=np.asarray(manifest["train_labels"], dtype=np.int32),
-                        val=np.load(folder / "val.npy", mmap_mode="r"),
-                        val_labels=np.asarray(manifest["val_labels"], dtype=np.int32))
+                        val=np.load(folder / "val.npy", mmap_mode="r"))

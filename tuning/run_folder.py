@@ -83,7 +83,7 @@ def require_files(run_dir: Path) -> None:
                              "them: restore them from a copy of the run folder, or start a new run with another --name")
 
 
-def mark(run_dir: Path, reached: str, **details) -> None:
+def mark(run_dir: Path, reached: str) -> None:
     if reached not in STAGES:
         raise ValueError(f"unknown stage {reached!r}")
-    write_json(run_dir / STATUS_FILE, {"stage": reached, "time": time.time(), **details})
+    write_json(run_dir / STATUS_FILE, {"stage": reached, "time": time.time()})

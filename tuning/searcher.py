@@ -18,7 +18,6 @@ import contextlib
 import copy
 import hashlib
 import json
-import logging
 import pickle
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,7 +32,6 @@ from carclf.files import atomic_path
 from tuning.samplers import make_sampler
 from tuning.trials import Selection
 
-logger = logging.getLogger(__name__)
 STUDY_FILE = "study.db"
 STUDY_NAME = "carclf"
 EXPERIMENT_ATTRIBUTE = "carclf_experiment"

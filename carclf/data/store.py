@@ -55,10 +55,6 @@ class ImageStore:
     digests: list[str]
     failures: dict[int, str]  # row → why the image could not be decoded
 
-    @property
-    def manifest_path(self) -> Path:
-        return manifest_path(self.path)
-
 
 def manifest_path(store: str | Path) -> Path:
     return Path(store).with_suffix(".json")

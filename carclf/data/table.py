@@ -15,7 +15,6 @@ from carclf.files import atomic_path
 
 BBOX_COLUMNS = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"]
 COLUMNS = ["path", "label", "class_name", *BBOX_COLUMNS, "split", "source", "store_row"]
-SPLITS = ("train", "val", "test")
 
 
 class DatasetError(ValueError):
