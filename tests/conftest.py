@@ -1,18 +1,26 @@
 """Shared fixtures: tiny synthetic datasets, the real devkit files, settings for fast runs, the
 synthetic pretrained backbone, Ray.
 
-The session's decoded stores and features go to a temporary cache folder (`data.cache_dir`); the
-synthetic backbone goes to carclf's own cache, where it is kept by its recipe.
+Tests never write to the user's caches. Before anything loads, `XDG_CACHE_HOME` and `KERAS_HOME` point
+at a cache home made for the test runs in the system's temporary folder (child processes and Ray's
+workers inherit it): carclf's cache, Keras' `keras.json`, JAX's compilation cache. There the synthetic
+backbone, keyed by its recipe, outlives one session, so the TensorFlow and JAX lanes build it once.
+The session's decoded stores and features go to a temporary folder of their own (`data.cache_dir`).
 """
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+TEST_CACHE_HOME = Path(tempfile.gettempdir()) / f"carclf-test-cache-{getpass.getuser()}"
+os.environ["XDG_CACHE_HOME"] = str(TEST_CACHE_HOME)
+os.environ["KERAS_HOME"] = str(TEST_CACHE_HOME / "keras")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from carclf.config import DataConfig, ModelConfig, RunSettings, TrainConfig  # noqa: E402
@@ -23,7 +31,7 @@ from carclf.files import cache_home  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CARS = REPO.parent / "shared" / "data" / "stanford_cars"
 TINY_SPEC = SyntheticSpec(num_classes=4, train_per_class=10, test_per_class=3, width_range=(64, 80), height_range=(48, 60), seed=3)
-BACKBONE_CACHE = str(cache_home())  # the synthetic backbone outlives a test session (it is keyed by its recipe)
+BACKBONE_CACHE = str(cache_home())  # the test runs' cache home (above): the synthetic backbone outlives a session
 
 
 @pytest.fixture(scope="session")
