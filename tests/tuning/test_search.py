@@ -33,7 +33,12 @@ def test_search_runs_trials_stops_some_early_and_saves_the_best_model(finished_r
     assert (per_trial["status"] == "finished").any() and (per_trial["epochs"] == 3).any()
     assert (trials["images_seen"] == trials["epoch"] * 32).all()  # the same images per epoch at batch 8 and 16
     configs = trials.groupby("trial_id")[["config/learning_rate", "config/lr_decay"]].first()
-    assert configs["config/learning_rate"].nunique() == 6  # sampled by Optuna, not a grid
+    # Sampled by Optuna, not a grid: every trial's values are its study trial's. The GP sampler may propose a bound of
+    # the space more than once (seen on JAX: learning rate 0.05 three times), so the values need not all differ.
+    study = optuna.load_study(study_name="carclf", storage=f"sqlite:///{run_dir / 'study.db'}")
+    sampled = sorted(round(trial.params["learning_rate"], 12) for trial in study.trials)
+    assert sampled == sorted(round(value, 12) for value in configs["config/learning_rate"])
+    assert configs["config/learning_rate"].nunique() >= 3
     assert configs["config/learning_rate"].between(0.001, 0.1).all()
 
     model = keras.models.load_model(run_dir / "best" / "model.keras", safe_mode=True)
