@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tests.tuning.conftest import search_command
+from tests.tuning.helpers import search_command
 
 CLASS_COUNT = 4  # tiny_cars (tests/conftest.py TINY_SPEC)
 CSV_COLUMNS = ["file", "class", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "split"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.tuning.conftest import run, search_command
+from tests.tuning.helpers import run, search_command
 
 RAY = str(Path(sys.executable).with_name("ray"))
 

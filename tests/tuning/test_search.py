@@ -16,7 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from tests.tuning.conftest import run, search_command
+from tests.tuning.helpers import run, search_command
 from tuning.report import write_report
 from tuning.samplers import choose_sampler, gp_available
 
