@@ -6,8 +6,7 @@
 a. Throughput at 224 px (--tiny: 32 px), full fine-tuning and unfreeze depth 3, float32 and mixed
    bfloat16, batch 128 and 256: the trial path (decoded store -> `TrainingBatches` -> the classifier
    with its augmentation layers, through Keras' `fit`) beside the ceiling (the same model's train
-   step on one batch already on the device). With `--torch-peer FILE` it also runs the PyTorch peer
-   (`torch_peer_bench.py`) in the same call.
+   step on one batch already on the device).
 b. A real search on a synthetic dataset the size of Stanford Cars (196 classes, 8,144 training and
    validation images, 224 px): 16 trials, ASHA up to 8 epochs, once at 1 trial per GPU and once at
    4, with the wall time of each phase (decoding, features, trials, retraining, evaluation), each
@@ -130,7 +129,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--tiny", action="store_true", help="32 px and a few images: proves the script on a CPU")
-    parser.add_argument("--torch-peer", type=Path, help="torch_peer_bench.py, run in the same call where PyTorch is installed")
     parser.add_argument("--skip-search", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -149,9 +147,6 @@ def main() -> None:
                 for batch in ((16, 32) if args.tiny else (128, 256)):
                     results["throughput"].append(throughput(size, depth, precision, batch, steps, images, Path(folder)))
                     print(json.dumps(results["throughput"][-1]), flush=True)
-        if args.torch_peer and args.torch_peer.is_file():
-            peer = subprocess.run([sys.executable, str(args.torch_peer), str(args.out / "torch.jsonl")], capture_output=True, text=True)
-            results["torch_peer"] = (args.out / "torch.jsonl").read_text() if peer.returncode == 0 else peer.stderr[-2000:]
         if not args.skip_search:
             results["search"] = [search(Path(folder) / f"search{packed}", packed, args.tiny, gpus) for packed in (1, 4)]
     (args.out / "gpu.json").write_text(json.dumps(results, indent=2))
