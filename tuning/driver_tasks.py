@@ -7,19 +7,23 @@ while the driver prints their progress (`tuning.progress`).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import ray
 
 from carclf.features import build_head_features, cached_head_features, can_cache_features
+from carclf.files import read_json, write_json
 from carclf.pretrained import build_synthetic_backbone
-from carclf.probe import TransferProbe, cached_probe, probe_transfer_cached
+from carclf.probe import cached_probe, probe_transfer_cached
 from carclf.weights import resolve_weights
 from tuning.experiment import Experiment
 from tuning.progress import wait_with_progress
+from tuning.run_folder import RunFolder
 
-PROGRESS_FILE = ".progress.json"
+logger = logging.getLogger("tuning.search")
 
 
 def whole_gpu_task(function, experiment: Experiment):
@@ -32,7 +36,7 @@ def whole_gpu_task(function, experiment: Experiment):
 
 def resolve_backbone(experiment: Experiment) -> Experiment:
     """The experiment with `model.weights` as a file: ImageNet fetched here, the synthetic backbone built as a task."""
-    progress = experiment.run_dir / PROGRESS_FILE
+    progress = RunFolder(experiment.run_dir).progress_file
 
     def build(settings):
         print("pretraining carclf's synthetic backbone once (it is cached for later searches) ...", flush=True)
@@ -55,18 +59,30 @@ def prepare_head_features(experiment: Experiment, index: pd.DataFrame, store: Pa
     if cached is not None:
         return str(cached)
     print(f"computing frozen backbone features once ({settings.train.feature_views} augmented views) for head-only epochs ...", flush=True)
-    progress = experiment.run_dir / PROGRESS_FILE
+    progress = RunFolder(experiment.run_dir).progress_file
     task = whole_gpu_task(build_head_features, experiment).remote(index, store, settings, progress)
     return str(wait_with_progress(task, progress))
 
 
-def run_transfer_probe(experiment: Experiment, index: pd.DataFrame, store: Path) -> TransferProbe | None:
-    """The linear probe of the pretrained backbone against random weights (`carclf.probe`); None for random weights."""
+def transfer_probe(experiment: Experiment, index: pd.DataFrame, store: Path) -> dict[str, Any] | None:
+    """The linear probe of the pretrained backbone against random weights (`carclf.probe`), computed once per run
+    (`transfer.json`) and said on the console, with a warning when the pretrained features are not clearly better
+    than random ones; None for random weights."""
     if not experiment.settings.model.pretrained:
         return None
+    saved = RunFolder(experiment.run_dir).transfer_file
+    if saved.is_file():
+        return read_json(saved)
     settings = experiment.trial_settings()
-    cached = cached_probe(index, store, settings)  # checked here: no task, no Keras
-    if cached is not None:
-        return cached
-    print("probing the pretrained backbone's frozen features against random weights ...", flush=True)
-    return ray.get(whole_gpu_task(probe_transfer_cached, experiment).remote(index, store, settings))
+    probe = cached_probe(index, store, settings)  # checked here: no task, no Keras
+    if probe is None:
+        print("probing the pretrained backbone's frozen features against random weights ...", flush=True)
+        probe = ray.get(whole_gpu_task(probe_transfer_cached, experiment).remote(index, store, settings))
+    print(probe.describe(), flush=True)
+    if probe.verdict != "better":
+        logger.warning("model.weights = %r: the pretrained backbone's frozen features are %s than random weights' on this data (%s); "
+                       "head-only and shallow trials may be wasted: consider other weights, or a space of deeper unfreeze_depth",
+                       experiment.settings.model.weights, "no better" if probe.verdict == "not better" else "not clearly better",
+                       probe.describe())
+    write_json(saved, probe.to_dict())
+    return probe.to_dict()

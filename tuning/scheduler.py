@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from tuning.run_folder import RunFolder
 from tuning.trials import NOISE_Z, standard_error
 
-RUNGS_FILE = "rungs.jsonl"
 TIME_ATTR = "final_phase_epochs"
 
 
@@ -63,7 +63,7 @@ class NoiseAwareASHA(FIFOScheduler):
         self.max_epochs, self.reduction_factor = max_epochs, reduction_factor
         self.validation_size, self.noise_z = validation_size, noise_z
         self.rungs: dict[int, dict[str, float]] = {rung: {} for rung in rung_milestones(grace_period, max_epochs, reduction_factor)}
-        self.log_path = Path(run_dir) / RUNGS_FILE
+        self.log_path = RunFolder(Path(run_dir)).rungs_file
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
         return True  # metric and mode are given at construction
@@ -98,7 +98,7 @@ class NoiseAwareASHA(FIFOScheduler):
         """Unpickled by a resumed search: the rungs are rebuilt from the log, where the run folder is now."""
         self.__dict__.update(state)
         if self.relocated_run_dir is not None:
-            self.log_path = self.relocated_run_dir / RUNGS_FILE
+            self.log_path = RunFolder(self.relocated_run_dir).rungs_file
         self.rungs = {rung: {} for rung in self.rungs}
         for decision in read_rung_decisions(self.log_path.parent):
             self.rungs.setdefault(decision["rung"], {})[decision["trial_id"]] = decision["score"]
@@ -109,7 +109,7 @@ class NoiseAwareASHA(FIFOScheduler):
 
 def read_rung_decisions(run_dir: Path) -> list[dict[str, Any]]:
     """The decisions logged by `NoiseAwareASHA` (none for a search without early stopping)."""
-    path = Path(run_dir) / RUNGS_FILE
+    path = RunFolder(Path(run_dir)).rungs_file
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

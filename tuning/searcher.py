@@ -10,6 +10,10 @@
   sqlite:///RUN_DIR/study.db` shows it, `--resume` continues it, and a run folder moved or
   copied elsewhere goes on there, with its own study (`relocate_study`). A study written for
   another experiment is refused.
+
+Doing so reads private attributes of Ray's `OptunaSearch` (`_ot_study`, `_ot_trials`,
+`_completed_trials`...) and of Optuna's storage, so pyproject.toml bounds Ray and Optuna to the
+minor versions whose tests passed (tests/tuning/test_searcher.py and the whole searches).
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from carclf.files import atomic_path
+from tuning.run_folder import RunFolder
 from tuning.samplers import make_sampler
 from tuning.trials import Selection
 
-STUDY_FILE = "study.db"
 STUDY_NAME = "carclf"
 EXPERIMENT_ATTRIBUTE = "carclf_experiment"
 
@@ -46,7 +50,7 @@ class StudyMismatchError(StudyError):
 
 
 def study_url(run_dir: Path) -> str:
-    return f"sqlite:///{Path(run_dir).resolve() / STUDY_FILE}"
+    return f"sqlite:///{RunFolder(Path(run_dir)).study_file.resolve()}"
 
 
 @contextlib.contextmanager
@@ -75,7 +79,7 @@ def experiment_fingerprint(document: dict[str, Any]) -> str:
 
 def study_trials(run_dir: Path) -> int:
     """How many trials `RUN_DIR/study.db` holds (0 without the file)."""
-    if not (Path(run_dir) / STUDY_FILE).is_file():
+    if not RunFolder(Path(run_dir)).study_file.is_file():
         return 0
     storage = study_storage(study_url(run_dir))
     with readable_study(storage.url):
@@ -97,7 +101,7 @@ def open_study(run_dir: Path, document: dict[str, Any], direction: str) -> optun
         study.set_user_attr(EXPERIMENT_ATTRIBUTE, {"fingerprint": fingerprint, "source": document["source"]})
     elif saved["fingerprint"] != fingerprint:
         raise StudyMismatchError(
-            f"{run_dir / STUDY_FILE}: this study belongs to another experiment ({saved['source']}, fingerprint "
+            f"{RunFolder(Path(run_dir)).study_file}: this study belongs to another experiment ({saved['source']}, fingerprint "
             f"{saved['fingerprint']}), not to {document['source']} (fingerprint {fingerprint}); choose another --name"
         )
     return study

@@ -34,6 +34,11 @@ class Selection:
     metric: str = "val_accuracy"
     mode: str = "max"
 
+    @classmethod
+    def of(cls, search) -> Selection:
+        """The rule of an experiment's `[search]` (`tuning.experiment.SearchConfig`)."""
+        return cls(search.metric, search.direction)
+
     @property
     def objective(self) -> str:
         return f"best_{self.metric}"

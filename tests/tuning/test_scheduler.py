@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from tuning.scheduler import RUNGS_FILE, NoiseAwareASHA, read_rung_decisions, rung_milestones
+from tuning.run_folder import RunFolder
+from tuning.scheduler import NoiseAwareASHA, read_rung_decisions, rung_milestones
 
 
 def scheduler(tmp_path, metric="val_accuracy", mode="max", validation_size=100, noise_z=1.0, max_epochs=4, reduction_factor=2):
@@ -89,7 +90,7 @@ def test_a_restored_scheduler_rebuilds_its_rungs_from_the_log_where_the_run_is_n
         restored = pickle.loads(saved)
     finally:
         NoiseAwareASHA.relocated_run_dir = None
-    assert restored.log_path == new / RUNGS_FILE
+    assert restored.log_path == RunFolder(new).rungs_file
     assert restored.rungs[1] == {"a": 0.9, "b": 0.85}
     assert report(restored, "c", 1, 1, 0.1) == TrialScheduler.STOP
-    assert [json.loads(line)["trial_id"] for line in (new / RUNGS_FILE).read_text().splitlines()] == ["a", "b", "c"]
+    assert [json.loads(line)["trial_id"] for line in (RunFolder(new).rungs_file).read_text().splitlines()] == ["a", "b", "c"]

@@ -354,15 +354,16 @@ def test_each_sampler_searches_stores_pruned_trials_and_resumes(algorithm, tiny_
 def test_the_demo_runs_again_under_a_new_name_once_finished(tmp_path, caplog):
     """README's first line, run again: a finished demo run is kept and the new one is demo-2, then demo-3.
     An interrupted demo keeps its name (for --resume), and a chosen --name or --experiment is never changed."""
-    from tuning import run_folder
-    from tuning.search import parse_args, resolve_experiment
+    from tuning.resume import resolve_experiment
+    from tuning.run_folder import RunFolder
+    from tuning.search import parse_args
 
     def run_dir(*flags: str) -> Path:
         return resolve_experiment(parse_args(["--storage-path", str(tmp_path), *flags])).run_dir
 
     def reach(name: str, stage: str) -> None:
         (tmp_path / name).mkdir(exist_ok=True)
-        run_folder.mark(tmp_path / name, stage)
+        RunFolder(tmp_path / name).mark(stage)
 
     assert run_dir() == tmp_path / "demo"
     reach("demo", "finished")

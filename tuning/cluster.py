@@ -1,0 +1,88 @@
+"""The Ray cluster a search runs on: a local one of its own, or one it joins with `--address`.
+
+Resources are checked against the live cluster before any long work, so a trial that no node can
+host is an error at once instead of a trial pending forever.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import keras
+import ray
+
+from carclf.files import cache_folder
+from carclf.runtime import trial_environment
+from tuning.errors import SearchError
+from tuning.experiment import Experiment
+
+logger = logging.getLogger("tuning.search")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def warn_if_exposed(args: argparse.Namespace) -> None:
+    """A local dashboard bound beyond this machine lets whoever reaches it run code here."""
+    if not args.address and args.dashboard_host not in LOOPBACK:
+        logger.warning("the Ray dashboard will listen on %s: anyone who reaches it with the cluster's token (~/.ray/auth_token) "
+                       "can run code here, and the token crosses the network unencrypted; prefer an SSH tunnel to 127.0.0.1",
+                       args.dashboard_host)
+
+
+def start_ray(args: argparse.Namespace, experiment: Experiment) -> None:
+    """Start a local cluster with the dashboard on `--dashboard-host`, or join `--address`.
+
+    Trial processes get the driver's Keras backend, their GPU memory share and the persistent
+    compilation cache through the job's environment (`carclf.runtime.trial_environment`). The
+    dashboard alone is given up when Ray's error is about it; any other failure to start or join
+    is a `SearchError` that says so.
+    """
+    compile_cache = cache_folder(experiment.settings.data.cache_dir, "compilation")
+    environment = trial_environment(keras.backend.backend(), experiment.resources.gpus_per_trial, compile_cache)
+    runtime_env = {"env_vars": environment}
+    try:
+        if args.address:
+            context = ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
+        else:
+            # address="local": always a cluster of our own, never a `ray start` cluster found on this machine
+            options = dict(address="local", num_cpus=args.num_cpus, runtime_env=runtime_env, log_to_driver=False)
+            try:
+                context = ray.init(include_dashboard=not args.no_dashboard, dashboard_host=args.dashboard_host, **options)
+            except Exception as error:  # the dashboard's extra packages are missing, or it failed: go on without it
+                if args.no_dashboard or "dashboard" not in str(error).lower():
+                    raise
+                logger.warning("Ray's dashboard could not start (%s); running without it", error)
+                ray.shutdown()
+                context = ray.init(include_dashboard=False, **options)
+    except Exception as error:  # Ray raises Exception, TimeoutError, ConnectionError, OSError...
+        ray.shutdown()
+        cluster = f"could not join the Ray cluster at {args.address}" if args.address else "Ray's local cluster did not start"
+        raise SearchError(f"{cluster}: {error}; no trial ran: the same command starts the run again") from None
+    if context.dashboard_url:
+        print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+
+
+def check_cluster_resources(experiment: Experiment) -> None:
+    """Stop at once if no node can ever host one trial, instead of leaving trials pending forever."""
+    resources = experiment.resources
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    most_gpus = max((node.get("GPU", 0) for node in nodes), default=0)
+    most_cpus = max((node.get("CPU", 0) for node in nodes), default=0)
+    if resources.gpus_per_trial > most_gpus:
+        raise SearchError(
+            f"resources.gpus_per_trial is {resources.gpus_per_trial} but no node of this Ray cluster has "
+            f"{'any GPU' if most_gpus == 0 else f'more than {most_gpus}'}; run on CPU with --gpus-per-trial 0 "
+            "(or --set resources.gpus_per_trial=0)"
+        )
+    if resources.cpus_per_trial > most_cpus:
+        raise SearchError(f"resources.cpus_per_trial is {resources.cpus_per_trial} but the largest node has {most_cpus} CPUs; "
+                          "lower --cpus-per-trial")
+
+
+def trial_slots(experiment: Experiment) -> int:
+    """How many trials this cluster can run at once: `search.max_concurrent`, or fewer where its CPUs or GPUs run out."""
+    resources, cluster = experiment.resources, ray.cluster_resources()
+    slots = [experiment.search.max_concurrent, int(cluster.get("CPU", 0) // resources.cpus_per_trial)]
+    if resources.gpus_per_trial:
+        slots.append(int(cluster.get("GPU", 0) // resources.gpus_per_trial))
+    return max(1, min(slots))
