@@ -177,12 +177,18 @@ def test_dry_run_checks_the_data_and_prints_the_plan(tiny_cars, tmp_path):
 
 
 def _finished_trials(run_dir):
-    done = []
-    for result_file in run_dir.glob("CarClassifierTrainable_*/result.json"):
-        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
-        if any(row.get("epoch") == 2 for row in rows):
-            done.append(result_file.parent.name)
-    return done
+    """The trial folders that Ray's saved experiment state records as finished: what a resume must keep.
+
+    A trial whose last epoch is in its result.json but not yet in that state (Ray saves it every few
+    seconds) is run again after a SIGKILL, as Ray documents, so the test waits for the state."""
+    states = sorted(run_dir.glob("experiment_state-*.json"))
+    if not states:
+        return []
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"]
+    except (ValueError, KeyError):  # being replaced right now
+        return []
+    return [state["relative_logdir"] for state in (json.loads(data) for data, _ in trials) if state["status"] == "TERMINATED"]
 
 
 def _wait_for(run_dir, finished, process, seconds=300):
