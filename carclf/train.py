@@ -88,11 +88,6 @@ def phase_at(phases: Sequence[Phase], epoch: int) -> Phase:
     return next(phase for phase in phases if phase.start < epoch <= phase.end)
 
 
-def phase_of(train: TrainConfig, epoch: int) -> str:
-    """The name of the phase that trains epoch `epoch` (1-based)."""
-    return phase_at(plan_phases(train), epoch).name
-
-
 def final_phase_epochs(train: TrainConfig, epoch: int) -> int:
     """Epochs of the run's last phase done after epoch `epoch`: 0 throughout a head-only warm-up.
 

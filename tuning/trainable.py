@@ -43,7 +43,7 @@ from carclf.compiled_models import CompiledModels  # noqa: E402
 from carclf.config import RunSettings  # noqa: E402
 from carclf.data.store import open_image_store  # noqa: E402
 from carclf.runtime import compile_counter, configure_process  # noqa: E402
-from carclf.train import TrainingData, TrainingRun, final_phase_epochs, phase_of  # noqa: E402
+from carclf.train import TrainingData, TrainingRun, final_phase_epochs  # noqa: E402
 from tuning.trials import Selection  # noqa: E402
 
 OUT_OF_MEMORY_SIGNS = ("RESOURCE_EXHAUSTED", "out of memory", "OOM when allocating")
@@ -118,7 +118,7 @@ class CarClassifierTrainable(tune.Trainable):
         if self.selection.improves(value, self.best):
             self.best, self.best_epoch = value, number
         diverged = bool(logs.pop("diverged", 0.0))
-        phase = phase_of(train, number)
+        phase = self.run.current.phase.name
         self.phase_epochs.setdefault(phase, []).append(logs["train_seconds"])
         metrics: dict[str, Any] = {key: (float(v) if math.isfinite(float(v)) else None) for key, v in logs.items()}
         metrics.update({
@@ -153,7 +153,7 @@ class CarClassifierTrainable(tune.Trainable):
         return sum(max(0.0, seconds[0] - min(seconds[1:])) for seconds in self.phase_epochs.values() if len(seconds) > 1)
 
     def _state(self) -> dict[str, Any]:
-        return {"phase": phase_of(self.settings.train, self.run.epoch), "best": self.best, "best_epoch": self.best_epoch}
+        return {"phase": self.run.current.phase.name, "best": self.best, "best_epoch": self.best_epoch}
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """The checkpoint `step` wrote (moved into Tune's folder), or one written now when Tune asks on its own."""

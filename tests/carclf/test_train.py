@@ -15,7 +15,7 @@ from carclf.config import TrainConfig
 from carclf.data.store import open_image_store
 from carclf.data.table import rows_for
 from carclf.runtime import configure_process
-from carclf.train import TrainingData, phase_of, plan_phases, save_model, train_classifier
+from carclf.train import TrainingData, phase_at, plan_phases, save_model, train_classifier
 
 
 class Logs(keras.callbacks.Callback):
@@ -53,7 +53,7 @@ def test_phases_follow_keras_fine_tuning_recipe():
     assert (head.name, head.start, head.end, head.unfreeze_depth, head.learning_rate) == ("head", 0, 2, 0, 0.01)
     assert (fine_tune.name, fine_tune.start, fine_tune.end, fine_tune.unfreeze_depth) == ("fine_tune", 2, 5, 3)
     assert fine_tune.learning_rate == pytest.approx(0.001)
-    assert [phase_of(train, epoch) for epoch in range(1, 6)] == ["head", "head", "fine_tune", "fine_tune", "fine_tune"]
+    assert [phase_at(plan_phases(train), epoch).name for epoch in range(1, 6)] == ["head", "head", "fine_tune", "fine_tune", "fine_tune"]
     assert [p.name for p in plan_phases(dataclasses.replace(train, unfreeze_depth=0))] == ["head"]
     only = plan_phases(dataclasses.replace(train, head_epochs=0))
     assert [(p.name, p.learning_rate) for p in only] == [("fine_tune", 0.01)]
