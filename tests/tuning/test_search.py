@@ -54,6 +54,8 @@ def test_search_runs_trials_stops_some_early_and_saves_the_best_model(finished_r
     assert "test accuracy" in result.stdout and "head-only epochs" in result.stdout  # cached features were built
     assert (run_dir / "dataset.parquet").is_file() and (run_dir / "report.json").is_file()
     assert json.loads((run_dir / "status.json").read_text())["stage"] == "finished"
+    saved = json.loads((run_dir / "experiment.json").read_text())  # what the trials ran with, and what that was resolved from
+    assert saved["train"]["epoch_images"] == 32 and saved["requested"] == {"train.epoch_images": 0}
     probe = json.loads((run_dir / "transfer.json").read_text())  # the pretrained backbone was probed once, before the trials
     assert probe["validation_size"] == 8 and probe["verdict"] in ("better", "within noise", "not better")
     assert "linear probe on frozen features, 8 validation images" in result.stdout
