@@ -11,6 +11,7 @@ either backend.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -200,8 +201,11 @@ def _gpu_memory_mb() -> int | None:
         return None
 
 
+@functools.cache
 def gpu_compute_capability() -> float | None:
-    """The first GPU's CUDA compute capability (8.0 for an A100, 9.0 for an H100), None without a GPU."""
+    """The first GPU's CUDA compute capability (8.0 for an A100, 9.0 for an H100), None without a GPU.
+
+    Asked once per process: its devices do not change, and every precision resolved reads it."""
     import keras
 
     if keras.backend.backend() == "jax":
