@@ -21,7 +21,7 @@ import math
 import keras
 from keras import ops
 
-from carclf.runtime import xla_compiled
+from carclf.compilation import xla_compiled
 
 # ResNet50's ImageNet weights expect BGR channels with these means subtracted (Keras' "caffe" mode).
 IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)

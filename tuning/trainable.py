@@ -17,7 +17,7 @@ worker to its first epoch: for a worker's first trial that includes importing th
 minus its fastest later one; 0 until a phase has a second epoch), `reused_compiled` (the models came
 compiled from an earlier trial) and `worker_trials` (trials this worker has run, this one included).
 On JAX, `compiles` counts the Keras step programs XLA compiled during the trial so far
-(`carclf.runtime.CompileCounter`): 0 for a trial whose shapes its worker, or the persistent cache, already had.
+(`carclf.compilation.CompileCounter`): 0 for a trial whose shapes its worker, or the persistent cache, already had.
 
 Checkpoints are light (`carclf.checkpoints`) and rare: at the trial's last epoch and at most every
 `checkpoint_minutes`; they serve `--resume` and retried failures.
@@ -39,10 +39,11 @@ import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
+from carclf.compilation import compile_counter  # noqa: E402
 from carclf.compiled_models import CompiledModels  # noqa: E402
 from carclf.config import RunSettings  # noqa: E402
 from carclf.data.store import open_image_store  # noqa: E402
-from carclf.runtime import compile_counter, configure_process  # noqa: E402
+from carclf.runtime import configure_process  # noqa: E402
 from carclf.train import TrainingData, TrainingRun, final_phase_epochs  # noqa: E402
 from tuning.trials import Selection  # noqa: E402
 

@@ -17,8 +17,9 @@ import keras
 import numpy as np
 import pytest
 
+from carclf.compilation import compile_counter
 from carclf.compiled_models import CompiledModels
-from carclf.runtime import compile_counter, configure_process
+from carclf.runtime import configure_process
 from carclf.train import TrainingData, TrainingRun
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax",
