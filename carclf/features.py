@@ -32,9 +32,9 @@ import pandas as pd
 from keras import ops
 
 from carclf.config import RunSettings
-from carclf.data.batches import padded_batches
 from carclf.data.store import file_sha256, open_image_store, verify_store
 from carclf.data.table import rows_for
+from carclf.evaluate import predict_rows
 from carclf.files import cache_folder, partial_path, read_json, remove_abandoned_partials, write_json
 from carclf.layers import compiled_flip_and_rotate
 from carclf.model import build_feature_extractor
@@ -143,14 +143,12 @@ def build_head_features(index: pd.DataFrame, store: str | Path, settings: RunSet
 def extract(extractor, pixels: np.ndarray, rows: pd.DataFrame, angles: np.ndarray | None = None,
             flips: np.ndarray | None = None) -> np.ndarray:
     """Pooled features of `rows`' stored pixels, each view flipped and rotated as given (none: clean)."""
-    store_rows = rows["store_row"].to_numpy(dtype=np.int64)
-    outputs = []
-    for positions, real in padded_batches(len(rows), EXTRACT_BATCH):
-        images = pixels[store_rows[positions]]
+    def prepare(images: np.ndarray, positions: np.ndarray):
         if angles is not None:
             images = compiled_flip_and_rotate(images, angles[positions], flips[positions])
-        outputs.append(ops.convert_to_numpy(extractor.predict_on_batch(ops.cast(images, "float32")))[:real])
-    return np.concatenate(outputs).astype(np.float32)
+        return ops.cast(images, "float32")
+
+    return predict_rows(extractor, pixels, rows["store_row"].to_numpy(dtype=np.int64), EXTRACT_BATCH, prepare)
 
 
 def verify_features(folder: str | Path, checksum: bool = False) -> dict:
