@@ -14,15 +14,20 @@ cut-off manifest is refused), names this protocol, kind and key (an entry of an 
 or copied from another key, never passes), and every file it lists has its recorded size; with
 `checksum`, its recorded digest too. Builders of the same key may race: each renames its own
 complete folder into place, and whichever lands last wins, holding the same content.
+
+`file_sha256` computes a file's digest once per process while the file stays as it was: keys hash
+the weights file (ImageNet's is ~100 MB) and a search asks for that key several times at start-up.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +37,7 @@ from carclf.files import cache_root, finite, partial_path, read_json, remove_aba
 logger = logging.getLogger(__name__)
 PROTOCOL = 1  # in every key and manifest: entries written before this protocol never match
 MANIFEST = "manifest.json"
+SETTLED_NS = 2 * 10**9  # a file unchanged this long is past its filesystem's timestamp resolution (FAT: 2 s)
 
 
 class CacheError(RuntimeError):
@@ -70,7 +76,8 @@ class CacheEntry:
     def manifest(self, checksum: bool = False) -> dict:
         """The manifest of a complete entry, or `CacheError` naming the folder and what is wrong.
 
-        Its `details` are what the builder recorded; `checksum` also hashes every file.
+        Its `details` are what the builder recorded; `checksum` also hashes every file (once per
+        process while a file is unchanged, `file_sha256`).
         """
         path = self.folder / MANIFEST
         if not path.is_file():
@@ -161,5 +168,25 @@ def _digest_of(manifest: dict) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, computed once per process while the file stays as it was.
+
+    A digest is remembered under the file's identity, size and change times, and only for a file
+    unchanged for `SETTLED_NS`: a file written again within its filesystem's timestamp resolution
+    could keep all of them, so a just-written file is hashed every time it is asked for.
+    """
+    status = os.stat(path)
+    stamp = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+    if time.time_ns() - max(status.st_mtime_ns, status.st_ctime_ns) < SETTLED_NS:
+        return _sha256(path)
+    return _settled_sha256(os.path.abspath(path), stamp)
+
+
+@functools.lru_cache(maxsize=256)
+def _settled_sha256(path: str, stamp: tuple[int, ...]) -> str:
+    """`_sha256` remembered by (path, stamp): a changed file has another stamp, so it is hashed again."""
+    return _sha256(path)
+
+
+def _sha256(path: str | Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -10,8 +10,9 @@ views at random (seeded); validation sees the same features the network would co
 
 The cache is an entry (`carclf.cache`) `features/<key>/` of `.npy` files read as memory maps, with
 a manifest written last. The key covers everything the features depend on: the weights file's
-content, the decoded store (its key: each image file's content digest, boxes, image settings),
-each row's label and split, the augmentation, the number of views and the seed; a truncated file or one whose bytes do not match
+content (its digest computed once per process, `carclf.cache.file_sha256`), the decoded store (its
+key: each image file's content digest, boxes, image settings), each row's label and split, the
+augmentation, the number of views and the seed; a truncated file or one whose bytes do not match
 the manifest's checksum is named and rebuilt. Random weights (`"none"`) are never cached: such a
 backbone is rebuilt differently by every trial.
 """

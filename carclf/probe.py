@@ -17,7 +17,8 @@ standard errors, "not better" when it does not beat it at all, "within noise" in
 A result is kept in the cache (the entry `probes/<key>/`, `carclf.cache`) under a key of everything
 it depends on (the features' key: the store, the weights file's digest and the rows; the head's
 training settings, the Keras backend), so a search run again on the same data and weights does not
-probe again.
+probe again. The driver asks for this key and the features' key before the trials, the probe task
+again; the weights file is hashed once per process for all of them (`carclf.cache.file_sha256`).
 """
 
 from __future__ import annotations

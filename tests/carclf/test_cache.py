@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from carclf.cache import MANIFEST, CacheEntry, CacheError, entry_key
+from carclf.cache import MANIFEST, SETTLED_NS, CacheEntry, CacheError, _settled_sha256, entry_key, file_sha256
 
 
 def write_two_files(folder):
@@ -125,6 +127,29 @@ def test_concurrent_builders_of_one_key_both_succeed(tmp_path):
     assert [builder.wait(timeout=120) for builder in builders] == [0, 0]
     entry = CacheEntry(tmp_path, "things", "key")
     assert entry.ready(checksum=True) and [path.name for path in (tmp_path / "things").iterdir()] == ["key"]
+
+
+def test_a_changed_file_is_hashed_again_whatever_its_size_and_timestamps(tmp_path):
+    path = tmp_path / "weights.h5"
+    path.write_bytes(b"weights one")
+    before = file_sha256(path)
+    stat = os.stat(path)
+    path.write_bytes(b"weights two")  # same size, then the same timestamps
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_sha256(path) != before
+
+
+def test_a_settled_file_is_hashed_once_per_process_until_it_changes(tmp_path):
+    path = tmp_path / "weights.h5"
+    path.write_bytes(b"weights one")
+    time.sleep(SETTLED_NS / 1e9 + 0.1)
+    first = file_sha256(path)
+    hits = _settled_sha256.cache_info().hits
+    assert file_sha256(path) == first and _settled_sha256.cache_info().hits == hits + 1  # remembered
+    stat = os.stat(path)
+    path.write_bytes(b"weights two")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_sha256(path) != first  # the change time moved: hashed again
 
 
 def test_details_written_as_json_read_back_whole(tmp_path):
