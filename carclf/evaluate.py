@@ -2,7 +2,8 @@
 
 Predictions run in fixed-size batches, the last one padded (`carclf.data.batches.padded_batches`)
 and its padding's outputs dropped, so the compiled predict step never sees a new shape and every
-row counts exactly once. The same metric functions serve validation during training
+row counts exactly once: `predict_rows`, the one inference loop, which the test evaluation,
+validation during training and the frozen feature extraction (`carclf.features`) share. The same metric functions serve validation during training
 (`classification_metrics`) and the final test evaluation (`Evaluation`).
 
 Test metrics: top-1 and top-5 accuracy, per-class accuracy (recall), precision, macro F1, the
@@ -35,11 +36,19 @@ def accuracy_standard_error(accuracy: float, count: int) -> float:
 PROBABILITY_FLOOR = 1e-7  # Keras' epsilon: the cross-entropy of a zero probability stays finite
 
 
-def predict_probabilities(model: keras.Model, read: Callable[[np.ndarray], np.ndarray], count: int, batch_size: int) -> np.ndarray:
-    """The model's outputs for items 0..count-1, where `read(positions)` returns their inputs."""
+def predict_rows(model: keras.Model, array: np.ndarray, rows: np.ndarray, batch_size: int,
+                 prepare: Callable[[np.ndarray, np.ndarray], Any] | None = None) -> np.ndarray:
+    """The model's outputs (float32) for `array[rows]`, in order: carclf's one batched inference loop.
+
+    Evaluation, validation and feature extraction all run through it. `prepare(batch, positions)`
+    turns a batch of `array` rows (at those positions of `rows`) into the model's input (default:
+    as they are).
+    """
     outputs = []
-    for positions, real in padded_batches(count, batch_size):
-        outputs.append(keras.ops.convert_to_numpy(model.predict_on_batch(read(positions)))[:real])
+    for positions, real in padded_batches(len(rows), batch_size):
+        batch = array[rows[positions]]
+        inputs = batch if prepare is None else prepare(batch, positions)
+        outputs.append(keras.ops.convert_to_numpy(model.predict_on_batch(inputs))[:real])
     return np.concatenate(outputs).astype(np.float32)
 
 
@@ -120,8 +129,7 @@ class Evaluation:
 def evaluate(model: keras.Model, rows: pd.DataFrame, pixels: np.ndarray, class_names: list[str], batch_size: int = 32) -> Evaluation:
     """Predict every row (table order, no augmentation) from the store's `pixels`; keep the labels
     where every row has one."""
-    store_rows = rows["store_row"].to_numpy(dtype=np.int64)
-    probabilities = predict_probabilities(model, lambda positions: pixels[store_rows[positions]], len(rows), batch_size)
+    probabilities = predict_rows(model, pixels, rows["store_row"].to_numpy(dtype=np.int64), batch_size)
     labeled = rows["label"].notna().all()
     labels = rows["label"].to_numpy(dtype=np.int64) if labeled else None
     return Evaluation(probabilities=probabilities, labels=labels, class_names=class_names)

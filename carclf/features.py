@@ -8,22 +8,19 @@ a depth-0 classifier uses (`carclf.layers.flip_and_rotate`, `carclf.model.pooled
 the features are kept in float32. Each training epoch then draws, for every image, one of its
 views at random (seeded); validation sees the same features the network would compute.
 
-The cache is a folder `features/<key>/` of `.npy` files read as memory maps, with a manifest
-written last. The key covers everything the features depend on: the weights file's content, the
-decoded store (its key: each image file's content digest, boxes, image settings), each row's label
-and split, the augmentation, the number of views and the seed; a truncated file or one whose bytes
-do not match the manifest's checksum is rebuilt. The folder is built under a partial name and
-renamed when complete; what a killed build left is removed by the next one. Random weights (`"none"`) are never cached: such a backbone is rebuilt
-differently by every trial.
+The cache is an entry (`carclf.cache`) `features/<key>/` of `.npy` files read as memory maps, with
+a manifest written last. The key covers everything the features depend on: the weights file's
+content (its digest computed once per process, `carclf.cache.file_sha256`), the decoded store (its
+key: each image file's content digest, boxes, image settings), each row's label and split, the
+augmentation, the number of views and the seed; a truncated file or one whose bytes do not match
+the manifest's checksum is named and rebuilt. Random weights (`"none"`) are never cached: such a
+backbone is rebuilt differently by every trial.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +28,11 @@ import numpy as np
 import pandas as pd
 from keras import ops
 
+from carclf.cache import CacheEntry, CacheError, file_sha256
 from carclf.config import RunSettings
-from carclf.data.batches import padded_batches
-from carclf.data.store import file_sha256, open_image_store, verify_store
+from carclf.data.store import open_image_store, verify_store
 from carclf.data.table import rows_for
-from carclf.files import cache_folder, partial_path, read_json, remove_abandoned_partials, write_json
+from carclf.evaluate import predict_rows
 from carclf.layers import compiled_flip_and_rotate
 from carclf.model import build_feature_extractor
 from carclf.progress import ProgressFile
@@ -44,10 +41,9 @@ from carclf.runtime import resolve_precision
 logger = logging.getLogger(__name__)
 FEATURES_FORMAT = 2
 EXTRACT_BATCH = 64
-FILES = ("train.npy", "val.npy")
 
 
-class FeatureCacheError(RuntimeError):
+class FeatureCacheError(CacheError):
     """A feature cache folder is incomplete or does not hold what its manifest promises."""
 
 
@@ -65,7 +61,12 @@ def can_cache_features(settings: RunSettings) -> bool:
 
 
 def features_key(index: pd.DataFrame, store: str | Path, settings: RunSettings) -> str:
-    """A hash of everything the cached features depend on (see the module docstring)."""
+    """The key of the cached features: a hash of everything they depend on (see the module docstring)."""
+    return feature_entry(index, store, settings).key
+
+
+def feature_entry(index: pd.DataFrame, store: str | Path, settings: RunSettings) -> CacheEntry:
+    """The cache entry of the features for `settings` (see the module docstring)."""
     data, weights = settings.data, settings.model.weights
     rows = rows_for(index, "train", "val")
     described = {
@@ -74,7 +75,7 @@ def features_key(index: pd.DataFrame, store: str | Path, settings: RunSettings) 
         "flip": data.horizontal_flip, "rotation": data.rotation_degrees,
         "rows": rows[["store_row", "label", "split"]].astype(str).to_numpy().tolist(),
     }
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:24]
+    return CacheEntry.of(data.cache_dir, "features", described)
 
 
 def view_transforms(count: int, view: int, settings: RunSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -87,97 +88,64 @@ def view_transforms(count: int, view: int, settings: RunSettings) -> tuple[np.nd
 
 
 def feature_folder(index: pd.DataFrame, store: str | Path, settings: RunSettings) -> Path:
-    return cache_folder(settings.data.cache_dir, "features") / features_key(index, store, settings)
+    return feature_entry(index, store, settings).folder
 
 
 def cached_head_features(index: pd.DataFrame, store: str | Path, settings: RunSettings) -> Path | None:
     """The verified feature folder for `settings`, or None when it must be built (a damaged one is named)."""
-    folder = feature_folder(index, store, settings)
-    try:
-        verify_features(folder, checksum=True)
-    except FeatureCacheError as error:
-        if folder.exists():
-            logger.warning("rebuilding the cached features: %s", error)
-        return None
-    logger.info("reusing cached head features %s", folder)
-    return folder
+    entry = feature_entry(index, store, settings)
+    return entry.folder if entry.reuse("cached features") is not None else None
 
 
 def build_head_features(index: pd.DataFrame, store: str | Path, settings: RunSettings, progress: str | Path | None = None) -> Path:
     """Compute (or reuse, once verified) the feature folder for `settings`; returns its path.
 
     `progress` names a file told each finished pass (`carclf.progress`)."""
-    folder = cached_head_features(index, store, settings)
-    if folder is not None:
-        return folder
-    folder = feature_folder(index, store, settings)
+    entry = feature_entry(index, store, settings)
+    if entry.reuse("cached features") is not None:
+        return entry.folder
     views = settings.train.feature_views
     train_rows, validation_rows = rows_for(index, "train"), rows_for(index, "val")
     logger.info("computing frozen features: %d views of %d training images, %d validation images",
                 views, len(train_rows), len(validation_rows))
     pixels = open_image_store(store, settings.data.image_size)
     extractor = build_feature_extractor(settings.data, settings.model, resolve_precision(settings.train.precision))
-    remove_abandoned_partials(folder.parent)
-    partial = partial_path(folder)
-    partial.mkdir(parents=True)
-    train = np.lib.format.open_memmap(partial / "train.npy", "w+", np.float32, (views, len(train_rows), extractor.output_shape[-1]))
-    told = ProgressFile(progress, "computing the feature cache (passes over the images)", views + 1)
-    for view in range(views):
-        train[view] = extract(extractor, pixels, train_rows, *view_transforms(len(train_rows), view, settings))
-        told.update(view + 1)
-    train.flush()
-    del train
-    np.save(partial / "val.npy", extract(extractor, pixels, validation_rows))
-    told.update(views + 1)
-    write_json(partial / "manifest.json", {
-        "format": FEATURES_FORMAT, "views": views,
-        "train_labels": rows_for(index, "train")["label"].astype(int).tolist(),
-        "val_labels": validation_rows["label"].astype(int).tolist(),
-        "sha256": {name: file_sha256(partial / name) for name in FILES},
-    })
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-    return folder
+
+    def write(folder: Path) -> dict:
+        train = np.lib.format.open_memmap(folder / "train.npy", "w+", np.float32, (views, len(train_rows), extractor.output_shape[-1]))
+        told = ProgressFile(progress, "computing the feature cache (passes over the images)", views + 1)
+        for view in range(views):
+            train[view] = extract(extractor, pixels, train_rows, *view_transforms(len(train_rows), view, settings))
+            told.update(view + 1)
+        train.flush()
+        del train
+        np.save(folder / "val.npy", extract(extractor, pixels, validation_rows))
+        told.update(views + 1)
+        return {"views": views, "train_labels": train_rows["label"].astype(int).tolist(),
+                "val_labels": validation_rows["label"].astype(int).tolist()}
+
+    entry.build(write)
+    return entry.folder
 
 
 def extract(extractor, pixels: np.ndarray, rows: pd.DataFrame, angles: np.ndarray | None = None,
             flips: np.ndarray | None = None) -> np.ndarray:
     """Pooled features of `rows`' stored pixels, each view flipped and rotated as given (none: clean)."""
-    store_rows = rows["store_row"].to_numpy(dtype=np.int64)
-    outputs = []
-    for positions, real in padded_batches(len(rows), EXTRACT_BATCH):
-        images = pixels[store_rows[positions]]
+    def prepare(images: np.ndarray, positions: np.ndarray):
         if angles is not None:
             images = compiled_flip_and_rotate(images, angles[positions], flips[positions])
-        outputs.append(ops.convert_to_numpy(extractor.predict_on_batch(ops.cast(images, "float32")))[:real])
-    return np.concatenate(outputs).astype(np.float32)
+        return ops.cast(images, "float32")
 
-
-def verify_features(folder: str | Path, checksum: bool = False) -> dict:
-    """The manifest of a complete feature folder, or `FeatureCacheError` saying what is wrong."""
-    folder = Path(folder)
-    if not (folder / "manifest.json").is_file():
-        raise FeatureCacheError(f"{folder}: no manifest.json: the feature cache is incomplete")
-    manifest = read_json(folder / "manifest.json")
-    if manifest.get("format") != FEATURES_FORMAT:
-        raise FeatureCacheError(f"{folder}: written by another version of carclf")
-    expected_rows = {"train.npy": len(manifest["train_labels"]), "val.npy": len(manifest["val_labels"])}
-    for name in FILES:
-        try:
-            array = np.load(folder / name, mmap_mode="r")
-        except (OSError, ValueError) as error:
-            raise FeatureCacheError(f"{folder / name}: unreadable or truncated ({error})") from None
-        if array.shape[-2] != expected_rows[name]:
-            raise FeatureCacheError(f"{folder / name}: holds {array.shape[-2]} rows, the manifest says {expected_rows[name]}")
-        if checksum and file_sha256(folder / name) != manifest["sha256"][name]:
-            raise FeatureCacheError(f"{folder / name}: its bytes do not match the manifest's checksum (changed or damaged)")
-    return manifest
+    return predict_rows(extractor, pixels, rows["store_row"].to_numpy(dtype=np.int64), EXTRACT_BATCH, prepare)
 
 
 def open_head_features(folder: str | Path) -> HeadFeatures:
-    """The cached features as memory maps (pages shared by every trial on the node)."""
-    manifest = verify_features(folder)
+    """The cached features as memory maps (pages shared by every trial on the node), after the cheap checks."""
+    try:
+        details = CacheEntry.at(folder).manifest()["details"]
+    except CacheError as error:
+        raise FeatureCacheError(str(error)) from None
     folder = Path(folder)
     return HeadFeatures(train=np.load(folder / "train.npy", mmap_mode="r"),
-                        train_labels=np.asarray(manifest["train_labels"], dtype=np.int32),
+                        train_labels=np.asarray(details["train_labels"], dtype=np.int32),
                         val=np.load(folder / "val.npy", mmap_mode="r"))

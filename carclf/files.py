@@ -72,10 +72,14 @@ def cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "carclf"
 
 
+def cache_root(cache_dir: str) -> Path:
+    """The cache carclf uses: `data.cache_dir` when it is set (a shared disk on a cluster), else `cache_home()`."""
+    return Path(cache_dir).expanduser() if cache_dir else cache_home()
+
+
 def cache_folder(cache_dir: str, kind: str) -> Path:
-    """Where cached `kind` files live ("decoded", "features", "backbones"): under `data.cache_dir`
-    when it is set (a shared disk on a cluster), else under `cache_home()`."""
-    return (Path(cache_dir).expanduser() if cache_dir else cache_home()) / kind
+    """Where cached `kind` files live ("decoded", "features", "backbones", "probes", "compilation")."""
+    return cache_root(cache_dir) / kind
 
 
 def require_free_space(folder: str | Path, needed_bytes: int, purpose: str) -> None:

@@ -6,7 +6,8 @@ rings, bars) of three colour families on cluttered backgrounds apart: other clas
 colours than the car drawings it is then used for, so what carries over is edges, blobs and
 colour, as with real pretraining. It is trained from scratch for a short while (about a minute on
 two CPU cores at 32 px), saved in the layout `keras.applications.ResNet50(include_top=False)`
-loads, and cached under carclf's cache folder by its recipe: a changed recipe builds anew.
+loads, and cached under carclf's cache folder by its recipe (the entry `backbones/<key>/`,
+`carclf.cache`): a changed recipe builds anew, and a damaged file is named and built again.
 
 It is a stand-in for ImageNet, not a substitute: on real photos use `weights = "imagenet"`.
 """
@@ -14,8 +15,6 @@ It is a stand-in for ImageNet, not a substitute: on real photos use `weights = "
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,8 @@ import keras
 import numpy as np
 from PIL import Image, ImageDraw
 
+from carclf.cache import CacheEntry
 from carclf.config import RunSettings
-from carclf.files import atomic_path, cache_folder
 from carclf.layers import RandomFlipRotation
 from carclf.model import RANDOM_INIT_BN_MOMENTUM, build_backbone, dtype_policy, pooled_features
 from carclf.progress import EpochProgress, ProgressFile
@@ -36,11 +35,12 @@ logger = logging.getLogger(__name__)
 SHAPES = ("disc", "triangle", "square", "cross", "ring", "bar")
 COLOUR_FAMILIES = (((200, 255), (0, 90), (0, 90)), ((0, 90), (0, 120), (170, 255)), ((90, 160), (90, 160), (90, 160)))  # red, blue, grey
 DRAW_SCALE = 4  # shapes are drawn 4x larger, then shrunk: smooth edges at any size
+WEIGHTS_FILE = "resnet50-synthetic.weights.h5"
 
 
 @dataclass(frozen=True)
 class BackboneRecipe:
-    """How the synthetic backbone is made; its cache file is named by a hash of this."""
+    """How the synthetic backbone is made; its cache entry is keyed by this."""
 
     image_size: int = 32
     images_per_class: int = 60
@@ -59,17 +59,20 @@ def recipe_for(settings: RunSettings) -> BackboneRecipe:
     return BackboneRecipe(image_size=settings.data.image_size)
 
 
+def backbone_entry(settings: RunSettings, recipe: BackboneRecipe | None = None) -> CacheEntry:
+    """The backbone's cache entry, keyed by its recipe."""
+    return CacheEntry.of(settings.data.cache_dir, "backbones", dataclasses.asdict(recipe or recipe_for(settings)))
+
+
 def synthetic_backbone_path(settings: RunSettings, recipe: BackboneRecipe | None = None) -> Path:
-    recipe = recipe or recipe_for(settings)
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode()).hexdigest()[:16]
-    return cache_folder(settings.data.cache_dir, "backbones") / f"resnet50-synthetic-{digest}.weights.h5"
+    """Where the backbone's weights file is once built (a complete entry's only file)."""
+    return backbone_entry(settings, recipe).folder / WEIGHTS_FILE
 
 
 def synthetic_backbone(settings: RunSettings, build: Callable[[RunSettings], Path] | None = None) -> Path:
-    """The cached backbone file for `settings`, built by `build` (default: here) when absent."""
-    path = synthetic_backbone_path(settings)
-    if path.is_file():
-        return path
+    """The cached, verified backbone file for `settings`, built by `build` (default: here) when absent or damaged."""
+    if backbone_entry(settings).reuse("synthetic backbone") is not None:
+        return synthetic_backbone_path(settings)
     return (build or build_synthetic_backbone)(settings)
 
 
@@ -120,11 +123,11 @@ def build_synthetic_backbone(settings: RunSettings, recipe: BackboneRecipe | Non
 
     `progress` names a file told each finished epoch (`carclf.progress`)."""
     recipe = recipe or recipe_for(settings)
-    path = synthetic_backbone_path(settings, recipe)
+    entry = backbone_entry(settings, recipe)
     keras.utils.set_random_seed(recipe.seed)
     images, labels = source_task(recipe)
     logger.info("pretraining carclf's synthetic backbone: %d images of %d classes, %d epochs at %d px -> %s",
-                len(images), recipe.classes, recipe.epochs, recipe.image_size, path)
+                len(images), recipe.classes, recipe.epochs, recipe.image_size, entry.folder)
     size = recipe.image_size
     with dtype_policy(resolve_precision(settings.train.precision)):
         backbone = build_backbone(size, "none")
@@ -140,7 +143,12 @@ def build_synthetic_backbone(settings: RunSettings, recipe: BackboneRecipe | Non
     told = ProgressFile(progress, "pretraining the synthetic backbone (epochs)", recipe.epochs)
     history = model.fit(images, labels, batch_size=recipe.batch_size, epochs=recipe.epochs, verbose=0, shuffle=True,
                         callbacks=[EpochProgress(told)])
-    logger.info("synthetic backbone: training accuracy %.3f after %d epochs", history.history["accuracy"][-1], recipe.epochs)
-    with atomic_path(path) as partial:
-        backbone.save_weights(partial)
-    return path
+    accuracy = float(history.history["accuracy"][-1])
+    logger.info("synthetic backbone: training accuracy %.3f after %d epochs", accuracy, recipe.epochs)
+
+    def write(folder: Path) -> dict:
+        backbone.save_weights(folder / WEIGHTS_FILE)
+        return {"recipe": dataclasses.asdict(recipe), "training_accuracy": accuracy}
+
+    entry.build(write)
+    return entry.folder / WEIGHTS_FILE

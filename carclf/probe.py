@@ -14,15 +14,15 @@ The verdict compares the two accuracies with their binomial standard errors on t
 set: "better" when the pretrained probe beats the random one by more than `NOISE_Z` combined
 standard errors, "not better" when it does not beat it at all, "within noise" in between.
 
-A result is kept in the cache (`probes/KEY.json`) under a key of everything it depends on (the
-features' key: the store, the weights file's digest and the rows; the head's training settings, the
-Keras backend), so a search run again on the same data and weights does not probe again.
+A result is kept in the cache (the entry `probes/<key>/`, `carclf.cache`) under a key of everything
+it depends on (the features' key: the store, the weights file's digest and the rows; the head's
+training settings, the Keras backend), so a search run again on the same data and weights does not
+probe again. The driver asks for this key and the features' key before the trials, the probe task
+again; the weights file is hashed once per process for all of them (`carclf.cache.file_sha256`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
@@ -31,16 +31,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from carclf.cache import CacheEntry
 from carclf.config import RunSettings
 from carclf.data.store import open_image_store
 from carclf.data.table import rows_for
 from carclf.evaluate import NOISE_Z, accuracy_standard_error
 from carclf.features import extract, features_key
-from carclf.files import cache_folder, read_json, write_json
+from carclf.files import read_json, write_json
 from carclf.model import build_feature_extractor, build_head, compile_classifier
 from carclf.runtime import configure_process, configured_backend, resolve_precision
 
 PROBE_EPOCHS = 8
+PROBE_FILE = "probe.json"
 logger = logging.getLogger(__name__)
 
 
@@ -100,32 +102,34 @@ def probe_transfer(index: pd.DataFrame, store, settings: RunSettings) -> Transfe
     return TransferProbe(settings.model.weights, pretrained, random, n, error, verdict, time.perf_counter() - started)
 
 
-def probe_path(index: pd.DataFrame, store, settings: RunSettings) -> Path:
-    """Where the probe of these rows, weights and head settings is cached (see the module docstring)."""
+def probe_entry(index: pd.DataFrame, store, settings: RunSettings) -> CacheEntry:
+    """The cache entry of the probe of these rows, weights and head settings (see the module docstring)."""
     train, model = settings.train, settings.model
     described = {"features": features_key(index, store, settings), "epochs": PROBE_EPOCHS, "backend": configured_backend(),
                  "head": [model.dropout, train.batch_size, train.learning_rate, train.lr_decay, train.momentum,
                           train.label_smoothing, train.seed, train.precision]}
-    key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:24]
-    return cache_folder(settings.data.cache_dir, "probes") / f"{key}.json"
+    return CacheEntry.of(settings.data.cache_dir, "probes", described)
 
 
 def cached_probe(index: pd.DataFrame, store, settings: RunSettings) -> TransferProbe | None:
-    """The cached probe of these rows, weights and settings, or None (an unreadable file is said and ignored)."""
-    path = probe_path(index, store, settings)
-    if not path.is_file():
+    """The cached probe of these rows, weights and settings, or None (a damaged entry is said and ignored)."""
+    entry = probe_entry(index, store, settings)
+    if entry.reuse("cached transfer probe") is None:
         return None
     try:
-        probe = TransferProbe(**read_json(path))
-    except (ValueError, TypeError) as error:
-        logger.warning("%s: unreadable cached transfer probe (%s); probing again", path, error)
+        return TransferProbe(**read_json(entry.folder / PROBE_FILE))
+    except (ValueError, TypeError) as error:  # whole, as its manifest says, but not a probe: written by another carclf
+        logger.warning("%s: unreadable cached transfer probe (%s); probing again", entry.folder, error)
         return None
-    logger.info("reusing the cached transfer probe %s", path)
-    return probe
 
 
 def probe_transfer_cached(index: pd.DataFrame, store, settings: RunSettings) -> TransferProbe:
     """`probe_transfer`, kept in the cache for the next search on the same data and weights."""
     probe = probe_transfer(index, store, settings)
-    write_json(probe_path(index, store, settings), probe.to_dict())
+
+    def write(folder: Path) -> dict:
+        write_json(folder / PROBE_FILE, probe.to_dict())
+        return {}
+
+    probe_entry(index, store, settings).build(write)
     return probe

@@ -49,7 +49,7 @@ from carclf.data.batches import TrainingBatches, epoch_images  # noqa: E402
 from carclf.data.sources import prepare_dataset  # noqa: E402
 from carclf.data.store import StoreError, open_image_store  # noqa: E402
 from carclf.data.table import DatasetError, class_names, rows_for  # noqa: E402
-from carclf.evaluate import classification_metrics, predict_probabilities  # noqa: E402
+from carclf.evaluate import classification_metrics, predict_rows  # noqa: E402
 from carclf.features import open_head_features  # noqa: E402
 from carclf.files import atomic_path, write_json  # noqa: E402
 from carclf.model import WeightsError, build_classifier, build_head, compile_classifier, current_learning_rate, set_optimizer_values, transfer_weights  # noqa: E402
@@ -225,8 +225,7 @@ class TrainingRun:
                 build_head(len(self.names), model_config, train.seed), train, phase.learning_rate))
             read = lambda rows, rng: features.train[rng.integers(len(features.train), size=len(rows)), rows]  # noqa: E731
             rows, labels = np.arange(len(features.train_labels)), features.train_labels
-            predict = lambda model: predict_probabilities(model, lambda positions: features.val[positions],  # noqa: E731
-                                                          len(features.val), EVALUATION_BATCH)
+            predict = lambda model: predict_rows(model, features.val, np.arange(len(features.val)), EVALUATION_BATCH)  # noqa: E731
         else:
             def build() -> keras.Model:
                 classifier = build_classifier(len(self.names), data, model_config, phase.unfreeze_depth, train.seed, self.precision)
@@ -236,8 +235,7 @@ class TrainingRun:
             pixels, validation_rows = self.pixels, self.validation_rows["store_row"].to_numpy(dtype=np.int64)
             read = lambda rows, rng: pixels[rows]  # noqa: E731
             rows, labels = self.train_rows["store_row"].to_numpy(dtype=np.int64), self.train_rows["label"].to_numpy()
-            predict = lambda model: predict_probabilities(model, lambda positions: pixels[validation_rows[positions]],  # noqa: E731
-                                                          len(validation_rows), EVALUATION_BATCH)
+            predict = lambda model: predict_rows(model, pixels, validation_rows, EVALUATION_BATCH)  # noqa: E731
             self.classifier = model
         set_optimizer_values(model, phase.learning_rate, train.lr_decay, train.momentum)
         if self.current is not None:

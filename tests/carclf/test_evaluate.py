@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from carclf.evaluate import Evaluation, classification_metrics, predict_probabilities, write_server_predictions
+from carclf.evaluate import Evaluation, classification_metrics, predict_rows, write_server_predictions
 
 
 def _evaluation(labels):
@@ -62,6 +62,14 @@ class _Echo:
 def test_predictions_use_one_batch_shape_and_drop_the_padding():
     inputs = np.arange(20, dtype=np.float32).reshape(10, 2)
     model = _Echo()
-    out = predict_probabilities(model, lambda positions: inputs[positions], 10, 4)
+    out = predict_rows(model, inputs, np.arange(10), 4)
     np.testing.assert_array_equal(out, inputs)
     assert set(model.shapes) == {(4, 2)}
+
+
+def test_predictions_follow_the_rows_given_and_their_preparation():
+    """Rows are read in the order given (store rows, say), each batch prepared with its positions."""
+    inputs = np.arange(20, dtype=np.float32).reshape(10, 2)
+    rows = np.array([9, 0, 4])
+    out = predict_rows(_Echo(), inputs, rows, 2, lambda batch, positions: batch + positions[:, None])
+    np.testing.assert_array_equal(out, inputs[rows] + np.arange(3)[:, None])

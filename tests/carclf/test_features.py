@@ -12,7 +12,7 @@ import pytest
 from carclf.config import ModelConfig
 from carclf.data.store import build_image_store, open_image_store
 from carclf.data.table import rows_for
-from carclf.features import build_head_features, feature_folder, open_head_features, view_transforms
+from carclf.features import build_head_features, feature_folder, features_key, open_head_features, view_transforms
 from carclf.layers import flip_and_rotate
 from carclf.model import build_backbone, build_classifier
 from carclf.runtime import configure_process
@@ -122,3 +122,17 @@ def test_an_image_changed_in_place_makes_a_new_feature_cache(tiny_cars, tiny_set
     before = feature_folder(index, build_image_store(index, settings.data).path, settings)
     change_in_place(index["path"].iloc[0])
     assert feature_folder(index, build_image_store(index, settings.data).path, settings) != before
+
+
+def test_a_weights_file_changed_in_place_gives_a_new_key(tiny_dataset, tiny_settings, tmp_path):
+    """The weights file's digest is computed once per process, but never kept past a change: a byte changed
+    with the file's size and timestamps given back makes a new key."""
+    from tests.carclf.data.test_store import change_in_place
+
+    weights = tmp_path / "backbone.weights.h5"
+    weights.write_bytes(b"the key hashes this file's bytes")
+    settings = dataclasses.replace(tiny_settings, model=ModelConfig(weights=str(weights)))
+    before = features_key(tiny_dataset.index, tiny_dataset.store, settings)
+    assert features_key(tiny_dataset.index, tiny_dataset.store, settings) == before  # asked again: the same
+    change_in_place(str(weights))
+    assert features_key(tiny_dataset.index, tiny_dataset.store, settings) != before

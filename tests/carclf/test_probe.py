@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from carclf.model import FEATURE_SIZE
-from carclf.probe import cached_probe, head_probe_accuracy, probe_path, probe_transfer, probe_transfer_cached
+from carclf.probe import PROBE_FILE, cached_probe, head_probe_accuracy, probe_entry, probe_transfer, probe_transfer_cached
 
 
 def features(rng, labels, signal):
@@ -44,8 +44,8 @@ def test_a_probe_is_cached_by_what_it_depends_on(tiny_dataset, tiny_settings, sy
     index, store = tiny_dataset.index, tiny_dataset.store
     assert cached_probe(index, store, settings) is None
     probe = probe_transfer_cached(index, store, settings)
-    assert probe_path(index, store, settings).parent == tmp_path / "probes"
+    assert probe_entry(index, store, settings).folder.parent == tmp_path / "probes"
     assert cached_probe(index, store, settings) == probe
     assert cached_probe(index, store, settings.with_train(learning_rate=0.05)) is None  # another head, another key
-    probe_path(index, store, settings).write_text('{"weights": 1}')
+    (probe_entry(index, store, settings).folder / PROBE_FILE).write_text('{"weights": 1}')
     assert cached_probe(index, store, settings) is None  # a damaged file is probed again, not trusted

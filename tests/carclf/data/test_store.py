@@ -12,9 +12,10 @@ import sys
 import numpy as np
 import pytest
 
+from carclf.cache import MANIFEST
 from carclf.config import DataConfig
 from carclf.data.images import load_crop
-from carclf.data.store import StoreError, build_image_store, manifest_path, open_image_store, verify_store
+from carclf.data.store import StoreError, build_image_store, open_image_store, store_entry, verify_store
 from carclf.data.table import boxes
 
 
@@ -25,6 +26,10 @@ def own_cars(tiny_cars, tiny_index, tmp_path):
     shutil.copytree(tiny_cars, root)
     index = tiny_index.assign(path=tiny_index["path"].str.replace(str(tiny_cars), str(root), regex=False))
     return index, DataConfig(image_size=32, cache_dir=str(tmp_path / "cache"))
+
+
+def manifest_path(store):
+    return store_entry(store).folder / MANIFEST
 
 
 def test_store_is_built_once_and_reused(own_cars):
@@ -103,9 +108,9 @@ def test_damaged_store_is_named_and_rebuilt(own_cars, damage, caplog):
         manifest_path(store.path).unlink()
     else:
         manifest = json.loads(manifest_path(store.path).read_text())
-        manifest["shape"][0] -= 1  # promises a store it does not hold
+        manifest["details"]["shape"][0] -= 1  # promises a store it does not hold
         manifest_path(store.path).write_text(json.dumps(manifest))
-    with pytest.raises(StoreError, match=str(store.path.name)):
+    with pytest.raises(StoreError, match=store.path.parent.name):  # the entry's folder, named by its key
         verify_store(store.path, good.shape, checksum=True)
     with caplog.at_level("WARNING"):
         rebuilt = build_image_store(index, data)
@@ -119,7 +124,7 @@ def test_half_written_store_is_never_reused(own_cars):
     manifest_path(store.path).unlink()  # as if the build died before its last step
     with pytest.raises(StoreError, match="incomplete"):
         open_image_store(store.path, 32)
-    assert not list(store.path.parent.glob(".partial-*"))
+    assert not list(store.path.parent.parent.glob(".partial-*"))
 
 
 def test_a_killed_build_leaves_nothing_behind_for_good(own_cars):
@@ -127,10 +132,12 @@ def test_a_killed_build_leaves_nothing_behind_for_good(own_cars):
     build in that folder removes it."""
     index, data = own_cars
     store = build_image_store(index, data)
-    code = ("import os, signal, sys\nfrom carclf.files import atomic_path\n"
-            "with atomic_path(sys.argv[1]) as partial:\n    partial.write_bytes(b'half a store')\n    os.kill(os.getpid(), signal.SIGKILL)")
-    killed = subprocess.run([sys.executable, "-c", code, str(store.path.with_name("images-killed.npy"))], timeout=120)
+    decoded = store.path.parent.parent
+    code = ("import os, signal, sys\nfrom pathlib import Path\nfrom carclf.cache import CacheEntry\n"
+            "def write(folder):\n    (folder / 'images.npy').write_bytes(b'half a store')\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "CacheEntry(Path(sys.argv[1]), 'decoded', 'killed').build(write)")
+    killed = subprocess.run([sys.executable, "-c", code, str(decoded.parent)], timeout=120)
     assert killed.returncode == -signal.SIGKILL
-    assert len(list(store.path.parent.glob(".partial-*"))) == 1
+    assert len(list(decoded.glob(".partial-*"))) == 1
     assert build_image_store(index, data).path == store.path
-    assert not list(store.path.parent.glob(".partial-*"))
+    assert not list(decoded.glob(".partial-*"))
