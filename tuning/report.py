@@ -49,10 +49,11 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from carclf.config import METRIC_MODES  # noqa: E402
 from carclf.data.table import class_names, load_index  # noqa: E402
 from carclf.files import plain_value, read_json, write_json, write_text  # noqa: E402
+from tuning.experiment import experiment_from_document  # noqa: E402
 from tuning.scheduler import read_rung_decisions  # noqa: E402
+from tuning.search_space import SearchSpace  # noqa: E402
 from tuning.trials import NOISE_Z, STATUSES, Selection, against_start, top_trials, trial_summaries, within_noise  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -79,11 +80,11 @@ def _image_to_data_uri(image: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def parameter_importance(trials: pd.DataFrame, space: dict, selection: Selection) -> dict[str, float]:
+def parameter_importance(trials: pd.DataFrame, space: SearchSpace, selection: Selection) -> dict[str, float]:
     """Optuna's fANOVA importances from a study rebuilt from each trial's score (the selection rule)."""
     # Named, so Optuna's "new study created in memory" line is not mistaken for the run's study.db.
     study = optuna.create_study(study_name="report-parameter-importance", direction="maximize" if selection.mode == "max" else "minimize")
-    distributions = {key: _optuna_distribution(*next(iter(spec.items()))) for key, spec in space.items()}
+    distributions = {dimension.name: dimension.optuna_distribution() for dimension in space.dimensions}
     for _, row in trial_summaries(trials, selection).iterrows():
         params = {key: plain_value(row.get(key)) for key in space}
         if any(value is None for value in params.values()) or not np.isfinite(float(row["score"])):
@@ -96,14 +97,6 @@ def parameter_importance(trials: pd.DataFrame, space: dict, selection: Selection
     except (RuntimeError, ValueError) as error:  # e.g. every trial scored the same
         logger.info("no parameter importances: %s", error)
         return {}
-
-
-def _optuna_distribution(kind: str, args: list):
-    if kind == "choice":
-        return optuna.distributions.CategoricalDistribution(args)
-    if kind == "randint":
-        return optuna.distributions.IntDistribution(args[0], args[1])
-    return optuna.distributions.FloatDistribution(args[0], args[1], log=kind == "loguniform")
 
 
 def importance_note(scored: int) -> str:
@@ -155,7 +148,7 @@ def learning_curves(trials: pd.DataFrame, metric: str) -> plt.Figure:
     return figure
 
 
-def plot_hyperparameters(trials: pd.DataFrame, space: dict, selection: Selection) -> str:
+def plot_hyperparameters(trials: pd.DataFrame, space: SearchSpace, selection: Selection) -> str:
     """Each hyperparameter against the trial's score (its best epoch's metric)."""
     scores = trial_summaries(trials, selection)
     scores = scores[np.isfinite(scores["score"].astype(float))]
@@ -163,7 +156,7 @@ def plot_hyperparameters(trials: pd.DataFrame, space: dict, selection: Selection
     figure, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 3), squeeze=False)
     for axis, key in zip(axes[0], keys):
         axis.scatter(scores[key].astype(float), scores["score"].astype(float), alpha=0.8)
-        if "loguniform" in space[key]:
+        if space.get(key).kind == "loguniform":
             axis.set_xscale("log")
         axis.set_xlabel(key)
         axis.tick_params(axis="x", labelrotation=35, labelsize=7)
@@ -238,13 +231,14 @@ def read_run_file(path: Path, reader: Callable[[Path], Any]) -> Any:
 def build_report(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The report's numbers (report.json) and the figures and extras only the HTML shows."""
     run_dir = Path(run_dir)
-    experiment = read_run_file(run_dir / "experiment.json", read_json)
+    document = read_run_file(run_dir / "experiment.json", read_json)
+    experiment = read_run_file(run_dir / "experiment.json", lambda path: experiment_from_document(document, str(path)))
     index = read_run_file(run_dir / "dataset.parquet", load_index)
     trials = read_run_file(run_dir / "trials.parquet", pd.read_parquet)
     search_info = read_run_file(run_dir / "search.json", read_json) if (run_dir / "search.json").is_file() else {}
-    search = experiment["search"]
-    selection = Selection(search["metric"], search["mode"] or METRIC_MODES[search["metric"]])
-    space = search["space"]
+    search = experiment.search
+    selection = Selection(search.metric, search.direction)
+    space = search.space
     names = class_names(index)
     validation_size = int((index["split"] == "val").sum())
     statuses = trials.groupby("trial_id")["status"].first().value_counts()
@@ -252,7 +246,7 @@ def build_report(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     scored = int(np.isfinite(trial_summaries(trials, selection)["score"].astype(float)).sum())
     numbers: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "experiment": experiment,
+        "experiment": document,
         "dataset": {"classes": len(names), "rows_by_split": {k: int(v) for k, v in index["split"].value_counts().items()}},
         "search": {"trials": int(statuses.sum()), **{status.replace(" ", "_"): int(statuses.get(status, 0)) for status in STATUSES},
                    "wall_time_s": search_info.get("wall_time_s"), "metric": selection.metric, "mode": selection.mode,
@@ -260,7 +254,7 @@ def build_report(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
                    "sampler": search_info.get("sampler"), "useful_fraction": search_info.get("useful_fraction"),
                    "trials_s": search_info.get("trials_s")},
         "early_stopping": early_stopping_summary(run_dir),
-        "against_start": against_start(trials, search.get("start") or [], selection, validation_size),
+        "against_start": against_start(trials, search.start, selection, validation_size),
         "transfer": search_info.get("transfer"),
         "top_trials": top,
         "within_noise": within_noise(top, selection.metric),
