@@ -3,15 +3,14 @@
 An experiment file has the run tables of `carclf.config` (`[data]`, `[model]`, `[train]`) and
 the tables of the search: `[search]` (with `[search.space]` and `[[search.start]]`),
 `[scheduler]` (ASHA), `[resources]` and `[run]`. Unknown keys, wrong types and impossible values
-are errors naming the file and the key; so is a search-space distribution that does not fit its
-hyperparameter (integers take `randint` or a `choice` of integers) and a key that is not tunable.
+are errors naming the file and the key. `[search.space]` is parsed by `tuning.search_space`, which
+refuses a distribution that does not fit its hyperparameter and a key that is not tunable.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.resources
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from typing import Any
 from carclf.config import (
     METRIC_MODES,
     RUN_SECTIONS,
-    TUNABLE_KEYS,
     ConfigError,
     RunSettings,
     apply_overrides,
@@ -27,20 +25,12 @@ from carclf.config import (
     parse_section,
     read_toml,
 )
+from tuning.search_space import SearchSpace, check_start_points, parse_space
 
 EXPERIMENTS = Path(str(importlib.resources.files("tuning.experiments")))
 DEMO_EXPERIMENT = EXPERIMENTS / "demo.toml"
-DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 ALGORITHMS = ("auto", "tpe", "gp", "random")  # Optuna's samplers; auto: chosen by the search's size (tuning.samplers)
 SCHEDULERS = ("asha", "none")  # none: every trial runs all epochs
-# Why some [train] keys cannot be searched over: they describe the whole search, not one trial.
-NOT_TUNABLE = {
-    "epochs": "trials train up to scheduler.max_epochs and the winner is retrained for its best epoch",
-    "seed": "one seed for the whole search keeps trials comparable; set train.seed",
-    "epoch_images": "equal epochs are what make ASHA's rungs fair",
-    "feature_views": "the cached features are built once, before the trials",
-    "precision": "set train.precision for the whole search",
-}
 
 
 @dataclass(frozen=True)
@@ -55,7 +45,7 @@ class SearchConfig:
     mode: str = ""  # "max" or "min"; empty: the metric's own direction
     startup_trials: int = 0  # Optuna's random start-up trials before TPE; 0: a third of num_samples, 2..10
     time_budget_s: float = 0.0  # 0: no budget
-    space: dict = field(default_factory=dict)
+    space: SearchSpace = SearchSpace()
     start: list = field(default_factory=list)
 
     def check(self) -> None:
@@ -192,11 +182,8 @@ class Experiment:
     def possible_values(self, key: str) -> list:
         """The values a trial may take for a `[train]` key: the fixed one, a choice, or a randint's range;
         a float range as its two ends."""
-        spec = self.search.space.get(key)
-        if spec is None:
-            return [getattr(self.settings.train, key)]
-        kind, args = next(iter(spec.items()))
-        return list(args) if kind == "choice" else list(range(int(args[0]), int(args[1]) + 1)) if kind == "randint" else list(args)
+        dimension = self.search.space.get(key)
+        return [getattr(self.settings.train, key)] if dimension is None else dimension.values()
 
     def warm_up_epochs(self) -> int:
         """The most head-only warm-up epochs a two-phase trial may train before it fine-tunes (0: none)."""
@@ -206,11 +193,12 @@ class Experiment:
 
     def nothing_to_choose(self) -> bool:
         """True when every hyperparameter in the space has a single value."""
-        return all(next(iter(spec)) == "choice" and len(set(next(iter(spec.values())))) == 1 for spec in self.search.space.values())
+        return self.search.space.is_single_point
 
     def to_dict(self) -> dict[str, Any]:
         """The experiment as a document `experiment_from_document` reads back (the run name resolved)."""
         document = {name: dataclasses.asdict(getattr(self, name)) for name in SEARCH_SECTIONS}
+        document["search"]["space"] = self.search.space.to_dict()
         document["run"]["name"] = self.name
         return {"source": self.source, **dataclasses.asdict(self.settings), **document}
 
@@ -241,85 +229,18 @@ def load_experiment(path: str | Path = DEMO_EXPERIMENT, overrides: list[str] | N
 
 
 def experiment_from_document(document: dict[str, Any], where: str) -> Experiment:
-    """Validate an experiment document (a parsed TOML file, or a saved `Experiment.to_dict()`)."""
+    """Validate an experiment document (a parsed TOML file, or a saved `Experiment.to_dict()`); its
+    `[search.space]` table becomes a `SearchSpace`, checked against the run settings."""
     source = document.get("source", where)
     document = {key: value for key, value in document.items() if key != "source"}
     unknown = sorted(set(document) - set(RUN_SECTIONS) - set(SEARCH_SECTIONS))
     if unknown:
         raise ConfigError(f"{where}: unknown table(s) {unknown}; expected some of {sorted([*RUN_SECTIONS, *SEARCH_SECTIONS])}")
     settings = parse_run_settings(document, where)
-    sections = {name: parse_section(cls, document.get(name, {}), f"{where} [{name}]") for name, cls in SEARCH_SECTIONS.items()}
+    tables = {name: document.get(name, {}) for name in SEARCH_SECTIONS}
+    if isinstance(tables["search"], dict) and "space" in tables["search"]:
+        tables["search"] = {**tables["search"], "space": parse_space(tables["search"]["space"], settings, where)}
+    sections = {name: parse_section(cls, tables[name], f"{where} [{name}]") for name, cls in SEARCH_SECTIONS.items()}
     experiment = Experiment(source=source, settings=settings, **sections)
-    check_space(experiment, where)
+    check_start_points(experiment.search.space, experiment.search.start, experiment.trial_settings(), where)
     return experiment
-
-
-def check_space(experiment: Experiment, where: str) -> None:
-    """Every distribution is well formed, fits its hyperparameter's type, and every value it can take is valid."""
-    space = experiment.search.space
-    settings = experiment.trial_settings()
-    for key, spec in space.items():
-        at = f"{where} [search.space] {key}"
-        if key in NOT_TUNABLE:
-            raise ConfigError(f"{at}: not tunable: {NOT_TUNABLE[key]}")
-        if key not in TUNABLE_KEYS:
-            raise ConfigError(f"{at}: not a tunable key; expected one of {sorted(TUNABLE_KEYS)}")
-        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-            raise ConfigError(f"{at}: must be one distribution, e.g. {{ loguniform = [1e-4, 1e-1] }}; one of {DISTRIBUTIONS}")
-        kind, args = next(iter(spec.items()))
-        _check_distribution(kind, args, TUNABLE_KEYS[key], at)
-        for value in args:
-            _check_value(settings, key, value, at)
-    for number, point in enumerate(experiment.search.start, start=1):
-        at = f"{where} [[search.start]] #{number}"
-        if not isinstance(point, dict):
-            raise ConfigError(f"{at}: must be a table of hyperparameter values")
-        extra = sorted(set(point) - set(space))
-        if extra:
-            raise ConfigError(f"{at}: key(s) {extra} are not in [search.space]")
-        missing = sorted(set(space) - set(point))
-        if missing:
-            raise ConfigError(f"{at}: key(s) {missing} of [search.space] have no value")
-        for key, value in point.items():
-            _check_value(settings, key, value, f"{at} {key}")
-            if not _in_distribution(value, *next(iter(space[key].items()))):
-                raise ConfigError(f"{at} {key}: {value!r} is outside its search space {space[key]}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_distribution(kind: str, args: Any, value_type: type, at: str) -> None:
-    if not isinstance(args, list) or not args:
-        raise ConfigError(f"{at}: {kind} needs a non-empty list")
-    if value_type is int and kind in ("uniform", "loguniform"):
-        raise ConfigError(f"{at}: takes whole numbers: use randint = [low, high] or a choice of integers, not {kind}")
-    if not all(_is_number(a) and math.isfinite(a) for a in args):
-        raise ConfigError(f"{at}: {kind} needs finite numbers, got {args!r}")
-    if kind == "choice":
-        if value_type is int and not all(isinstance(a, int) for a in args):
-            raise ConfigError(f"{at}: takes whole numbers: a choice of integers, got {args!r}")
-        return
-    if len(args) != 2:
-        raise ConfigError(f"{at}: {kind} needs [low, high] numbers, got {args!r}")
-    low, high = args
-    if not low < high:
-        raise ConfigError(f"{at}: {kind} needs low < high, got {args!r}")
-    if kind == "loguniform" and low <= 0:
-        raise ConfigError(f"{at}: loguniform needs low > 0, got {low}")
-    if kind == "randint" and not (isinstance(low, int) and isinstance(high, int)):
-        raise ConfigError(f"{at}: randint needs whole numbers, got {args!r}")
-
-
-def _check_value(settings: RunSettings, key: str, value: Any, at: str) -> None:
-    try:
-        settings.with_hyperparameters({key: value})
-    except (ConfigError, TypeError) as error:
-        raise ConfigError(f"{at}: value {value!r} is not allowed: {error}") from None
-
-
-def _in_distribution(value: Any, kind: str, args: list) -> bool:
-    if kind == "choice":
-        return value in args
-    return args[0] <= value <= args[1]

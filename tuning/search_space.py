@@ -1,29 +1,190 @@
-"""The experiment's `[search.space]` as Ray Tune domains, which `OptunaSearch` turns into Optuna's.
+"""The experiment's `[search.space]`, parsed and checked once into a `SearchSpace` of `Dimension`s.
 
-Each hyperparameter names one distribution:
-`choice = [...]`, `uniform = [low, high]`, `loguniform = [low, high]`, `randint = [low, high]`
-(both ends included).
+Each hyperparameter names one distribution: `choice = [...]`, `uniform = [low, high]`,
+`loguniform = [low, high]` or `randint = [low, high]` (both ends included). A `Dimension` holds
+its Ray Tune domain (what the Tuner samples through `OptunaSearch`) and its Optuna distribution
+(what the report's importance study needs) side by side, so the two cannot drift apart.
+`SearchSpace.to_dict()` gives back the TOML table, which `experiment.json` stores and `--resume`
+reads back. Ray and Optuna are imported only when a domain is asked for: the search's `--help`
+answers before Ray loads, and it reads the experiment first.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
 
-from ray import tune
+from carclf.config import TUNABLE_KEYS, ConfigError, RunSettings
+
+KINDS = ("choice", "uniform", "loguniform", "randint")
+# Why some [train] keys cannot be searched over: they describe the whole search, not one trial.
+NOT_TUNABLE = {
+    "epochs": "trials train up to scheduler.max_epochs and the winner is retrained for its best epoch",
+    "seed": "one seed for the whole search keeps trials comparable; set train.seed",
+    "epoch_images": "equal epochs are what make ASHA's rungs fair",
+    "feature_views": "the cached features are built once, before the trials",
+    "precision": "set train.precision for the whole search",
+}
 
 
-def to_tune_domain(kind: str, args: list) -> Any:
+@dataclass(frozen=True)
+class Dimension:
+    """One hyperparameter's distribution: `kind` in `KINDS`; `args` the choices, or (low, high)."""
+
+    name: str
+    kind: str
+    args: tuple
+
+    def values(self) -> list:
+        """The values a trial may take: the choices, a randint's whole range; a float range as its two ends."""
+        if self.kind == "randint":
+            return list(range(self.args[0], self.args[1] + 1))
+        return list(self.args)
+
+    def contains(self, value: Any) -> bool:
+        """Whether `value` is one the distribution can propose (a range's ends included)."""
+        if self.kind == "choice":
+            return value in self.args
+        return self.args[0] <= value <= self.args[1]
+
+    @property
+    def is_fixed(self) -> bool:
+        """A choice of one value: nothing to search."""
+        return self.kind == "choice" and len(set(self.args)) == 1
+
+    def tune_domain(self) -> Any:
+        """The Ray Tune domain, e.g. `tune.loguniform(1e-4, 0.1)`."""
+        from ray import tune
+
+        if self.kind == "choice":
+            return tune.choice(list(self.args))
+        low, high = self.args
+        if self.kind == "randint":
+            return tune.randint(low, high + 1)  # Tune's upper bound is exclusive
+        return tune.loguniform(low, high) if self.kind == "loguniform" else tune.uniform(low, high)
+
+    def optuna_distribution(self) -> Any:
+        """The Optuna distribution, e.g. `FloatDistribution(1e-4, 0.1, log=True)`."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.kind == "choice":
+            return CategoricalDistribution(self.args)
+        low, high = self.args
+        if self.kind == "randint":
+            return IntDistribution(low, high)
+        return FloatDistribution(low, high, log=self.kind == "loguniform")
+
+    def to_dict(self) -> dict[str, list]:
+        """As the file writes it: `{"loguniform": [1e-4, 0.1]}`."""
+        return {self.kind: list(self.args)}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The hyperparameters a search chooses, in the file's order; iterating gives their names."""
+
+    dimensions: tuple[Dimension, ...] = ()
+
+    def __iter__(self) -> Iterator[str]:
+        return (dimension.name for dimension in self.dimensions)
+
+    def __len__(self) -> int:
+        return len(self.dimensions)
+
+    def get(self, name: str) -> Dimension | None:
+        """The dimension of hyperparameter `name`, or None where the search does not tune it."""
+        return next((dimension for dimension in self.dimensions if dimension.name == name), None)
+
+    @property
+    def is_single_point(self) -> bool:
+        """True when every hyperparameter has a single value: the search has nothing to choose."""
+        return all(dimension.is_fixed for dimension in self.dimensions)
+
+    def to_dict(self) -> dict[str, dict[str, list]]:
+        """The `[search.space]` table, as `parse_space` reads it back."""
+        return {dimension.name: dimension.to_dict() for dimension in self.dimensions}
+
+    def __str__(self) -> str:
+        """The table as the file wrote it (the plan prints it so)."""
+        return str(self.to_dict())
+
+
+def param_space(space: SearchSpace) -> dict[str, Any]:
+    """The Tuner's `param_space`: `{"learning_rate": tune.loguniform(1e-4, 0.1), ...}`."""
+    return {dimension.name: dimension.tune_domain() for dimension in space.dimensions}
+
+
+def parse_space(table: Any, settings: RunSettings, where: str) -> SearchSpace:
+    """`[search.space]` as a `SearchSpace`: every key tunable, every distribution well formed and fitting its
+    hyperparameter's type (integers take `randint` or a `choice` of integers), and every value it names one
+    that `settings` accept. Errors name `where` (the file) and the key."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} [search]: key 'space' must be dict, got {type(table).__name__} {table!r}")
+    return SearchSpace(tuple(_parse_dimension(key, spec, settings, f"{where} [search.space] {key}") for key, spec in table.items()))
+
+
+def check_start_points(space: SearchSpace, points: list, settings: RunSettings, where: str) -> None:
+    """Each `[[search.start]]` point gives every hyperparameter of the space one value it can propose."""
+    for number, point in enumerate(points, start=1):
+        at = f"{where} [[search.start]] #{number}"
+        if not isinstance(point, dict):
+            raise ConfigError(f"{at}: must be a table of hyperparameter values")
+        extra = sorted(set(point) - set(space))
+        if extra:
+            raise ConfigError(f"{at}: key(s) {extra} are not in [search.space]")
+        missing = sorted(set(space) - set(point))
+        if missing:
+            raise ConfigError(f"{at}: key(s) {missing} of [search.space] have no value")
+        for key, value in point.items():
+            _check_value(settings, key, value, f"{at} {key}")
+            dimension = space.get(key)
+            if not dimension.contains(value):
+                raise ConfigError(f"{at} {key}: {value!r} is outside its search space {dimension.to_dict()}")
+
+
+def _parse_dimension(key: str, spec: Any, settings: RunSettings, at: str) -> Dimension:
+    if key in NOT_TUNABLE:
+        raise ConfigError(f"{at}: not tunable: {NOT_TUNABLE[key]}")
+    if key not in TUNABLE_KEYS:
+        raise ConfigError(f"{at}: not a tunable key; expected one of {sorted(TUNABLE_KEYS)}")
+    kind, args = next(iter(spec.items())) if isinstance(spec, dict) and len(spec) == 1 else (None, None)
+    if kind not in KINDS:
+        raise ConfigError(f"{at}: must be one distribution, e.g. {{ loguniform = [1e-4, 1e-1] }}; one of {KINDS}")
+    _check_distribution(kind, args, TUNABLE_KEYS[key], at)
+    for value in args:
+        _check_value(settings, key, value, at)
+    return Dimension(key, kind, tuple(args))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_distribution(kind: str, args: Any, value_type: type, at: str) -> None:
+    if not isinstance(args, list) or not args:
+        raise ConfigError(f"{at}: {kind} needs a non-empty list")
+    if value_type is int and kind in ("uniform", "loguniform"):
+        raise ConfigError(f"{at}: takes whole numbers: use randint = [low, high] or a choice of integers, not {kind}")
+    if not all(_is_number(a) and math.isfinite(a) for a in args):
+        raise ConfigError(f"{at}: {kind} needs finite numbers, got {args!r}")
     if kind == "choice":
-        return tune.choice(args)
-    if kind == "uniform":
-        return tune.uniform(*args)
-    if kind == "loguniform":
-        return tune.loguniform(*args)
-    if kind == "randint":
-        return tune.randint(args[0], args[1] + 1)  # Tune's upper bound is exclusive
-    raise ValueError(f"unknown distribution {kind!r}")
+        if value_type is int and not all(isinstance(a, int) for a in args):
+            raise ConfigError(f"{at}: takes whole numbers: a choice of integers, got {args!r}")
+        return
+    if len(args) != 2:
+        raise ConfigError(f"{at}: {kind} needs [low, high] numbers, got {args!r}")
+    low, high = args
+    if not low < high:
+        raise ConfigError(f"{at}: {kind} needs low < high, got {args!r}")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"{at}: loguniform needs low > 0, got {low}")
+    if kind == "randint" and not (isinstance(low, int) and isinstance(high, int)):
+        raise ConfigError(f"{at}: randint needs whole numbers, got {args!r}")
 
 
-def param_space(space: dict[str, dict[str, list]]) -> dict[str, Any]:
-    """`{"learning_rate": {"loguniform": [1e-4, 0.1]}}` → `{"learning_rate": tune.loguniform(1e-4, 0.1)}`."""
-    return {key: to_tune_domain(*next(iter(spec.items()))) for key, spec in space.items()}
+def _check_value(settings: RunSettings, key: str, value: Any, at: str) -> None:
+    try:
+        settings.with_hyperparameters({key: value})
+    except (ConfigError, TypeError) as error:
+        raise ConfigError(f"{at}: value {value!r} is not allowed: {error}") from None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from carclf.config import ConfigError
+from carclf.config import ConfigError, RunSettings, read_toml
 from tuning.experiment import DEMO_EXPERIMENT, load_experiment
-from tuning.search_space import param_space
+from tuning.search_space import param_space, parse_space
 
 EXPERIMENTS = DEMO_EXPERIMENT.parent
 
@@ -55,6 +55,9 @@ def _write(tmp_path, text):
      (["search.space.learning_rate={ loguniform = [0.0, 0.1] }"], r"\[search\.space\] learning_rate: loguniform needs low > 0"),
      (["search.space.colour={ choice = [1] }"], r"\[search\.space\] colour: not a tunable key"),
      (["search.space.batch_size={ normal = [1, 2] }"], r"\[search\.space\] batch_size: must be one distribution"),
+     (["search.space.batch_size={ choice = [8], randint = [1, 2] }"], r"\[search\.space\] batch_size: must be one distribution"),
+     (["search.space.batch_size={ uniform = [8, 16] }"], r"\[search\.space\] batch_size: takes whole numbers: use randint"),
+     (["search.space=3"], r"\[search\]: key 'space' must be dict, got int 3"),
      (["data.format='zip'"], r"\[data\]: key format must be one of"),
      (["search.algorithm='grid'"], r"\[search\]: key algorithm must be one of \('auto', 'tpe', 'gp', 'random'\)"),
      (["search.algorithm='optuna'"], r"\[search\]: key algorithm 'optuna' is now named 'tpe'"),
@@ -106,12 +109,40 @@ def test_a_file_of_that_name_in_the_folder_wins_over_the_shipped_one(tmp_path, m
     assert ours == demo
 
 
-def test_param_space_becomes_tune_domains():
-    space = param_space({"unfreeze_depth": {"randint": [0, 16]}, "batch_size": {"choice": [16, 32]},
-                         "learning_rate": {"loguniform": [1e-4, 1e-1]}})
-    assert space["unfreeze_depth"].lower == 0 and space["unfreeze_depth"].upper == 17  # both ends included
-    assert space["batch_size"].categories == [16, 32]
-    assert space["learning_rate"].lower == pytest.approx(1e-4)
+def _space(table):
+    return parse_space(table, RunSettings(), "exp.toml")
+
+
+def test_each_dimension_gives_the_same_distribution_to_tune_and_to_optuna():
+    space = _space({"unfreeze_depth": {"randint": [0, 16]}, "batch_size": {"choice": [16, 32]},
+                    "learning_rate": {"loguniform": [1e-4, 1e-1]}, "momentum": {"uniform": [0.8, 0.95]}})
+    tune_space = param_space(space)
+    assert list(tune_space) == list(space) == ["unfreeze_depth", "batch_size", "learning_rate", "momentum"]
+    assert tune_space["unfreeze_depth"].lower == 0 and tune_space["unfreeze_depth"].upper == 17  # Tune's end is exclusive
+    depth = space.get("unfreeze_depth").optuna_distribution()
+    assert (depth.low, depth.high) == (0, 16)  # Optuna's is not: both give 0..16
+    assert tune_space["batch_size"].categories == [16, 32] and space.get("batch_size").optuna_distribution().choices == (16, 32)
+    rate, momentum = space.get("learning_rate").optuna_distribution(), space.get("momentum").optuna_distribution()
+    assert type(tune_space["learning_rate"].get_sampler()).__name__ == "_LogUniform" and rate.log
+    assert type(tune_space["momentum"].get_sampler()).__name__ == "_Uniform" and not momentum.log
+    assert (rate.low, rate.high) == (tune_space["learning_rate"].lower, tune_space["learning_rate"].upper) == (1e-4, 1e-1)
+
+
+def test_what_a_dimension_can_propose():
+    space = _space({"unfreeze_depth": {"randint": [2, 4]}, "batch_size": {"choice": [8, 8]}, "learning_rate": {"uniform": [0.01, 0.1]}})
+    depth, batch, rate = space.get("unfreeze_depth"), space.get("batch_size"), space.get("learning_rate")
+    assert depth.values() == [2, 3, 4] and depth.contains(4) and not depth.contains(5)
+    assert rate.values() == [0.01, 0.1] and rate.contains(0.05) and not rate.contains(0.2)
+    assert batch.is_fixed and not depth.is_fixed and not space.is_single_point
+    assert _space({"batch_size": {"choice": [8, 8]}}).is_single_point
+    assert space.get("dropout") is None
+
+
+def test_the_space_reads_back_as_the_file_wrote_it():
+    """experiment.json stores the TOML table, and --resume parses it again."""
+    experiment = load_experiment()
+    assert experiment.to_dict()["search"]["space"] == read_toml(DEMO_EXPERIMENT)["search"]["space"]
+    assert str(experiment.search.space) == str(read_toml(DEMO_EXPERIMENT)["search"]["space"])  # as the plan prints it
 
 
 def test_saved_experiment_reads_back(tmp_path):

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tuning.report import CONFUSION_LIMIT, learning_curves, plot_confusion, render_html
+from tuning.report_figures import CONFUSION_LIMIT, learning_curves, plot_confusion
+from tuning.report_html import render_html
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -1,0 +1,103 @@
+"""report.html: one page with every figure embedded as a data URI, so it needs no network and no side files."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from tuning.report_numbers import WORST_CLASSES
+from tuning.trials import NOISE_Z
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "<p>none</p>"
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_format(row.get(c)))}</td>" for c in columns) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _img(uri: str | None, alt: str) -> str:
+    return f'<img src="{uri}" alt="{html.escape(alt)}">' if uri else f"<p>({html.escape(alt)}: no data)</p>"
+
+
+def render_html(numbers: dict[str, Any], extras: dict[str, Any]) -> str:
+    """One HTML page with every figure embedded as a data URI: no network, no side files."""
+    e, search, dataset, best = numbers["experiment"], numbers["search"], numbers["dataset"], numbers["best"]
+    wall = f"{search['wall_time_s']:.0f} s" if search.get("wall_time_s") else "unknown"
+    parts = [
+        f"<h1>carclf report: {html.escape(e['run']['name'])}</h1>",
+        "<h2>Experiment and data</h2>",
+        _table([{"experiment": e["source"], "data": f"{e['data']['format']} {e['data']['root']}", "classes": dataset["classes"],
+                 **{f"{k} images": v for k, v in dataset["rows_by_split"].items()}, "image size": e["data"]["image_size"],
+                 "weights": e["model"]["weights"]}]),
+        _table([{"trials": search["trials"], "finished": search["finished"], "stopped early (ASHA)": search["stopped_early"],
+                 "diverged": search["diverged"], "failed": search["failed"], "interrupted": search["interrupted"],
+                 "never started": search["never_started"], "sampler": search.get("sampler"), "wall time": wall,
+                 "time in training steps": f"{search['useful_fraction']:.0%}" if search.get("useful_fraction") is not None else "unknown",
+                 "metric": f"{search['mode']} {search['metric']}"}]),
+        f"<p>Selection: {html.escape(search['selection'])}.</p>",
+    ]
+    if numbers["against_start"]:
+        parts.append(f"<p><b>Against the starting configuration:</b> {html.escape(numbers['against_start']['statement'])}</p>")
+    stops = numbers["early_stopping"]
+    if stops:
+        parts.append(f"<p>ASHA stopped {stops['stopped']} trial(s) at a rung, {stops['stopped_within_noise']} of them within noise of the "
+                     f"cut (under {NOISE_Z} combined standard errors); {stops['spared']} trial(s) below a cut went on because they "
+                     "were within the noise margin (scheduler.noise_z).</p>")
+    if numbers["transfer"]:
+        transfer = numbers["transfer"]
+        parts.append(f"<p><b>Transfer:</b> a linear probe on frozen features scored {transfer['pretrained_accuracy']:.3f} with "
+                     f"{html.escape(str(e['model']['weights']))} weights against {transfer['random_accuracy']:.3f} with random weights "
+                     f"(± {transfer['standard_error']:.3f}): pretrained is {html.escape(transfer['verdict'])}.</p>")
+    if best:
+        test = best["test"]
+        parts += ["<h2>Best configuration</h2>", _table([{**best["hyperparameters"], "retrain epochs": best["retrain_epochs"],
+                                                          "precision": best.get("precision")}])]
+        if test.get("labeled"):
+            parts.append(_table([{"test images": test["count"], "top-1 accuracy": test["accuracy"], "top-5 accuracy": test["top5_accuracy"],
+                                  "macro precision": test["macro_precision"], "macro recall": test["macro_recall"], "macro F1": test["macro_f1"]}]))
+        else:
+            parts.append(f"<p>{html.escape(test.get('note', 'no test metrics'))}</p>")
+    parts += ["<h2>Top trials</h2>", f"<p>{html.escape(noise_statement(numbers))}</p>", _table(numbers["top_trials"]),
+              "<h2>Learning curves</h2>", _img(extras.get("curves"), "learning curves"),
+              "<h2>Hyperparameters against the validation metric</h2>", _img(extras.get("hyperparameters"), "hyperparameters"),
+              "<h2>Parameter importance</h2>", f"<p>{html.escape(numbers['parameter_importance_note'])}</p>",
+              _img(extras["importance"], "parameter importance") if "importance" in extras else ""]
+    if "confusion" in extras:
+        parts += [f"<h2>Confusion matrix ({html.escape(extras['confusion_note'])}, rows normalised)</h2>", _img(extras["confusion"], "confusion matrix")]
+    if best and best["test"].get("labeled"):
+        parts += ["<h2>Most-confused pairs</h2>", _table(best["test"]["most_confused"]),
+                  f"<h2>The {WORST_CLASSES} worst classes</h2>",
+                  _table(numbers["worst_classes"], ["class_name", "accuracy", "precision", "recall", "f1", "support"])]
+    if extras.get("grid"):
+        cells = "".join(
+            f'<figure class="{"wrong" if c["wrong"] else "right"}"><img src="{c["uri"]}" alt="{html.escape(c["true"])}">'
+            f'<figcaption>{"✗" if c["wrong"] else "✓"} true: {html.escape(c["true"])}<br>predicted: {html.escape(c["predicted"])} '
+            f'({c["confidence"]:.0%})</figcaption></figure>' for c in extras["grid"])
+        parts += ["<h2>Test images (wrong ones first, marked ✗)</h2>", f'<div class="grid">{cells}</div>']
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}table{border-collapse:collapse;margin:.5em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f3f3f3}img{max-width:100%}"
+             ".grid{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;width:170px;font-size:11px;padding:3px;border:3px solid #3a3}"
+             "figure.wrong{border-color:#d22;background:#fee}")
+    return f'<!doctype html><html><head><meta charset="utf-8"><title>carclf report</title><style>{style}</style></head><body>{"".join(parts)}</body></html>\n'
+
+
+def noise_statement(numbers: dict[str, Any]) -> str:
+    """How far to trust the ranking: the validation set's size, and which top trials are within noise of the best."""
+    search, close = numbers["search"], numbers["within_noise"]
+    text = (f"Scores are measured on {search['validation_size']} validation images; standard_error is the binomial "
+            "standard error of an accuracy on that many images.")
+    if close:
+        text += (f" Within noise of the best (a difference under 1.96 combined standard errors): {', '.join(close)}; "
+                 "more validation images would be needed to tell them apart.")
+    elif numbers["top_trials"] and numbers["top_trials"][0].get("standard_error") is not None:
+        text += " The best trial is clear of the others by more than 1.96 combined standard errors."
+    return text
