@@ -100,7 +100,7 @@ def summarize(trials: pd.DataFrame, experiment: Experiment, validation_size: int
     with pd.option_context("display.width", 180, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
         text = (f"top {len(rows)} of {trials['trial_id'].nunique()} trials by {selection.metric} at each trial's best epoch "
                 f"({validation_size} validation images):\n{pd.DataFrame(rows).set_index('trial_id')}")
-    close = within_noise(rows, selection.metric)
+    close = within_noise(rows, selection.objective)
     if close:
         text += f"\nwithin noise of the best (difference < 1.96 standard errors): {', '.join(close)}"
     if experiment.nothing_to_choose():

@@ -18,6 +18,7 @@ from carclf.files import write_json, write_text
 from tuning.report_figures import report_figures
 from tuning.report_html import render_html
 from tuning.report_numbers import RunFileError, read_run, report_numbers
+from tuning.run_folder import RunFolder
 
 
 def build_report(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -29,10 +30,10 @@ def build_report(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write `report.json` and `report.html` into `run_dir` (atomically) and return their paths."""
-    run_dir = Path(run_dir)
-    numbers, extras = build_report(run_dir)
-    json_path = write_json(run_dir / "report.json", numbers)
-    html_path = write_text(run_dir / "report.html", render_html(numbers, extras))
+    folder = RunFolder(Path(run_dir))
+    numbers, extras = build_report(folder.path)
+    json_path = write_json(folder.report_json, numbers)
+    html_path = write_text(folder.report_html, render_html(numbers, extras))
     return json_path, html_path
 
 
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", help="the run folder (e.g. runs/demo)")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
-    missing = [name for name in ("experiment.json", "dataset.parquet", "trials.parquet") if not (run_dir / name).is_file()]
+    missing = [path.name for path in RunFolder(run_dir).stage_files("searched") if not path.is_file()]
     if missing:
         print(f"error: {run_dir}: not a finished run folder (missing {', '.join(missing)})", file=sys.stderr)
         return 2

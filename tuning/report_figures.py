@@ -90,11 +90,11 @@ def learning_curves(trials: pd.DataFrame, metric: str) -> plt.Figure:
 def plot_hyperparameters(trials: pd.DataFrame, space: SearchSpace, selection: Selection) -> str:
     """Each hyperparameter against the trial's score (its best epoch's metric)."""
     scores = trial_summaries(trials, selection)
-    scores = scores[np.isfinite(scores["score"].astype(float))]
+    scores = scores[np.isfinite(scores[selection.objective].astype(float))]
     keys = [k for k in space if k in scores]
     figure, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 3), squeeze=False)
     for axis, key in zip(axes[0], keys):
-        axis.scatter(scores[key].astype(float), scores["score"].astype(float), alpha=0.8)
+        axis.scatter(scores[key].astype(float), scores[selection.objective].astype(float), alpha=0.8)
         if space.get(key).kind == "loguniform":
             axis.set_xscale("log")
         axis.set_xlabel(key)

@@ -3,8 +3,8 @@
 `read_run` reads those files once (`RunFiles`); `report_numbers` makes report.json of them, and
 `tuning.report_figures` the figures of the same files. A damaged file is a `RunFileError` naming it.
 
-report.json schema (version 3):
-  schema_version: 3
+report.json schema (version 4):
+  schema_version: 4
   experiment: the experiment document (tables data, model, train, search, scheduler, resources, run)
   dataset: {classes, rows_by_split: {train, val, test}}
   search: {trials, finished, stopped_early, diverged, failed, interrupted, never_started, wall_time_s, metric, mode,
@@ -17,8 +17,9 @@ report.json schema (version 3):
   against_start: {trial_id, start_trial_id, gain, standard_error, within_noise, statement} the best trial against the
                  first [[search.start]] trial, or null when the search had no start point
   transfer: the transfer probe (carclf.probe.TransferProbe as a dict), or null for random weights
-  top_trials: [{trial_id, <metric>, standard_error, best_epoch, epochs, status, precision, <hyperparameter>: value, ...}]
-              best first; <metric> is the trial's best epoch's value (the selection rule)
+  top_trials: [{trial_id, best_<metric>, standard_error, best_epoch, epochs, status, precision, <hyperparameter>: value, ...}]
+              best first; best_<metric> is the trial's best epoch's value (the selection rule), named as in
+              trials.parquet, where <metric> is each epoch's own value (version 3 called it <metric>)
   within_noise: trial ids of top trials whose score is within 1.96 standard errors of the best's
   parameter_importance: {hyperparameter: importance 0..1} (Optuna fANOVA on the trials' scores; {} below
                         IMPORTANCE_MIN_TRIALS scored trials)
@@ -42,12 +43,13 @@ import pandas as pd
 from carclf.data.table import class_names, load_index
 from carclf.files import plain_value, read_json
 from tuning.experiment import Experiment, experiment_from_document
+from tuning.run_folder import RunFolder
 from tuning.scheduler import read_rung_decisions
 from tuning.search_space import SearchSpace
 from tuning.trials import STATUSES, Selection, against_start, top_trials, trial_summaries, within_noise
 
 logger = logging.getLogger(__name__)
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 IMPORTANCE_MIN_TRIALS = 10  # fewer scored trials: importances are withheld
 IMPORTANCE_RELIABLE_TRIALS = 30  # fewer: shown, marked unreliable
 SELECTION_RULE = ("each trial is scored by its best epoch's {metric}; that score ranks the trials, Optuna learns it, "
@@ -84,7 +86,7 @@ class RunFiles:
 
     @property
     def selection(self) -> Selection:
-        return Selection(self.experiment.search.metric, self.experiment.search.direction)
+        return Selection.of(self.experiment.search)
 
     @property
     def class_names(self) -> list[str]:
@@ -93,19 +95,18 @@ class RunFiles:
 
 def read_run(run_dir: str | Path) -> RunFiles:
     """Read the run folder's files, each damaged one a `RunFileError` naming it."""
-    run_dir = Path(run_dir)
-    document = read_run_file(run_dir / "experiment.json", read_json)
-    best_dir = run_dir / "best"
-    retrained = (best_dir / "metrics.json").is_file()
-    predictions = best_dir / "test_predictions.parquet"
+    folder = RunFolder(Path(run_dir))
+    document = read_run_file(folder.experiment_file, lambda path: folder.read_experiment()[0])
+    retrained = folder.metrics_file.is_file()
+    predictions = folder.predictions_file
     return RunFiles(
-        run_dir=run_dir, document=document,
-        experiment=read_run_file(run_dir / "experiment.json", lambda path: experiment_from_document(document, str(path))),
-        index=read_run_file(run_dir / "dataset.parquet", load_index),
-        trials=read_run_file(run_dir / "trials.parquet", pd.read_parquet),
-        search_info=read_run_file(run_dir / "search.json", read_json) if (run_dir / "search.json").is_file() else {},
-        best_metrics=read_run_file(best_dir / "metrics.json", read_json) if retrained else None,
-        best_config=read_run_file(best_dir / "config.json", read_json) if retrained else None,
+        run_dir=folder.path, document=document,
+        experiment=read_run_file(folder.experiment_file, lambda path: experiment_from_document(document, str(path))),
+        index=read_run_file(folder.dataset_file, load_index),
+        trials=read_run_file(folder.trials_file, pd.read_parquet),
+        search_info=read_run_file(folder.search_file, read_json) if folder.search_file.is_file() else {},
+        best_metrics=read_run_file(folder.metrics_file, read_json) if retrained else None,
+        best_config=read_run_file(folder.best / "config.json", read_json) if retrained else None,
         best_predictions=read_run_file(predictions, pd.read_parquet) if retrained and predictions.is_file() else None,
     )
 
@@ -116,7 +117,7 @@ def report_numbers(run: RunFiles) -> dict[str, Any]:
     validation_size = int((index["split"] == "val").sum())
     statuses = trials.groupby("trial_id")["status"].first().value_counts()
     top = top_trials(trials, selection, validation_size=validation_size)
-    scored = int(np.isfinite(trial_summaries(trials, selection)["score"].astype(float)).sum())
+    scored = int(np.isfinite(trial_summaries(trials, selection)[selection.objective].astype(float)).sum())
     numbers: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "experiment": run.document,
@@ -130,7 +131,7 @@ def report_numbers(run: RunFiles) -> dict[str, Any]:
         "against_start": against_start(trials, run.experiment.search.start, selection, validation_size),
         "transfer": search_info.get("transfer"),
         "top_trials": top,
-        "within_noise": within_noise(top, selection.metric),
+        "within_noise": within_noise(top, selection.objective),
         "parameter_importance": parameter_importance(trials, run.experiment.search.space, selection),
         "parameter_importance_note": importance_note(scored),
         "best": None,
@@ -152,9 +153,9 @@ def parameter_importance(trials: pd.DataFrame, space: SearchSpace, selection: Se
     distributions = {dimension.name: dimension.optuna_distribution() for dimension in space.dimensions}
     for _, row in trial_summaries(trials, selection).iterrows():
         params = {key: plain_value(row.get(key)) for key in space}
-        if any(value is None for value in params.values()) or not np.isfinite(float(row["score"])):
+        if any(value is None for value in params.values()) or not np.isfinite(float(row[selection.objective])):
             continue
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(row["score"])))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(row[selection.objective])))
     if len(study.trials) < IMPORTANCE_MIN_TRIALS:
         return {}
     try:

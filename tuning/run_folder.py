@@ -90,6 +90,10 @@ class RunFolder:
         return self.best / "metrics.json"
 
     @property
+    def predictions_file(self) -> Path:
+        return self.best / "test_predictions.parquet"
+
+    @property
     def report_html(self) -> Path:
         return self.path / "report.html"
 

@@ -101,11 +101,11 @@ def trial_number(trial_id: str, trial_path: str) -> float:
 def trial_summaries(trials: pd.DataFrame, selection: Selection) -> pd.DataFrame:
     """One row per trial, best first: its score, best epoch, epochs trained, status and settings."""
     if trials.empty or selection.objective not in trials:
-        return pd.DataFrame(columns=["score", "best_epoch", "epochs", "status"])
+        return pd.DataFrame(columns=[selection.objective, "best_epoch", "epochs", "status"])
     config = [c for c in trials.columns if c.startswith("config/")]
     last = trials.sort_values("epoch", kind="stable").groupby("trial_id", sort=False).last()
     rows = pd.DataFrame({
-        "score": pd.to_numeric(last[selection.objective], errors="coerce"),
+        selection.objective: pd.to_numeric(last[selection.objective], errors="coerce"),
         "best_epoch": pd.to_numeric(last.get("best_epoch"), errors="coerce").astype("Int64"),
         "epochs": pd.to_numeric(last["epoch"], errors="coerce").astype("Int64"),
         "status": last["status"],
@@ -113,19 +113,19 @@ def trial_summaries(trials: pd.DataFrame, selection: Selection) -> pd.DataFrame:
         "precision": last["precision"] if "precision" in last else None,
         **{c.removeprefix("config/"): last[c] for c in config},
     })
-    rows.loc[rows["status"] == "diverged", "score"] = selection.worst
-    keys = rows.assign(missing=rows["score"].isna(), name=rows.index.astype(str))
-    ordered = keys.sort_values(["missing", "score", "best_epoch", "trial_number", "name"],
+    rows.loc[rows["status"] == "diverged", selection.objective] = selection.worst
+    keys = rows.assign(missing=rows[selection.objective].isna(), name=rows.index.astype(str))
+    ordered = keys.sort_values(["missing", selection.objective, "best_epoch", "trial_number", "name"],
                                ascending=[True, selection.mode == "min", True, True, True], kind="stable", na_position="last")
     return ordered.drop(columns=["missing", "name"])
 
 
 def top_trials(trials: pd.DataFrame, selection: Selection, count: int = 10, validation_size: int | None = None) -> list[dict[str, Any]]:
     """The best `count` trials as plain dicts (with `standard_error` for accuracy metrics)."""
-    rows = trial_summaries(trials, selection).head(count).rename(columns={"score": selection.metric})
+    rows = trial_summaries(trials, selection).head(count)
     out = [{"trial_id": trial_id, **{k: plain_value(v) for k, v in row.items()}} for trial_id, row in rows.iterrows()]
     for row in out:
-        row["standard_error"] = standard_error(row[selection.metric], selection.metric, validation_size)
+        row["standard_error"] = standard_error(row[selection.objective], selection.metric, validation_size)
     return out
 
 
@@ -136,7 +136,7 @@ def standard_error(value: float | None, metric: str, validation_size: int | None
     return accuracy_standard_error(value, validation_size)
 
 
-def within_noise(top: list[dict[str, Any]], metric: str) -> list[str]:
+def within_noise(top: list[dict[str, Any]], objective: str) -> list[str]:
     """Trial ids among `top` whose score differs from the best's by less than `NOISE_Z` combined standard errors."""
     if len(top) < 2 or top[0].get("standard_error") is None:
         return []
@@ -146,7 +146,7 @@ def within_noise(top: list[dict[str, Any]], metric: str) -> list[str]:
         if other.get("standard_error") is None:
             continue
         spread = NOISE_Z * math.hypot(best["standard_error"], other["standard_error"])
-        if abs(best[metric] - other[metric]) < spread:
+        if abs(best[objective] - other[objective]) < spread:
             close.append(other["trial_id"])
     return close
 
@@ -154,15 +154,15 @@ def within_noise(top: list[dict[str, Any]], metric: str) -> list[str]:
 def against_start(trials: pd.DataFrame, start: list[dict], selection: Selection, validation_size: int) -> dict[str, Any] | None:
     """The best trial against the starting configuration (the first `[[search.start]]` trial), in numbers and plain words."""
     summaries = trial_summaries(trials, selection)
-    scored = summaries[summaries["score"].notna()]
+    scored = summaries[summaries[selection.objective].notna()]
     if not start or scored.empty:
         return None
     point = start[0]
     matches = summaries[[all(plain_value(row.get(key)) == value for key, value in point.items()) for _, row in summaries.iterrows()]]
-    if matches.empty or pd.isna(matches["score"].iloc[0]):
+    if matches.empty or pd.isna(matches[selection.objective].iloc[0]):
         return None
-    start_id, start_score = matches.index[0], float(matches["score"].iloc[0])
-    best_id, best_score = scored.index[0], float(scored["score"].iloc[0])
+    start_id, start_score = matches.index[0], float(matches[selection.objective].iloc[0])
+    best_id, best_score = scored.index[0], float(scored[selection.objective].iloc[0])
     gain = (best_score - start_score) * (1 if selection.mode == "max" else -1)
     errors = [standard_error(v, selection.metric, validation_size) for v in (best_score, start_score)]
     error = None if None in errors else float(np.hypot(*errors))
@@ -183,7 +183,7 @@ def against_start(trials: pd.DataFrame, start: list[dict], selection: Selection,
 def best_trial(trials: pd.DataFrame, selection: Selection, space_keys: list[str]) -> tuple[dict[str, Any], int] | None:
     """The winner's hyperparameters and the epochs to retrain it for (its best epoch); None if no trial scored."""
     rows = trial_summaries(trials, selection)
-    scored = rows[rows["score"].notna() & np.isfinite(rows["score"].astype(float))]
+    scored = rows[rows[selection.objective].notna() & np.isfinite(rows[selection.objective].astype(float))]
     if scored.empty:
         return None
     best = scored.iloc[0]

@@ -29,14 +29,14 @@ IMAGE_PROBE = """<script>window.addEventListener("load", () => {
 def test_report_json_has_the_documented_numbers(finished_run):
     run_dir, _ = finished_run
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["schema_version"] == 3
+    assert report["schema_version"] == 4
     assert report["dataset"] == {"classes": 4, "rows_by_split": {"train": 32, "test": 12, "val": 8}}
     search = report["search"]
     assert search["trials"] == 6 and search["stopped_early"] >= 1 and search["failed"] == 0 and search["diverged"] == 0
     assert search["stopped_early"] + search["finished"] == 6
     assert search["wall_time_s"] > 0 and search["validation_size"] == 8 and "best epoch" in search["selection"]
     top = report["top_trials"]
-    assert len(top) == 6 and [t["val_loss"] for t in top] == sorted(t["val_loss"] for t in top)  # best (lowest) first
+    assert len(top) == 6 and [t["best_val_loss"] for t in top] == sorted(t["best_val_loss"] for t in top)  # best (lowest) first
     assert {"batch_size", "learning_rate", "lr_decay", "unfreeze_depth", "epochs", "best_epoch", "status"} <= set(top[0])
     assert top[0]["standard_error"] is None  # a loss has no binomial standard error
     assert isinstance(report["within_noise"], list)
@@ -110,7 +110,7 @@ def test_standard_errors_and_noise_on_accuracy():
     top = top_trials(pd.DataFrame(rows), Selection("val_accuracy", "max"), validation_size=100)
     assert [row["trial_id"] for row in top] == ["a", "b", "c"]
     assert top[0]["standard_error"] == pytest.approx((0.8 * 0.2 / 100) ** 0.5)
-    assert within_noise(top, "val_accuracy") == ["b"]  # 2 points apart on 100 images; c is clearly worse
+    assert within_noise(top, "best_val_accuracy") == ["b"]  # 2 points apart on 100 images; c is clearly worse
     assert standard_error(0.5, "val_loss", 100) is None
 
 
