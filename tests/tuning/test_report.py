@@ -26,6 +26,7 @@ IMAGE_PROBE = """<script>window.addEventListener("load", () => {
 });</script>"""
 
 
+@pytest.mark.slow
 def test_report_json_has_the_documented_numbers(finished_run):
     run_dir, _ = finished_run
     report = json.loads((run_dir / "report.json").read_text())
@@ -48,6 +49,7 @@ def test_report_json_has_the_documented_numbers(finished_run):
     assert accuracies == sorted(accuracies)
 
 
+@pytest.mark.slow
 def test_report_html_is_self_contained(finished_run):
     run_dir, _ = finished_run
     page = (run_dir / "report.html").read_text()
@@ -60,6 +62,7 @@ def test_report_html_is_self_contained(finished_run):
     assert "Selection: each trial is scored by its best epoch" in page and "measured on 8 validation images" in page
 
 
+@pytest.mark.slow
 def test_report_command_regenerates_and_refuses_other_folders(finished_run, tmp_path):
     run_dir, _ = finished_run
     copy = tmp_path / "copy"
@@ -80,6 +83,7 @@ def test_confusion_heatmap_at_196_classes_keeps_the_most_confused():
     assert uri.startswith("data:image/png;base64,")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_report_renders_in_headless_chromium_with_every_image_loaded(finished_run, tmp_path):
     run_dir, _ = finished_run
