@@ -1,9 +1,10 @@
 """Readers that turn a car dataset's annotations into the dataset table (`carclf.data.table`).
 
-Three layouts: the Stanford Cars devkit (`.mat` files), a CSV, and one folder per class. Every
-value is parsed strictly: a box that is not four whole numbers, a blank or unknown class, a blank
-path or a bad split stops the reader with the file and the line (or record). Whether the images
-exist and the boxes fit them is `carclf.data.checks`' job, so both run on any source.
+Three layouts: the Stanford Cars devkit (`.mat` files) and one folder per class here, and a CSV
+(`carclf.data.csv_annotations`), which shares the checks below. Every value is parsed strictly:
+a box that is not four whole numbers, a blank or unknown class, a blank path or a bad split
+stops the reader with the file and the line (or record). Whether the images exist and the boxes
+fit them is `carclf.data.checks`' job, so both run on any source.
 """
 
 from __future__ import annotations
@@ -22,12 +23,7 @@ from carclf.data.table import BBOX_COLUMNS, DatasetError, make_table
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 DEVKIT_FIELDS = {"bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "fname"}
-FILE_COLUMNS = ("path", "file", "fname", "filename", "image")
-CLASS_COLUMNS = ("class_name", "class", "label", "class_id")
-CSV_SPLITS = ("train", "test")
-# Cells pandas reads as missing by default (read_csv's na_values): as a class they are a blank, not a name.
-MISSING_CELLS = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
-                 "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+SPLITS = ("train", "test")  # the splits a dataset may name; validation is split off training (carclf.data.splits)
 SHOWN_UNREAD = 5
 
 
@@ -49,7 +45,7 @@ def _load_mat(path: Path, variable: str) -> np.ndarray:
     return np.atleast_1d(contents[variable])
 
 
-def _whole_number(value: Any, where: str, what: str) -> int:
+def whole_number(value: Any, where: str, what: str) -> int:
     """`value` as an int, or an error naming `where`: 12, 12.0 and "12" pass; 12.5, "", "abc" do not."""
     if isinstance(value, np.ndarray) and value.size == 1:
         value = value.item()
@@ -75,7 +71,7 @@ def _devkit_records(path: Path, labeled: bool) -> list[dict[str, Any]]:
         name = record["fname"]
         if not isinstance(name, str) or not name.strip():
             raise DatasetError(f"{where}: fname {name!r} is not a file name")
-        values = {column: _whole_number(record[column], f"{where} ({name})", column)
+        values = {column: whole_number(record[column], f"{where} ({name})", column)
                   for column in BBOX_COLUMNS + (["class"] if labeled else [])}
         records.append({"fname": name.strip(), "source": f"{path.name} record {number}", **values})
     return records
@@ -105,7 +101,7 @@ def read_devkit_annotations(root: str | Path) -> pd.DataFrame:
     elif unlabeled_test is not None:
         frames.append(_devkit_frame(unlabeled_test, root / "cars_test", "test", names, labeled=False))
     table = pd.concat(frames, ignore_index=True)
-    _require_every_class(table, names, f"{train_path}")
+    require_every_class(table, names, f"{train_path}")
     return make_table(table)
 
 
@@ -127,7 +123,7 @@ def _devkit_frame(path: Path, image_dir: Path, split: str, names: list[str], lab
     return frame
 
 
-def _require_every_class(table: pd.DataFrame, names: list[str], source: str) -> None:
+def require_every_class(table: pd.DataFrame, names: list[str], source: str) -> None:
     present = set(table.loc[table["split"] == "train", "label"].dropna().astype(int))
     empty = [f"{i} {names[i]!r}" for i in range(len(names)) if i not in present]
     if empty:
@@ -150,99 +146,6 @@ def check_distinct_names(names: Iterable[tuple[str, str]], where: str) -> None:
                            "Spell each class one way.")
 
 
-def read_csv_annotations(csv_path: str | Path, root: str | Path | None = None, class_names: list[str] | None = None) -> pd.DataFrame:
-    """Read a CSV with a file column, a class column and optional bounding-box and split columns.
-
-    File paths are relative to `root` (default: the CSV's folder). The class column holds names,
-    or 0-based integer ids; `class_names`, when given, fixes the classes and their order, and a
-    name or id outside it is an error. Without a `split` column every row is a training row. A
-    row's box is four whole numbers or four empty cells (no box).
-    """
-    csv_path = Path(csv_path).resolve()
-    root = Path(root).resolve() if root else csv_path.parent
-    try:
-        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except FileNotFoundError:
-        raise DatasetError(f"{csv_path}: CSV file not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{csv_path}: not a readable CSV ({error})") from None
-    raw.columns = [str(column).strip() for column in raw.columns]
-    if raw.empty:
-        raise DatasetError(f"{csv_path}: has a header but no rows (expected one row per image)")
-    raw.index = pd.Index(range(2, len(raw) + 2), name="line")  # line 1 is the header
-    file_column = _pick_column(raw, FILE_COLUMNS, csv_path, "file")
-    class_column = _pick_column(raw, CLASS_COLUMNS, csv_path, "class")
-    # Class names keep their spaces, so "Audi A4" and "Audi A4 " are reported rather than merged.
-    raw = raw.apply(lambda column: column if column.name == class_column else column.str.strip())
-    present_boxes = [c for c in BBOX_COLUMNS if c in raw]
-    if present_boxes and len(present_boxes) != len(BBOX_COLUMNS):
-        missing = sorted(set(BBOX_COLUMNS) - set(present_boxes))
-        raise DatasetError(f"{csv_path}: has some bounding-box columns but not {missing}")
-
-    frame = pd.DataFrame(index=raw.index)
-    frame["source"] = [f"{csv_path.name} line {line}" for line in raw.index]
-    for line, name in raw[file_column].items():
-        if not name:
-            raise DatasetError(f"{csv_path}: line {line}: the {file_column!r} cell is empty (expected an image file)")
-    frame["path"] = [str(root / name) for name in raw[file_column]]
-    if present_boxes:
-        frame[BBOX_COLUMNS] = [_csv_box(raw.loc[line, BBOX_COLUMNS].tolist(), f"{csv_path}: line {line}") for line in raw.index]
-    frame["split"] = raw["split"] if "split" in raw else "train"
-    bad_split = frame[~frame["split"].isin(CSV_SPLITS)]
-    if len(bad_split):
-        raise DatasetError(f"{csv_path}: line {bad_split.index[0]}: split {bad_split['split'].iloc[0]!r} is not 'train' or 'test'")
-
-    classes = raw[class_column]
-    blank = classes[classes.str.strip().isin(MISSING_CELLS)]
-    if len(blank):
-        value = blank.iloc[0]
-        what = "is empty" if not value.strip() else f"holds {value!r}, which reads as a missing value"
-        raise DatasetError(f"{csv_path}: line {blank.index[0]}: the {class_column!r} cell {what} "
-                           f"({len(blank)} row(s) without a class)")
-    if classes.str.fullmatch(r"\d+").all():
-        ids = classes.astype(int)
-        names = class_names or [str(i) for i in range(int(ids.max()) + 1)]
-        out_of_range = ids[ids >= len(names)]
-        if len(out_of_range):
-            line = out_of_range.index[0]
-            raise DatasetError(f"{csv_path}: line {line}: class id {ids[line]} is outside 0..{len(names) - 1}")
-        frame["label"] = ids
-    else:
-        check_distinct_names(((name, f"line {line}") for line, name in classes.items()), str(csv_path))
-        names = class_names or sorted(classes[frame["split"] == "train"].unique())
-        lookup = {name: i for i, name in enumerate(names)}
-        unknown = classes[~classes.isin(list(lookup))]
-        if len(unknown):
-            line = unknown.index[0]
-            raise DatasetError(
-                f"{csv_path}: line {line}: unknown class name {classes[line]!r} "
-                f"({len(unknown)} row(s) name classes with no training rows or outside the class list)"
-            )
-        frame["label"] = classes.map(lookup)
-    frame["class_name"] = [names[label] for label in frame["label"]]
-    _require_every_class(frame, names, str(csv_path))
-    return make_table(frame.reset_index(drop=True))
-
-
-def _csv_box(cells: list[str], where: str) -> list[int | None]:
-    """Four whole numbers, or four empty cells for "no box"; anything else names the line."""
-    if all(cell == "" for cell in cells):
-        return [None] * 4
-    values = []
-    for column, cell in zip(BBOX_COLUMNS, cells):
-        if cell == "":
-            raise DatasetError(f"{where}: {column} is empty but other box cells are not (give all four, or none)")
-        values.append(_whole_number(cell, where, column))
-    return values
-
-
-def _pick_column(raw: pd.DataFrame, candidates: tuple[str, ...], path: Path, role: str) -> str:
-    for name in candidates:
-        if name in raw.columns:
-            return name
-    raise DatasetError(f"{path}: no {role} column: expected one of {list(candidates)}, found {list(raw.columns)}")
-
-
 def read_folder_annotations(root: str | Path) -> pd.DataFrame:
     """Read `root/train/<class name>/*.jpg` and optionally `root/test/<class name>/*.jpg`.
 
@@ -262,7 +165,7 @@ def read_folder_annotations(root: str | Path) -> pd.DataFrame:
     check_distinct_names(((name, f"train/{name}/") for name in names), str(train_dir))
     lookup = {name: i for i, name in enumerate(names)}
     rows, unread = [], []
-    for split in CSV_SPLITS:
+    for split in SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
             continue

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from carclf.config import DataConfig
-from carclf.data.annotations import read_csv_annotations, read_devkit_annotations, read_folder_annotations
+from carclf.data.annotations import read_devkit_annotations, read_folder_annotations
 from carclf.data.checks import check_files, check_split_overlap, drop_bad_rows
+from carclf.data.csv_annotations import read_csv_annotations
 from carclf.data.splits import split_train_validation
 from carclf.data.store import build_image_store
 from carclf.data.synthetic import generate_synthetic_cars

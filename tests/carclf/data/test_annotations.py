@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import scipy.io
 
-from carclf.data.annotations import read_csv_annotations, read_devkit_annotations, read_folder_annotations
+from carclf.data.annotations import read_devkit_annotations, read_folder_annotations
+from carclf.data.csv_annotations import read_csv_annotations
 from carclf.data.table import COLUMNS, DatasetError, class_names, load_index, save_index
 
 
