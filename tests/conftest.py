@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny synthetic datasets, the real devkit files, settings for fast runs, the
-synthetic pretrained backbone, Ray.
+"""Shared fixtures: tiny synthetic datasets, photos made here, the real devkit files, settings for
+fast runs, the synthetic pretrained backbone, Ray.
 
 Tests never write to the user's caches. Before anything loads, `XDG_CACHE_HOME` and `KERAS_HOME` point
 at a cache home made for the test runs in the system's temporary folder (child processes and Ray's
@@ -14,9 +14,12 @@ import getpass
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 TEST_CACHE_HOME = Path(tempfile.gettempdir()) / f"carclf-test-cache-{getpass.getuser()}"
 os.environ["XDG_CACHE_HOME"] = str(TEST_CACHE_HOME)
@@ -25,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from carclf.config import DataConfig, ModelConfig, RunSettings, TrainConfig  # noqa: E402
 from carclf.data.sources import prepare_dataset  # noqa: E402
-from carclf.data.synthetic import SyntheticSpec, generate_synthetic_cars  # noqa: E402
+from carclf.data.synthetic import SyntheticSpec, draw_car, generate_synthetic_cars  # noqa: E402
 from carclf.files import cache_home  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +79,35 @@ def synthetic_backbone(tiny_settings) -> Path:
     settings = RunSettings(data=DataConfig(image_size=32, cache_dir=BACKBONE_CACHE), train=TrainConfig(precision="float32"))
     configure_process(2, seed=0)
     return synthetic_backbone(settings)
+
+
+@dataclass(frozen=True)
+class Photos:
+    """Car photos made with Pillow, of the shapes a user gives predict."""
+
+    car: Path  # a 224x224 JPEG
+    car_box: tuple[int, int, int, int]  # the car's box in it
+    sideways: Path  # the car's pixels turned a quarter, with the EXIF Orientation tag that turns them upright
+    wide: Path  # 333x91
+    tall: Path  # 17x250
+
+    @property
+    def all(self) -> list[Path]:
+        return [self.car, self.sideways, self.wide, self.tall]
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Photos:
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(7)
+    car, box = draw_car(rng, 0, 224, 224)
+    car.save(folder / "car.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the viewer turns it 90° clockwise
+    Image.fromarray(np.ascontiguousarray(np.rot90(np.asarray(car), 1))).save(folder / "sideways.png", exif=exif)
+    draw_car(rng, 1, 333, 91)[0].save(folder / "wide.png")
+    draw_car(rng, 2, 68, 250)[0].resize((17, 250)).save(folder / "tall.jpg", quality=90)  # drawn wider: the drawing needs 20 px
+    return Photos(folder / "car.jpg", box, folder / "sideways.png", folder / "wide.png", folder / "tall.jpg")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ every input answered, clear errors."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -18,8 +17,9 @@ import carclf  # noqa: F401  (what a user's program imports to load a carclf mod
 from carclf.data.images import load_crop
 from carclf.data.table import class_names
 from carclf.files import write_json
+from carclf.model_folder import ModelFolder
 from carclf.predict import parse_image_argument
-from carclf.train import TrainingData, save_labels, save_model, train_classifier
+from carclf.train import TrainingData, train_classifier
 from tests.conftest import REPO
 
 
@@ -28,10 +28,7 @@ def trained_model(tiny_dataset, tiny_settings, tmp_path_factory):
     """A model trained with label smoothing (a custom loss), saved with its labels and settings."""
     settings = tiny_settings.with_train(epochs=1, unfreeze_depth=0, label_smoothing=0.1)
     model = train_classifier(TrainingData(tiny_dataset.index, tiny_dataset.store), settings)
-    folder = tmp_path_factory.mktemp("model")
-    save_labels(class_names(tiny_dataset.index), folder / "labels.json")
-    write_json(folder / "config.json", {"settings": dataclasses.asdict(settings)})
-    return save_model(model, folder / "model.keras")
+    return ModelFolder(tmp_path_factory.mktemp("model")).save(model, class_names(tiny_dataset.index), settings)
 
 
 def _predict(*args):
@@ -104,7 +101,7 @@ def test_top_k_below_one_is_refused(trained_model, real_samples):
 def test_labels_that_do_not_match_the_model_are_refused(trained_model, real_samples, tmp_path):
     copy = tmp_path / "model.keras"
     shutil.copy(trained_model, copy)
-    save_labels(["a", "b", "c"], tmp_path / "labels.json")
+    write_json(tmp_path / "labels.json", {"class_names": ["a", "b", "c"]})
     result = _predict("--model", copy, real_samples[0])
     assert result.returncode == 2
     assert "labels.json: names 3 classes, but model.keras has 4 outputs" in result.stderr and "Traceback" not in result.stderr
@@ -128,7 +125,7 @@ def test_model_with_code_is_refused_by_safe_mode(tmp_path, real_samples):
     inputs = keras.Input((32, 32, 3))
     outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Lambda(lambda x: keras.ops.mean(x, axis=(1, 2)))(inputs))
     keras.Model(inputs, outputs).save(tmp_path / "model.keras")
-    save_labels(["a", "b"], tmp_path / "labels.json")
+    write_json(tmp_path / "labels.json", {"class_names": ["a", "b"]})
     result = _predict("--model", tmp_path / "model.keras", real_samples[0])
     assert result.returncode == 2
     assert "error:" in result.stderr and "safe_mode" in result.stderr
