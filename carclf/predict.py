@@ -2,9 +2,11 @@
 
 Each photo goes through the same function that built the training store
 (`carclf.data.images.load_crop`: EXIF orientation, box crop with margin, resize), so prediction
-sees what training saw; the model itself does the rest. `labels.json` beside the model names the
-classes (and must match the model's outputs), and `config.json` beside it, when present, gives
-the crop settings. Give a box as `IMAGE@x1,y1,x2,y2`, in the upright photo's pixels.
+sees what training saw; the model itself does the rest. The model's folder (`carclf.model_folder`)
+gives the rest: `labels.json` names the classes (and must match the model's outputs), `config.json`
+the crop settings the model trained with (whether to crop to the box, and its margin). A model
+without config.json (saved before carclf.train wrote one) is served with the default crop, saying
+so on stderr. Give a box as `IMAGE@x1,y1,x2,y2`, in the upright photo's pixels.
 
 Only carclf's classifiers are served: a model that does not take uint8 crops through carclf's
 augmentation and preprocessing layers would answer confidently from pixels on the wrong scale,
@@ -18,7 +20,9 @@ others; the exit status is 1 if any image failed, 2 if the model cannot be used.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import re
 import sys
 import zipfile
@@ -30,11 +34,12 @@ import numpy as np
 
 from carclf.config import DataConfig
 from carclf.data.images import ImageError, load_crop
-from carclf.files import read_json
+from carclf.model_folder import ModelFolder, ModelFolderError
 
 if TYPE_CHECKING:
     import keras
 
+logger = logging.getLogger(__name__)
 BOX_TEXT = re.compile(r"[-+\d\s.,]*")
 
 
@@ -71,35 +76,31 @@ class Predictor:
 
 
 def load_predictor(model_path: str | Path) -> Predictor:
-    """The model (Keras' safe mode, without its training configuration), its class names and crop settings."""
+    """The model (Keras' safe mode, without its training configuration), its class names and the crop
+    settings it trained with, from its folder (`carclf.model_folder`). Raises `PredictorError` or
+    `ModelFolderError`, naming the file at fault."""
     model_path = Path(model_path)
-    labels_path = model_path.with_name("labels.json")
     if model_path.is_dir():
         raise PredictorError(f"{model_path}: a folder, not a model file; give the .keras file carclf saved in it "
-                             f"(e.g. {model_path / 'model.keras'})")
+                             f"(e.g. {ModelFolder(model_path).model_file})")
     if not model_path.is_file():
         raise PredictorError(f"{model_path}: model file not found")
-    if not labels_path.is_file():
-        raise PredictorError(f"{labels_path}: labels.json not found beside the model; carclf saves the class names there "
-                             "({\"class_names\": [...]}) with every model it trains")
+    folder = ModelFolder.of_model(model_path)
+    names = folder.read_class_names()
     model = load_model(model_path)
     problem = carclf_model_problem(model)
     if problem:
         raise PredictorError(f"{model_path}: not a carclf classifier: {problem}")
-    try:
-        names = read_json(labels_path)["class_names"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise PredictorError(f"{labels_path}: not a labels file (expected {{\"class_names\": [...]}}): {error}") from None
     outputs = model.output_shape[-1]
-    if not isinstance(names, list) or len(names) != outputs:
-        count = len(names) if isinstance(names, list) else "no list of"
-        raise PredictorError(f"{labels_path}: names {count} classes, but {model_path.name} has {outputs} outputs: "
+    if len(names) != outputs:
+        raise PredictorError(f"{folder.labels_file}: names {len(names)} classes, but {model_path.name} has {outputs} outputs: "
                              "the labels belong to another model")
-    size = int(model.input_shape[1])
-    config_path = model_path.with_name("config.json")
-    saved = read_json(config_path)["settings"]["data"] if config_path.is_file() else {}
-    data = DataConfig(**{**saved, "image_size": size})
-    return Predictor(model, names, data)
+    data = folder.read_data_config()
+    if data is None:
+        data = DataConfig()
+        logger.warning("%s: not found beside the model, so its crop settings are unknown: cropping with carclf's defaults "
+                       "(crop_to_bbox %s, bbox_margin %s)", folder.config_file, data.crop_to_bbox, data.bbox_margin)
+    return Predictor(model, names, dataclasses.replace(data, image_size=int(model.input_shape[1])))
 
 
 def load_model(path: Path) -> keras.Model:
@@ -181,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             entries.append({"image": path, "box": None, "error": str(error).removeprefix(f"{path}: ")})
     try:
         predictor = load_predictor(args.model)
-    except PredictorError as error:
+    except (PredictorError, ModelFolderError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     classified = iter(classify(predictor, [entry for entry in entries if isinstance(entry, ImageRequest)], args.top_k))

@@ -11,7 +11,8 @@ rows are predicted in padded fixed-size batches and scored exactly (`carclf.eval
 that stops being finite ends the run after that epoch, marked `diverged`.
 
 `python -m carclf.train --experiment FILE [--set key=value ...]` trains one configuration
-without Ray, with Keras' progress bar, and saves the model and its labels.
+without Ray, with Keras' progress bar, and saves the model with its labels and settings
+(`carclf.model_folder`), so `carclf.predict` crops photos as this run cropped its training images.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--experiment", required=True, help="experiment TOML file ([data], [model] and [train] are used)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--data-dir", help="dataset root, overriding data.root")
-    parser.add_argument("--output", default="model.keras", help="where to save the trained model (default: model.keras)")
+    parser.add_argument("--output", default="model.keras",
+                        help="where to save the trained model, with labels.json and config.json beside it (default: model.keras)")
     return parser.parse_args(argv)
 
 
@@ -51,8 +53,8 @@ from carclf.data.store import StoreError, open_image_store  # noqa: E402
 from carclf.data.table import DatasetError, class_names, rows_for  # noqa: E402
 from carclf.evaluate import classification_metrics, predict_rows  # noqa: E402
 from carclf.features import open_head_features  # noqa: E402
-from carclf.files import atomic_path, write_json  # noqa: E402
 from carclf.model import WeightsError, build_classifier, build_head, compile_classifier, current_learning_rate, set_optimizer_values, transfer_weights  # noqa: E402
+from carclf.model_folder import ModelFolder, ModelFolderError  # noqa: E402
 from carclf.runtime import configure_process, resolve_precision  # noqa: E402
 from carclf.weights import resolve_weights  # noqa: E402
 
@@ -259,21 +261,6 @@ def train_classifier(data: TrainingData, settings: RunSettings, *, splits: Seque
     return run.final_model
 
 
-def save_model(model: keras.Model, path: str | Path) -> Path:
-    """Save in the standard `.keras` format, atomically."""
-    path = Path(path)
-    if path.suffix != ".keras":
-        raise ValueError(f"{path}: model files must end in .keras")
-    with atomic_path(path) as partial:
-        model.save(partial)
-    return path
-
-
-def save_labels(names: list[str], path: str | Path) -> Path:
-    """`labels.json` beside a model: output i of the model is class `names[i]`."""
-    return write_json(path, {"class_names": names})
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -281,22 +268,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = args.overrides + ([f"data.root={args.data_dir!r}"] if args.data_dir else [])
         document = apply_overrides(read_toml(args.experiment), overrides, args.experiment)
         settings = parse_run_settings(document, args.experiment)
-        output = Path(args.output)
-        if output.suffix != ".keras":
-            raise ConfigError(f"--output {output}: model files must end in .keras")
+        try:
+            folder = ModelFolder.of_model(args.output)
+        except ModelFolderError as error:
+            raise ConfigError(f"--output {error}") from None
         dataset = prepare_dataset(settings.data)
         settings = resolve_weights(settings)
         configure_process(None, settings.train.seed)
         model = train_classifier(TrainingData(dataset.index, dataset.store), settings, verbose=1)
-        save_model(model, output)
-        save_labels(class_names(dataset.index), output.with_name("labels.json"))
+        folder.save(model, class_names(dataset.index), settings)
     except (ConfigError, DatasetError, StoreError, WeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
         print(f"error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return 2
-    print(f"saved {output} and {output.with_name('labels.json')}")
+    print(f"saved {folder.model_file} with {folder.labels_file.name} and {folder.config_file.name} beside it")
     return 0
 
 

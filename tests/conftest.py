@@ -1,22 +1,28 @@
-"""Shared fixtures: tiny synthetic datasets, the real devkit files, settings for fast runs, the
-synthetic pretrained backbone, Ray.
+"""Shared fixtures: tiny synthetic datasets, photos made here, settings for fast runs, the synthetic
+pretrained backbone, Ray, and the real Stanford Cars files of the optional `shared_data` lane.
 
 Tests never write to the user's caches. Before anything loads, `XDG_CACHE_HOME` and `KERAS_HOME` point
 at a cache home made for the test runs in the system's temporary folder (child processes and Ray's
 workers inherit it): carclf's cache, Keras' `keras.json`, JAX's compilation cache. There the synthetic
 backbone, keyed by its recipe, outlives one session, so the TensorFlow and JAX lanes build it once.
 The session's decoded stores and features go to a temporary folder of their own (`data.cache_dir`).
+
+Every test makes its own data, so a fresh clone runs them all. Only the tests marked `shared_data`
+read the real files in `../shared/data/stanford_cars` (another folder: `$CARCLF_SHARED_CARS`), through
+`real_devkit` and `real_samples`; without those files they are skipped, saying what did not run.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
-import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 TEST_CACHE_HOME = Path(tempfile.gettempdir()) / f"carclf-test-cache-{getpass.getuser()}"
 os.environ["XDG_CACHE_HOME"] = str(TEST_CACHE_HOME)
@@ -25,11 +31,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from carclf.config import DataConfig, ModelConfig, RunSettings, TrainConfig  # noqa: E402
 from carclf.data.sources import prepare_dataset  # noqa: E402
-from carclf.data.synthetic import SyntheticSpec, generate_synthetic_cars  # noqa: E402
+from carclf.data.synthetic import SyntheticSpec, draw_car, generate_synthetic_cars  # noqa: E402
 from carclf.files import cache_home  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CARS = REPO.parent / "shared" / "data" / "stanford_cars"
+SHARED_CARS = Path(os.environ.get("CARCLF_SHARED_CARS") or REPO.parent / "shared" / "data" / "stanford_cars")
 TINY_SPEC = SyntheticSpec(num_classes=4, train_per_class=10, test_per_class=3, width_range=(64, 80), height_range=(48, 60), seed=3)
 BACKBONE_CACHE = str(cache_home())  # the test runs' cache home (above): the synthetic backbone outlives a session
 
@@ -78,28 +84,57 @@ def synthetic_backbone(tiny_settings) -> Path:
     return synthetic_backbone(settings)
 
 
+@dataclass(frozen=True)
+class Photos:
+    """Car photos made with Pillow, of the shapes a user gives predict."""
+
+    car: Path  # a 224x224 JPEG
+    car_box: tuple[int, int, int, int]  # the car's box in it
+    sideways: Path  # the car's pixels turned a quarter, with the EXIF Orientation tag that turns them upright
+    wide: Path  # 333x91
+    tall: Path  # 17x250
+
+    @property
+    def all(self) -> list[Path]:
+        return [self.car, self.sideways, self.wide, self.tall]
+
+
 @pytest.fixture(scope="session")
-def real_devkit() -> Path:
-    """The real Stanford Cars devkit annotation files (no images)."""
-    devkit = SHARED_CARS / "devkit"
-    if not (devkit / "cars_meta.mat").is_file():
-        pytest.skip(f"real devkit files not found at {devkit}")
-    return devkit
+def photos(tmp_path_factory) -> Photos:
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(7)
+    car, box = draw_car(rng, 0, 224, 224)
+    car.save(folder / "car.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the viewer turns it 90° clockwise
+    Image.fromarray(np.ascontiguousarray(np.rot90(np.asarray(car), 1))).save(folder / "sideways.png", exif=exif)
+    draw_car(rng, 1, 333, 91)[0].save(folder / "wide.png")
+    draw_car(rng, 2, 68, 250)[0].resize((17, 250)).save(folder / "tall.jpg", quality=90)  # drawn wider: the drawing needs 20 px
+    return Photos(folder / "car.jpg", box, folder / "sideways.png", folder / "wide.png", folder / "tall.jpg")
+
+
+def shared_cars(request, relative: str) -> Path:
+    """`SHARED_CARS / relative` for a test of the `shared_data` lane, which is skipped, saying what did not run, without it."""
+    if request.node.get_closest_marker("shared_data") is None:
+        pytest.fail(f"{request.node.name} reads the real files in {SHARED_CARS}: mark it @pytest.mark.shared_data, "
+                    "so that the other tests run on a fresh clone without them", pytrace=False)
+    path = SHARED_CARS / relative
+    if not path.exists():
+        pytest.skip(f"optional shared_data lane: {path} not found (the real Stanford Cars files, in ../shared/data/stanford_cars "
+                    f"or $CARCLF_SHARED_CARS), so {request.node.name} did not run on them")
+    return path
 
 
 @pytest.fixture
-def devkit_root(tmp_path, real_devkit) -> Path:
-    """A dataset root holding a copy of the real devkit files, for readers that look for images."""
-    shutil.copytree(real_devkit, tmp_path / "devkit")
-    return tmp_path
+def real_devkit(request) -> Path:
+    """The folder of the real Stanford Cars devkit annotation files (no images)."""
+    return shared_cars(request, "devkit/cars_meta.mat").parent
 
 
-@pytest.fixture(scope="session")
-def real_samples() -> list[Path]:
-    samples = sorted((SHARED_CARS / "samples").glob("*.jpg"))
-    if not samples:
-        pytest.skip("real sample photos not found")
-    return samples
+@pytest.fixture
+def real_samples(request) -> list[Path]:
+    """Three real car photos from the dataset, 224x224 JPEGs."""
+    return sorted(shared_cars(request, "samples").glob("*.jpg"))
 
 
 @pytest.fixture

@@ -94,17 +94,19 @@ def test_startup_chatter_is_hidden_as_tf_cpp_min_log_level_says(level, shown, ca
 
 @pytest.fixture(scope="module")
 def saved_carclf_model(tmp_path_factory) -> Path:
-    """A small model with carclf's own layers, which Keras can load only once carclf registered them."""
+    """A small model with carclf's own layers, which Keras can load only once carclf registered them,
+    saved with its labels and settings as carclf saves one."""
     import keras
 
+    from carclf.config import DataConfig, RunSettings, TrainConfig
     from carclf.layers import RandomFlipRotation, ResNetPreprocessing
+    from carclf.model_folder import ModelFolder
 
     inputs = keras.Input((32, 32, 3), dtype="uint8")
     pixels = ResNetPreprocessing()(RandomFlipRotation()(inputs))
     outputs = keras.layers.Dense(4, activation="softmax")(keras.layers.GlobalAveragePooling2D()(pixels))
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    keras.Model(inputs, outputs).save(path)
-    return path
+    settings = RunSettings(data=DataConfig(image_size=32), train=TrainConfig(precision="float32"))
+    return ModelFolder(tmp_path_factory.mktemp("model")).save(keras.Model(inputs, outputs), ["a", "b", "c", "d"], settings)
 
 
 @pytest.mark.parametrize("imports", [
@@ -124,7 +126,6 @@ def test_predict_prints_its_answer_and_no_tensorflow_chatter(saved_carclf_model,
     """On a machine without a GPU, predict's output is its answer: no absl notice, oneDNN note or cuInit error."""
     from PIL import Image
 
-    (saved_carclf_model.parent / "labels.json").write_text('{"class_names": ["a", "b", "c", "d"]}')
     photo = tmp_path / "photo.png"
     Image.new("RGB", (64, 48), (120, 40, 40)).save(photo)
     result = python("-m", "carclf.predict", "--model", str(saved_carclf_model), "--top-k", "1", str(photo), cwd=tmp_path)

@@ -1,14 +1,14 @@
 """Retrain the best configuration on train + validation, evaluate it once on the test split.
 
-Writes `best/model.keras`, `best/labels.json`, `best/config.json`, `best/metrics.json` and
-`best/test_predictions.parquet` (plus `best/test_predictions.txt`, the evaluation server's
-format, when the test split is unlabeled). This is the only place the test split is used. The
-run is seeded and, on a CPU, deterministic: the same winner retrains to the same test metrics.
+Writes the model folder `best/` (`model.keras`, `labels.json` and `config.json` with the winning
+hyperparameters, through `carclf.model_folder`), then `best/metrics.json` and
+`best/test_predictions.parquet` (plus `best/test_predictions.txt`, the evaluation server's format,
+when the test split is unlabeled). This is the only place the test split is used. The run is
+seeded and, on a CPU, deterministic: the same winner retrains to the same test metrics.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -22,8 +22,9 @@ from carclf.data.store import open_image_store
 from carclf.data.table import class_names, rows_for
 from carclf.evaluate import evaluate, write_server_predictions
 from carclf.files import atomic_path, write_json
-from carclf.runtime import configure_process, resolve_precision
-from carclf.train import EVALUATION_BATCH, TrainingData, save_labels, save_model, train_classifier
+from carclf.model_folder import ModelFolder
+from carclf.runtime import configure_process
+from carclf.train import EVALUATION_BATCH, TrainingData, train_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +41,7 @@ def retrain_and_evaluate(index: pd.DataFrame, store: str | Path, settings: RunSe
     started = time.perf_counter()
     model = train_classifier(TrainingData(index, Path(store)), settings, splits=("train", "val"), validate=False, verbose=2,
                              callbacks=[history])
-    save_model(model, best_dir / "model.keras")
-    save_labels(names, best_dir / "labels.json")
-    write_json(best_dir / "config.json", {"hyperparameters": best_config, "settings": dataclasses.asdict(settings),
-                                          "precision": resolve_precision(settings.train.precision)})
+    ModelFolder(best_dir).save(model, names, settings, hyperparameters=best_config)
 
     test_rows = rows_for(index, "test")
     metrics: dict[str, Any] = {"retrain_epochs": epochs, "retrain_history": history.epochs, "retrain_s": time.perf_counter() - started}

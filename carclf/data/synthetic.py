@@ -113,13 +113,24 @@ def draw_car(rng: np.random.Generator, class_id: int, width: int, height: int) -
     return image, box
 
 
-def _annotation_struct(records: list[dict]) -> np.ndarray:
+def write_annotations_mat(path: str | Path, records: list[dict]) -> Path:
+    """A devkit annotations file: `annotations`, a 1xN struct array with the records' fields, as
+    Stanford's `cars_*_annos*.mat` hold them (the tests write bad ones with it too)."""
     fields = list(records[0])
     struct = np.zeros((1, len(records)), dtype=[(name, "O") for name in fields])
     for i, record in enumerate(records):
         for name in fields:
             struct[0, i][name] = record[name]
-    return struct
+    scipy.io.savemat(path, {"annotations": struct})
+    return Path(path)
+
+
+def write_class_names_mat(path: str | Path, names: list[str]) -> Path:
+    """A devkit `cars_meta.mat`: `class_names`, a 1xN cell of strings, class 1 first."""
+    cell = np.empty((1, len(names)), dtype=object)
+    cell[0, :] = list(names)
+    scipy.io.savemat(path, {"class_names": cell})
+    return Path(path)
 
 
 def generate_synthetic_cars(root: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
@@ -148,9 +159,7 @@ def generate_synthetic_cars(root: str | Path, spec: SyntheticSpec = SyntheticSpe
             name = f"{number:05d}.jpg"
             image.save(root / folder / name, quality=90)
             records.append({"bbox_x1": x1, "bbox_y1": y1, "bbox_x2": x2, "bbox_y2": y2, "class": int(class_id) + 1, "fname": name})
-        scipy.io.savemat(root / "devkit" / annos, {"annotations": _annotation_struct(records)})
-    names = np.empty((1, spec.num_classes), dtype=object)
-    names[0, :] = [car_class(i)[0] for i in range(spec.num_classes)]
-    scipy.io.savemat(root / "devkit" / "cars_meta.mat", {"class_names": names})
+        write_annotations_mat(root / "devkit" / annos, records)
+    write_class_names_mat(root / "devkit" / "cars_meta.mat", [car_class(i)[0] for i in range(spec.num_classes)])
     marker.write_text(wanted)
     return root

@@ -47,12 +47,14 @@ def test_an_unsupported_backend_is_named_without_a_traceback(command):
 
 def test_a_model_trained_on_one_backend_predicts_alike_on_the_other(tiny_dataset, tiny_settings, tmp_path):
     from carclf.data.store import open_image_store
-    from carclf.train import TrainingData, save_model, train_classifier
+    from carclf.data.table import class_names
+    from carclf.model_folder import ModelFolder
+    from carclf.train import TrainingData, train_classifier
 
     other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
     pytest.importorskip(other)
     model = train_classifier(TrainingData(tiny_dataset.index, tiny_dataset.store), tiny_settings.with_train(epochs=1))
-    path = save_model(model, tmp_path / "model.keras")
+    path = ModelFolder(tmp_path).save(model, class_names(tiny_dataset.index), tiny_settings)
     images = open_image_store(tiny_dataset.store, 32)[:6]
     np.save(tmp_path / "images.npy", images)
     result = _python(PREDICT, path, tmp_path / "images.npy", tmp_path / "other.npy", backend=other)

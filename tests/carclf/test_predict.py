@@ -1,9 +1,9 @@
-"""`python -m carclf.predict` on real photos, with a model trained here: the same pixels as training,
-every input answered, clear errors."""
+"""`python -m carclf.predict` on photos made here (EXIF-rotated, boxed, odd sizes) and, in the optional
+`shared_data` lane, on real ones, with a model trained here: the same pixels as training, every input
+answered, clear errors."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import subprocess
@@ -18,8 +18,9 @@ import carclf  # noqa: F401  (what a user's program imports to load a carclf mod
 from carclf.data.images import load_crop
 from carclf.data.table import class_names
 from carclf.files import write_json
+from carclf.model_folder import ModelFolder
 from carclf.predict import parse_image_argument
-from carclf.train import TrainingData, save_labels, save_model, train_classifier
+from carclf.train import TrainingData, train_classifier
 from tests.conftest import REPO
 
 
@@ -28,35 +29,41 @@ def trained_model(tiny_dataset, tiny_settings, tmp_path_factory):
     """A model trained with label smoothing (a custom loss), saved with its labels and settings."""
     settings = tiny_settings.with_train(epochs=1, unfreeze_depth=0, label_smoothing=0.1)
     model = train_classifier(TrainingData(tiny_dataset.index, tiny_dataset.store), settings)
-    folder = tmp_path_factory.mktemp("model")
-    save_labels(class_names(tiny_dataset.index), folder / "labels.json")
-    write_json(folder / "config.json", {"settings": dataclasses.asdict(settings)})
-    return save_model(model, folder / "model.keras")
+    return ModelFolder(tmp_path_factory.mktemp("model")).save(model, class_names(tiny_dataset.index), settings)
 
 
 def _predict(*args):
     return subprocess.run([sys.executable, "-m", "carclf.predict", *map(str, args)], capture_output=True, text=True, timeout=180)
 
 
-def test_real_photos_get_named_top_classes(trained_model, real_samples, tiny_index):
-    result = _predict("--model", trained_model, "--top-k", "3", "--json", *real_samples)
+def _assert_named_top_classes(trained_model, inputs, names):
+    """predict answers each input, in order, with its 3 top classes, named, most probable first."""
+    result = _predict("--model", trained_model, "--top-k", "3", "--json", *inputs)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["image"] for line in lines] == [str(p) for p in real_samples]
-    names = set(class_names(tiny_index))
+    assert [line["image"] for line in lines] == [parse_image_argument(str(i)).path for i in inputs]
     for line in lines:
-        assert len(line["top"]) == 3 and {t["class_name"] for t in line["top"]} <= names
+        assert len(line["top"]) == 3 and {t["class_name"] for t in line["top"]} <= set(names)
         probabilities = [t["probability"] for t in line["top"]]
         assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1.0001
 
 
-def test_plain_keras_load_model_agrees_with_predict(trained_model, real_samples):
+def test_photos_get_named_top_classes(trained_model, photos, tiny_index):
+    _assert_named_top_classes(trained_model, [*photos.all, f"{photos.car}@{','.join(map(str, photos.car_box))}"], class_names(tiny_index))
+
+
+@pytest.mark.shared_data
+def test_real_photos_get_named_top_classes(trained_model, real_samples, tiny_index):
+    _assert_named_top_classes(trained_model, real_samples, class_names(tiny_index))
+
+
+def test_plain_keras_load_model_agrees_with_predict(trained_model, photos):
     """The saved model holds its own preprocessing: the stored crop is all it needs."""
-    result = _predict("--model", trained_model, "--json", "--top-k", "1", *real_samples)
+    result = _predict("--model", trained_model, "--json", "--top-k", "1", *photos.all)
     expected = [json.loads(line)["top"][0]["class_name"] for line in result.stdout.splitlines()]
     model = keras.models.load_model(trained_model)
     names = json.loads((trained_model.parent / "labels.json").read_text())["class_names"]
-    crops = np.stack([load_crop(path, None, 32) for path in real_samples])
+    crops = np.stack([load_crop(path, None, 32) for path in photos.all])
     assert [names[i] for i in model.predict(crops, verbose=0).argmax(axis=1)] == expected
 
 
@@ -72,11 +79,11 @@ def test_a_sideways_phone_photo_is_classified_as_the_upright_one(trained_model, 
     np.testing.assert_allclose([t["probability"] for t in upright_top], [t["probability"] for t in phone_top], atol=1e-5)
 
 
-def test_every_input_gets_a_json_line_failures_included(trained_model, real_samples, tmp_path):
+def test_every_input_gets_a_json_line_failures_included(trained_model, photos, tmp_path):
     broken = tmp_path / "broken.jpg"
-    broken.write_bytes(real_samples[0].read_bytes()[:150])
-    inputs = [tmp_path / "missing.jpg", broken, real_samples[0], f"{real_samples[1]}@20,40,900,180", f"{real_samples[1]}@50,40,20,180",
-              f"{real_samples[1]}@1,2,3", f"{real_samples[2]}@20,40,200,180"]
+    broken.write_bytes(photos.car.read_bytes()[:150])
+    inputs = [tmp_path / "missing.jpg", broken, photos.car, f"{photos.car}@20,40,900,180", f"{photos.car}@50,40,20,180",
+              f"{photos.car}@1,2,3", f"{photos.sideways}@20,40,200,180"]
     result = _predict("--model", trained_model, "--json", *inputs)
     assert result.returncode == 1
     lines = [json.loads(line) for line in result.stdout.splitlines()]
@@ -89,32 +96,43 @@ def test_every_input_gets_a_json_line_failures_included(trained_model, real_samp
     assert "four whole numbers" in lines[5]["error"]
 
 
-def test_text_output_names_failures_and_classifies_the_rest(trained_model, real_samples, tmp_path):
-    result = _predict("--model", trained_model, tmp_path / "missing.jpg", real_samples[0])
+def test_text_output_names_failures_and_classifies_the_rest(trained_model, photos, tmp_path):
+    result = _predict("--model", trained_model, tmp_path / "missing.jpg", photos.car)
     assert result.returncode == 1
     assert f"error: {tmp_path / 'missing.jpg'}: file not found" in result.stderr
-    assert f"{real_samples[0]}\n  1. " in result.stdout and "Traceback" not in result.stderr
+    assert f"{photos.car}\n  1. " in result.stdout and "Traceback" not in result.stderr
 
 
-def test_top_k_below_one_is_refused(trained_model, real_samples):
-    result = _predict("--model", trained_model, "--top-k", "0", real_samples[0])
+def test_top_k_below_one_is_refused(trained_model, photos):
+    result = _predict("--model", trained_model, "--top-k", "0", photos.car)
     assert result.returncode == 2 and "--top-k must be at least 1, got 0" in result.stderr
 
 
-def test_labels_that_do_not_match_the_model_are_refused(trained_model, real_samples, tmp_path):
+def test_labels_that_do_not_match_the_model_are_refused(trained_model, photos, tmp_path):
     copy = tmp_path / "model.keras"
     shutil.copy(trained_model, copy)
-    save_labels(["a", "b", "c"], tmp_path / "labels.json")
-    result = _predict("--model", copy, real_samples[0])
+    write_json(tmp_path / "labels.json", {"class_names": ["a", "b", "c"]})
+    result = _predict("--model", copy, photos.car)
     assert result.returncode == 2
     assert "labels.json: names 3 classes, but model.keras has 4 outputs" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_model_without_labels_is_an_error(trained_model, tmp_path, real_samples):
+def test_model_without_labels_is_an_error(trained_model, tmp_path, photos):
     lonely = tmp_path / "model.keras"
     shutil.copy(trained_model, lonely)
-    result = _predict("--model", lonely, real_samples[0])
+    result = _predict("--model", lonely, photos.car)
     assert result.returncode == 2 and "labels.json not found" in result.stderr
+
+
+def test_model_without_its_settings_is_served_with_the_default_crop_saying_so(trained_model, tmp_path, photos):
+    """A model saved before carclf.train wrote config.json: predict still answers, and says how it crops."""
+    copy = tmp_path / "model.keras"
+    shutil.copy(trained_model, copy)
+    shutil.copy(trained_model.parent / "labels.json", tmp_path / "labels.json")
+    result = _predict("--model", copy, "--json", photos.car)
+    assert result.returncode == 0 and "top" in json.loads(result.stdout), result.stderr[-2000:]
+    assert f"{tmp_path / 'config.json'}: not found beside the model" in result.stderr
+    assert "cropping with carclf's defaults (crop_to_bbox True, bbox_margin 0.05)" in result.stderr
 
 
 def test_box_argument_parsing():
@@ -123,13 +141,13 @@ def test_box_argument_parsing():
     assert parse_image_argument("me@home.jpg").box is None
 
 
-def test_model_with_code_is_refused_by_safe_mode(tmp_path, real_samples):
+def test_model_with_code_is_refused_by_safe_mode(tmp_path, photos):
     """A .keras file carrying a Lambda (arbitrary code) must not be loaded."""
     inputs = keras.Input((32, 32, 3))
     outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Lambda(lambda x: keras.ops.mean(x, axis=(1, 2)))(inputs))
     keras.Model(inputs, outputs).save(tmp_path / "model.keras")
-    save_labels(["a", "b"], tmp_path / "labels.json")
-    result = _predict("--model", tmp_path / "model.keras", real_samples[0])
+    write_json(tmp_path / "labels.json", {"class_names": ["a", "b"]})
+    result = _predict("--model", tmp_path / "model.keras", photos.car)
     assert result.returncode == 2
     assert "error:" in result.stderr and "safe_mode" in result.stderr
 

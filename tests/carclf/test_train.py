@@ -1,8 +1,10 @@
-"""One training run: the loss falls, phases, divergence, the saved .keras model, the CLI."""
+"""One training run: the loss falls, phases, divergence, the saved .keras model, the CLI and the model
+folder it saves, which predict crops photos from as training cropped them."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -11,11 +13,16 @@ import numpy as np
 import pytest
 
 import carclf  # noqa: F401  (registers carclf's Keras objects, as a user's program would)
-from carclf.config import TrainConfig
+from carclf.config import DataConfig, TrainConfig
+from carclf.data.images import load_crop
 from carclf.data.store import open_image_store
-from carclf.data.table import rows_for
+from carclf.data.table import class_names, rows_for
+from carclf.model_folder import ModelFolder
+from carclf.predict import ImageRequest, classify, load_predictor
 from carclf.runtime import configure_process
-from carclf.train import TrainingData, phase_at, plan_phases, save_model, train_classifier
+from carclf.train import TrainingData, phase_at, plan_phases, train_classifier
+
+TRAINED_MARGIN = 0.3  # not DataConfig's default 0.05
 
 
 class Logs(keras.callbacks.Callback):
@@ -39,7 +46,7 @@ def test_loss_falls_and_the_saved_model_predicts_identically(tiny_dataset, tiny_
         assert all(key in epoch for epoch in logs.epochs), key
     assert [epoch["images_seen"] for epoch in logs.epochs] == [32, 64, 96, 128]  # 32 training rows, batches of 8
 
-    path = save_model(model, tmp_path / "model.keras")
+    path = ModelFolder(tmp_path).save(model, class_names(tiny_dataset.index), settings)
     loaded = keras.models.load_model(path, safe_mode=True)
     test = rows_for(tiny_dataset.index, "test")
     batch = open_image_store(tiny_dataset.store, 32)[test["store_row"].to_numpy()]
@@ -78,18 +85,49 @@ def test_a_diverging_run_stops_after_the_epoch(tiny_dataset, tiny_settings):
     assert logs.epochs[-1]["diverged"] == 1.0 and len(logs.epochs) < 4
 
 
-def test_train_command_saves_model_and_labels(tiny_cars, tmp_path):
-    experiment = tmp_path / "one.toml"
+@pytest.fixture(scope="module")
+def train_command(tiny_cars, tmp_path_factory):
+    """`python -m carclf.train` run once, head only, cropping the training images with a box margin of
+    `TRAINED_MARGIN`; its result and the model file it saved."""
+    folder = tmp_path_factory.mktemp("train_command")
+    experiment = folder / "one.toml"
     experiment.write_text(
-        f'[data]\nformat = "devkit"\nroot = "{tiny_cars}"\nimage_size = 32\ncache_dir = "{tmp_path / "cache"}"\n'
+        f'[data]\nformat = "devkit"\nroot = "{tiny_cars}"\nimage_size = 32\ncache_dir = "{folder / "cache"}"\n'
         '[model]\nweights = "none"\n[train]\nepochs = 1\nbatch_size = 16\nprecision = "float32"\n[search]\nnum_samples = 3\n'
     )
-    out = tmp_path / "out" / "model.keras"
+    out = folder / "out" / "model.keras"
     result = subprocess.run([sys.executable, "-m", "carclf.train", "--experiment", str(experiment), "--output", str(out),
-                             "--set", "train.unfreeze_depth=0"], capture_output=True, text=True, timeout=300)
+                             "--set", "train.unfreeze_depth=0", "--set", f"data.bbox_margin={TRAINED_MARGIN}"],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    return result, out
+
+
+def test_train_command_saves_model_labels_and_settings(train_command, tiny_index):
+    result, out = train_command
     assert out.is_file() and (out.parent / "labels.json").is_file()
     assert "━" in result.stdout and "val_accuracy" in result.stdout  # Keras' progress bar
+    assert json.loads((out.parent / "labels.json").read_text()) == {"class_names": class_names(tiny_index)}
+    config = json.loads((out.parent / "config.json").read_text())
+    assert config["hyperparameters"] is None and config["precision"] == "float32"
+    assert config["settings"]["data"]["bbox_margin"] == TRAINED_MARGIN and config["settings"]["train"]["unfreeze_depth"] == 0
+    assert f"saved {out} with labels.json and config.json beside it" in result.stdout
+
+
+def test_predict_crops_a_boxed_photo_with_the_margin_the_model_trained_with(train_command, photos):
+    """The margin a model trained with is the one predict crops with, not carclf's default."""
+    predictor = load_predictor(train_command[1])
+    assert predictor.data.bbox_margin == TRAINED_MARGIN and predictor.data.crop_to_bbox and predictor.data.image_size == 32
+    [result] = classify(predictor, [ImageRequest(str(photos.car), photos.car_box)], top_k=len(predictor.class_names))
+    answered = {entry["class_name"]: entry["probability"] for entry in result["top"]}
+    served = np.array([answered[name] for name in predictor.class_names])
+
+    def output_on_crop(margin: float) -> np.ndarray:
+        return predictor.model.predict(load_crop(photos.car, photos.car_box, 32, margin)[None], verbose=0)[0]
+
+    trained, default = output_on_crop(TRAINED_MARGIN), output_on_crop(DataConfig().bbox_margin)
+    np.testing.assert_allclose(served, trained, rtol=1e-5, atol=1e-6)
+    assert np.abs(trained - default).max() > 1e-4, "the two margins give the same output: this photo cannot tell them apart"
 
 
 def test_train_command_names_bad_key(tmp_path):

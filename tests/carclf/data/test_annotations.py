@@ -1,69 +1,113 @@
-"""The three readers, on the real devkit files and on small files made here."""
+"""The three readers, on devkit files written here, on small files made here, and (the optional
+`shared_data` lane, tests/conftest.py) on the real devkit files."""
 
 from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.io
 
 from carclf.data.annotations import read_devkit_annotations, read_folder_annotations
 from carclf.data.csv_annotations import read_csv_annotations
+from carclf.data.synthetic import write_annotations_mat, write_class_names_mat
 from carclf.data.table import COLUMNS, DatasetError, class_names, load_index, save_index
 
 
-def test_real_devkit_training_annotations(devkit_root):
-    table = read_devkit_annotations(devkit_root)
+@dataclass(frozen=True)
+class Devkit:
+    """A dataset root holding devkit annotation files (no images), and what they say."""
+
+    root: Path
+    train_count: int
+    classes: int
+    first_class_name: str
+    first_box: tuple[int, int, int, int]
+    images_per_class: tuple[int, int]  # the fewest and the most training images of a class
+    test_count: int  # unlabeled test records
+
+
+# The real files' facts (../shared/data/stanford_cars/README.md).
+REAL = {"train_count": 8144, "classes": 196, "first_class_name": "Audi TTS Coupe 2012", "first_box": (39, 116, 569, 375),
+        "images_per_class": (24, 68), "test_count": 8041}
+MADE_NAMES = ["AM General Hummer SUV 2000", "Audi TTS Coupe 2012", "Carclf Van White"]
+MADE_CLASSES = [2, 1, 3, 2, 3, 3, 1, 3, 2]  # 1-based, as in the files: 2 to 4 images a class
+
+
+def write_made_devkit(root: Path) -> Devkit:
+    """Devkit files in the real ones' layout: 1-based classes, boxes stored as uint8 or uint16 by their value
+    (as scipy reads Stanford's files), bare file names, and the unlabeled test release without `class`."""
+    (root / "devkit").mkdir(parents=True)
+    boxes = [(39, 116, 569, 375)] + [(5 + i, 10, 200 + 60 * i, 90) for i in range(1, len(MADE_CLASSES))]
+
+    def stored(value: int) -> np.generic:
+        return np.uint8(value) if value < 256 else np.uint16(value)
+
+    def record(number: int, box: tuple[int, int, int, int]) -> dict:
+        return {**{key: stored(v) for key, v in zip(("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2"), box)}, "fname": f"{number:05d}.jpg"}
+
+    write_class_names_mat(root / "devkit" / "cars_meta.mat", MADE_NAMES)
+    write_annotations_mat(root / "devkit" / "cars_train_annos.mat",
+                          [{**record(n, box), "class": np.uint8(c)} for n, (box, c) in enumerate(zip(boxes, MADE_CLASSES), start=1)])
+    write_annotations_mat(root / "devkit" / "cars_test_annos.mat", [record(n, boxes[n]) for n in range(1, 5)])
+    return Devkit(root, len(MADE_CLASSES), len(MADE_NAMES), "Audi TTS Coupe 2012", boxes[0], (2, 4), 4)
+
+
+@pytest.fixture(params=[pytest.param("made", id="made-here"), pytest.param("real", id="real", marks=pytest.mark.shared_data)])
+def devkit(request, tmp_path) -> Devkit:
+    """Devkit files written here, or a copy of the real ones (the shared_data lane)."""
+    if request.param == "made":
+        return write_made_devkit(tmp_path)
+    shutil.copytree(request.getfixturevalue("real_devkit"), tmp_path / "devkit")
+    return Devkit(tmp_path, **REAL)
+
+
+def test_devkit_training_annotations(devkit):
+    table = read_devkit_annotations(devkit.root)
     train = table[table["split"] == "train"]
     assert list(table.columns) == COLUMNS
-    assert len(train) == 8144
-    assert train["label"].nunique() == 196 and train["label"].min() == 0 and train["label"].max() == 195
+    assert len(train) == devkit.train_count
+    assert train["label"].nunique() == devkit.classes and train["label"].min() == 0 and train["label"].max() == devkit.classes - 1
     first = train.iloc[0]
-    assert first["path"] == str(devkit_root.resolve() / "cars_train" / "00001.jpg")
+    assert first["path"] == str(devkit.root.resolve() / "cars_train" / "00001.jpg")
     assert first["source"] == "cars_train_annos.mat record 1"
-    assert first["class_name"] == "Audi TTS Coupe 2012"
-    assert (first["bbox_x1"], first["bbox_y1"], first["bbox_x2"], first["bbox_y2"]) == (39, 116, 569, 375)
+    assert first["class_name"] == devkit.first_class_name
+    assert (first["bbox_x1"], first["bbox_y1"], first["bbox_x2"], first["bbox_y2"]) == devkit.first_box
     counts = train["label"].value_counts()
-    assert counts.min() == 24 and counts.max() == 68
-    assert len(class_names(table)) == 196
+    assert (counts.min(), counts.max()) == devkit.images_per_class
+    assert len(class_names(table)) == devkit.classes
 
 
-def test_real_unlabeled_test_rows_are_kept_without_label(devkit_root):
-    table = read_devkit_annotations(devkit_root)
+def test_unlabeled_test_rows_are_kept_without_label(devkit):
+    table = read_devkit_annotations(devkit.root)
     test = table[table["split"] == "test"]
-    assert len(test) == 8041
+    assert len(test) == devkit.test_count
     assert test["label"].isna().all() and test["class_name"].isna().all()
     assert test["bbox_x2"].notna().all()
     assert test.iloc[0]["path"].endswith("cars_test/00001.jpg")
 
 
-def test_labeled_test_file_is_preferred(devkit_root):
+def test_labeled_test_file_is_preferred(devkit):
     # Stanford's later labeled release has the train file's layout; stand one in from the train file.
-    shutil.copy(devkit_root / "devkit" / "cars_train_annos.mat", devkit_root / "devkit" / "cars_test_annos_withlabels.mat")
-    test = read_devkit_annotations(devkit_root).query("split == 'test'")
-    assert len(test) == 8144 and test["label"].notna().all()
+    shutil.copy(devkit.root / "devkit" / "cars_train_annos.mat", devkit.root / "devkit" / "cars_test_annos_withlabels.mat")
+    test = read_devkit_annotations(devkit.root).query("split == 'test'")
+    assert len(test) == devkit.train_count and test["label"].notna().all()
 
 
-def test_index_round_trips_through_parquet(devkit_root, tmp_path):
-    table = read_devkit_annotations(devkit_root)
+def test_index_round_trips_through_parquet(devkit, tmp_path):
+    table = read_devkit_annotations(devkit.root)
     loaded = load_index(save_index(table, tmp_path / "dataset.parquet"))
     pd.testing.assert_frame_equal(loaded.reset_index(drop=True), table.reset_index(drop=True))
 
 
 def _write_devkit(root, records, names=("A", "B")):
     (root / "devkit").mkdir(parents=True)
-    struct = np.zeros((1, len(records)), dtype=[(k, "O") for k in records[0]])
-    for i, record in enumerate(records):
-        for key, value in record.items():
-            struct[0, i][key] = value
-    scipy.io.savemat(root / "devkit" / "cars_train_annos.mat", {"annotations": struct})
-    cell = np.empty((1, len(names)), dtype=object)
-    cell[0, :] = list(names)
-    scipy.io.savemat(root / "devkit" / "cars_meta.mat", {"class_names": cell})
+    write_annotations_mat(root / "devkit" / "cars_train_annos.mat", records)
+    write_class_names_mat(root / "devkit" / "cars_meta.mat", list(names))
 
 
 def test_mat_file_with_wrong_fields_names_file_and_fields(tmp_path):

@@ -1,0 +1,112 @@
+"""A trained model's folder: `model.keras`, `labels.json` and `config.json`, written and read here only.
+
+Serving must crop a photo as training did, so a model is never saved without the settings it
+trained with: `config.json` holds them (`carclf.predict` takes the box margin and whether to crop
+from its `data`), and `labels.json` names the class of each output. `python -m carclf.train` and
+`tuning.retrain` save through `ModelFolder.save`, `carclf.predict` reads through it, so the three
+files are named and laid out in this one place:
+
+  labels.json  {"class_names": [...]}: output i of the model is class_names[i]
+  config.json  {"hyperparameters": the search's winning values (null for a model `carclf.train` trained),
+                "settings": {"data": {...}, "model": {...}, "train": {...}} (`carclf.config.RunSettings`),
+                "precision": the Keras dtype policy it trained with}
+
+Each file is written atomically (`carclf.files`), the model last: a folder that holds a model holds
+its labels and settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from carclf.config import ConfigError, DataConfig, RunSettings, parse_section
+from carclf.files import atomic_path, read_json, write_json
+from carclf.runtime import resolve_precision
+
+if TYPE_CHECKING:
+    import keras
+
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.json"
+CONFIG_FILE = "config.json"
+
+
+class ModelFolderError(ValueError):
+    """A model folder's file is missing, misnamed or not what carclf writes; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """The folder `path` holding a model (`model_name`, "model.keras" unless saved under another name)
+    with its `labels.json` and `config.json`."""
+
+    path: Path
+    model_name: str = MODEL_FILE
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+        if not self.model_name.endswith(".keras"):  # Keras would write another format (HDF5) for another suffix
+            raise ModelFolderError(f"{self.model_file}: model files must end in .keras")
+
+    @classmethod
+    def of_model(cls, model_file: str | Path) -> ModelFolder:
+        """The folder of the model file `model_file`, which may have any name ending in .keras."""
+        model_file = Path(model_file)
+        return cls(model_file.parent, model_file.name)
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / self.model_name
+
+    @property
+    def labels_file(self) -> Path:
+        return self.path / LABELS_FILE
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    def save(self, model: keras.Model, class_names: Sequence[str], settings: RunSettings,
+             hyperparameters: Mapping[str, Any] | None = None) -> Path:
+        """Write the labels, the settings (with the search's `hyperparameters`, if any) and then the model;
+        returns the model file."""
+        write_json(self.labels_file, {"class_names": list(class_names)})
+        write_json(self.config_file, {"hyperparameters": dict(hyperparameters) if hyperparameters is not None else None,
+                                      "settings": dataclasses.asdict(settings),
+                                      "precision": resolve_precision(settings.train.precision)})
+        with atomic_path(self.model_file) as partial:
+            model.save(partial)
+        return self.model_file
+
+    def read_class_names(self) -> list[str]:
+        """The class names in `labels.json`; `ModelFolderError` when it is missing or holds no list of names."""
+        if not self.labels_file.is_file():
+            raise ModelFolderError(f"{self.labels_file}: labels.json not found beside the model; carclf saves the class names "
+                                   "there ({\"class_names\": [...]}) with every model it trains")
+        try:
+            names = read_json(self.labels_file)["class_names"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ModelFolderError(f"{self.labels_file}: not a labels file (expected {{\"class_names\": [...]}}): {error}") from None
+        if not isinstance(names, list):
+            raise ModelFolderError(f"{self.labels_file}: not a labels file (expected {{\"class_names\": [...]}}): "
+                                   f"class_names is a {type(names).__name__}")
+        return names
+
+    def read_data_config(self) -> DataConfig | None:
+        """The `[data]` settings the model trained with, from `config.json`; None when there is no config.json
+        (models carclf.train saved before it wrote one). A config.json that is not carclf's is an error."""
+        if not self.config_file.is_file():
+            return None
+        where = f"{self.config_file} settings.data"
+        try:
+            table = read_json(self.config_file)["settings"]["data"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ModelFolderError(f"{self.config_file}: not a carclf config file (expected {{\"settings\": {{\"data\": "
+                                   f"{{...}}}}}}): {error}") from None
+        try:
+            return parse_section(DataConfig, table, where)
+        except ConfigError as error:
+            raise ModelFolderError(str(error)) from None
