@@ -42,6 +42,7 @@ import pandas as pd
 
 from carclf.data.table import class_names, load_index
 from carclf.files import plain_value, read_json
+from carclf.model_folder import ModelFolder
 from tuning.experiment import Experiment, experiment_from_document
 from tuning.run_folder import RunFolder
 from tuning.scheduler import read_rung_decisions
@@ -106,7 +107,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
         trials=read_run_file(folder.trials_file, pd.read_parquet),
         search_info=read_run_file(folder.search_file, read_json) if folder.search_file.is_file() else {},
         best_metrics=read_run_file(folder.metrics_file, read_json) if retrained else None,
-        best_config=read_run_file(folder.best / "config.json", read_json) if retrained else None,
+        best_config=read_run_file(ModelFolder(folder.best).config_file, read_json) if retrained else None,
         best_predictions=read_run_file(predictions, pd.read_parquet) if retrained and predictions.is_file() else None,
     )
 

@@ -25,14 +25,14 @@ from carclf.files import atomic_path, write_json
 from carclf.model_folder import ModelFolder
 from carclf.runtime import configure_process
 from carclf.train import EVALUATION_BATCH, TrainingData, train_classifier
+from tuning.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
 
 def retrain_and_evaluate(index: pd.DataFrame, store: str | Path, settings: RunSettings, best_config: dict[str, Any], epochs: int,
-                         best_dir: str | Path, cpus: int | None = None) -> dict[str, Any]:
-    """Train `best_config` for `epochs` on train + val, save it under `best_dir`, return the test metrics."""
-    best_dir = Path(best_dir)
+                         folder: RunFolder, cpus: int | None = None) -> dict[str, Any]:
+    """Train `best_config` for `epochs` on train + val, save it in the run folder's `best/`, return the test metrics."""
     settings = settings.with_hyperparameters(best_config).with_train(epochs=epochs, epoch_images=0)
     configure_process(cpus, settings.train.seed)
     names = class_names(index)
@@ -41,7 +41,7 @@ def retrain_and_evaluate(index: pd.DataFrame, store: str | Path, settings: RunSe
     started = time.perf_counter()
     model = train_classifier(TrainingData(index, Path(store)), settings, splits=("train", "val"), validate=False, verbose=2,
                              callbacks=[history])
-    ModelFolder(best_dir).save(model, names, settings, hyperparameters=best_config)
+    ModelFolder(folder.best).save(model, names, settings, hyperparameters=best_config)
 
     test_rows = rows_for(index, "test")
     metrics: dict[str, Any] = {"retrain_epochs": epochs, "retrain_history": history.epochs, "retrain_s": time.perf_counter() - started}
@@ -58,15 +58,15 @@ def retrain_and_evaluate(index: pd.DataFrame, store: str | Path, settings: RunSe
             "predicted": evaluation.predicted,
             "confidence": evaluation.probabilities.max(axis=1),
         })
-        with atomic_path(best_dir / "test_predictions.parquet") as partial:
+        with atomic_path(folder.predictions_file) as partial:
             predictions.to_parquet(partial, index=False)
         if evaluation.labels is None:
-            write_server_predictions(evaluation, best_dir / "test_predictions.txt")
+            write_server_predictions(evaluation, folder.server_predictions_file)
             metrics["test"]["note"] = "the test split is unlabeled: no accuracy computed; predictions in test_predictions.txt"
         else:
             metrics["test"]["confusion_matrix"] = evaluation.confusion().tolist()
     metrics["evaluate_s"] = time.perf_counter() - started
-    write_json(best_dir / "metrics.json", metrics)
+    write_json(folder.metrics_file, metrics)
     return metrics
 
 

@@ -8,7 +8,8 @@
       rungs.jsonl        ASHA's decisions (tuning.scheduler)
       trials.parquet     every reported epoch of every trial (tuning.trials)
       search.json        the search's timing, sampler and validation size
-      best/              the retrained model (carclf.model_folder) with metrics.json and the test predictions
+      best/              the retrained model (carclf.model_folder), metrics.json, test_predictions.parquet
+                         (and test_predictions.txt for an unlabeled test split)
       report.html, report.json
       status.json        the stage reached: started, searched, finished
       .lock              held by the search that owns the folder
@@ -92,6 +93,10 @@ class RunFolder:
     @property
     def predictions_file(self) -> Path:
         return self.best / "test_predictions.parquet"
+
+    @property
+    def server_predictions_file(self) -> Path:
+        return self.best / "test_predictions.txt"  # the evaluation server's format, for an unlabeled test split
 
     @property
     def report_html(self) -> Path:

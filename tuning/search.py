@@ -141,7 +141,7 @@ def retrain_best(experiment: Experiment, prepared: Prepared, folder: RunFolder, 
     config, epochs = best
     print(f"retraining the best configuration for its best epoch count ({epochs}) on train + val: {config}", flush=True)
     task = whole_gpu_task(retrain_and_evaluate, experiment)
-    return ray.get(task.remote(prepared.index, prepared.store, experiment.settings, config, epochs, folder.best,
+    return ray.get(task.remote(prepared.index, prepared.store, experiment.settings, config, epochs, folder,
                                max(1, int(experiment.resources.cpus_per_trial))))
 
 
