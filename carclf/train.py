@@ -1,10 +1,8 @@
 """One training run: the classifier trained epoch by epoch with Keras' `fit`, in one or two phases.
 
-The phases follow Keras' transfer-learning guide. With `head_epochs` > 0 (and some blocks to
-unfreeze) the head trains alone first, then the top `unfreeze_depth` blocks are unfrozen and
-training goes on at `learning_rate * fine_tune_lr_scale`. With depth 0 every epoch is a head
-epoch; with `head_epochs` 0 the blocks train from the first epoch. Head epochs train on cached
-frozen features when a trial has them (`carclf.features`), through the frozen network otherwise.
+The phases follow Keras' transfer-learning guide (`carclf.phases`: the head alone, then the top
+blocks unfrozen). Head epochs train on cached frozen features when a trial has them
+(`carclf.features`), through the frozen network otherwise.
 
 Batches come from the decoded store (`carclf.data.batches`); after every epoch the validation
 rows are predicted in padded fixed-size batches and scored exactly (`carclf.evaluate`). A loss
@@ -46,7 +44,7 @@ import pandas as pd  # noqa: E402
 
 from carclf.checkpoints import read_checkpoint_state, restore_checkpoint, save_checkpoint  # noqa: E402
 from carclf.compiled_models import CompiledModels  # noqa: E402
-from carclf.config import ConfigError, RunSettings, TrainConfig, apply_overrides, parse_run_settings, read_toml  # noqa: E402
+from carclf.config import ConfigError, RunSettings, apply_overrides, parse_run_settings, read_toml  # noqa: E402
 from carclf.data.batches import TrainingBatches, epoch_images  # noqa: E402
 from carclf.data.sources import prepare_dataset  # noqa: E402
 from carclf.data.store import StoreError, open_image_store  # noqa: E402
@@ -55,47 +53,12 @@ from carclf.evaluate import classification_metrics, predict_rows  # noqa: E402
 from carclf.features import open_head_features  # noqa: E402
 from carclf.model import WeightsError, build_classifier, build_head, compile_classifier, current_learning_rate, set_optimizer_values, transfer_weights  # noqa: E402
 from carclf.model_folder import ModelFolder, ModelFolderError  # noqa: E402
+from carclf.phases import Phase, phase_at, plan_phases  # noqa: E402
 from carclf.runtime import configure_process, resolve_precision  # noqa: E402
 from carclf.weights import resolve_weights  # noqa: E402
 
 logger = logging.getLogger(__name__)
 EVALUATION_BATCH = 128
-
-
-@dataclass(frozen=True)
-class Phase:
-    """A stretch of epochs with one set of trainable blocks and one learning rate."""
-
-    name: str  # "head" (backbone frozen) or "fine_tune"
-    start: int  # epochs done before the phase
-    end: int  # epochs done after it
-    unfreeze_depth: int
-    learning_rate: float
-
-
-def plan_phases(train: TrainConfig) -> list[Phase]:
-    """The run's phases (see the module docstring); never empty."""
-    if train.unfreeze_depth == 0:
-        return [Phase("head", 0, train.epochs, 0, train.learning_rate)]
-    head_end = min(train.head_epochs, train.epochs)
-    phases = [Phase("head", 0, head_end, 0, train.learning_rate)] if head_end else []
-    fine_tune_rate = train.learning_rate * (train.fine_tune_lr_scale if head_end else 1.0)
-    if head_end < train.epochs:
-        phases.append(Phase("fine_tune", head_end, train.epochs, train.unfreeze_depth, fine_tune_rate))
-    return phases
-
-
-def phase_at(phases: Sequence[Phase], epoch: int) -> Phase:
-    """The phase that trains epoch `epoch` (1-based)."""
-    return next(phase for phase in phases if phase.start < epoch <= phase.end)
-
-
-def final_phase_epochs(train: TrainConfig, epoch: int) -> int:
-    """Epochs of the run's last phase done after epoch `epoch`: 0 throughout a head-only warm-up.
-
-    Early stopping counts its rungs in these (`tuning.scheduler`), so no trial is judged before it
-    trains the way it will finish."""
-    return max(0, epoch - plan_phases(train)[-1].start)
 
 
 @dataclass(frozen=True)

@@ -43,8 +43,9 @@ from carclf.compilation import compile_counter  # noqa: E402
 from carclf.compiled_models import CompiledModels  # noqa: E402
 from carclf.config import RunSettings  # noqa: E402
 from carclf.data.store import open_image_store  # noqa: E402
+from carclf.phases import final_phase_epochs  # noqa: E402
 from carclf.runtime import configure_process  # noqa: E402
-from carclf.train import TrainingData, TrainingRun, final_phase_epochs  # noqa: E402
+from carclf.train import TrainingData, TrainingRun  # noqa: E402
 from tuning.trials import Selection  # noqa: E402
 
 OUT_OF_MEMORY_SIGNS = ("RESOURCE_EXHAUSTED", "out of memory", "OOM when allocating")

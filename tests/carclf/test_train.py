@@ -18,9 +18,10 @@ from carclf.data.images import load_crop
 from carclf.data.store import open_image_store
 from carclf.data.table import class_names, rows_for
 from carclf.model_folder import ModelFolder
+from carclf.phases import phase_at, plan_phases
 from carclf.predict import ImageRequest, classify, load_predictor
 from carclf.runtime import configure_process
-from carclf.train import TrainingData, phase_at, plan_phases, train_classifier
+from carclf.train import TrainingData, train_classifier
 
 TRAINED_MARGIN = 0.3  # not DataConfig's default 0.05
 
