@@ -33,8 +33,8 @@ from carclf.config import DataConfig, ModelConfig, RunSettings, TrainConfig  # n
 from carclf.data.sources import prepare_dataset  # noqa: E402
 from carclf.data.synthetic import SyntheticSpec, draw_car, generate_synthetic_cars  # noqa: E402
 from carclf.files import cache_home  # noqa: E402
+from tests.helpers import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED_CARS = Path(os.environ.get("CARCLF_SHARED_CARS") or REPO.parent / "shared" / "data" / "stanford_cars")
 TINY_SPEC = SyntheticSpec(num_classes=4, train_per_class=10, test_per_class=3, width_range=(64, 80), height_range=(48, 60), seed=3)
 BACKBONE_CACHE = str(cache_home())  # the test runs' cache home (above): the synthetic backbone outlives a session

@@ -21,7 +21,7 @@ from carclf.files import write_json
 from carclf.model_folder import ModelFolder
 from carclf.predict import parse_image_argument
 from carclf.train import TrainingData, train_classifier
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @pytest.fixture(scope="module")
