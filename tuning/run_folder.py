@@ -168,11 +168,14 @@ class RunFolder:
             raise RunFolderError(f"{self.path}: missing {', '.join(missing)}, written when the run was {reached}; --resume needs "
                                  "them: restore them from a copy of the run folder, or start a new run with another --name")
 
-    def write_start(self, experiment: dict[str, Any], requested: dict[str, Any], index: pd.DataFrame) -> None:
-        """The resolved experiment (with the values it was resolved from under "requested") and the dataset; the run has started."""
-        write_json(self.experiment_file, {**experiment, "requested": requested})
+    def write_start(self, index: pd.DataFrame) -> None:
+        """The dataset, before Ray starts: the run has started (a start that fails before its first trial frees the name)."""
         save_index(index, self.dataset_file)
         self.mark("started")
+
+    def write_experiment(self, experiment: dict[str, Any], requested: dict[str, Any]) -> None:
+        """The resolved experiment the trials run with, and under "requested" the values it was resolved from."""
+        write_json(self.experiment_file, {**experiment, "requested": requested})
 
     def read_experiment(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The saved experiment document as the trials ran with it, and the values it was resolved from."""

@@ -80,12 +80,14 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
     folder, resume, started = RunFolder(experiment.run_dir), args.resume is not None, time.time()
     kept = experiment.search.max_concurrent * experiment.run.checkpoints_to_keep + 1  # + the best model
     require_free_space(folder.path, kept * CHECKPOINT_BYTES, f"{kept - 1} trial checkpoint(s) and the best model")
+    if not resume:
+        folder.write_start(prepared.index)
     start_ray(args, experiment)
     try:
         check_cluster_resources(experiment)  # before any long preparation: a search must fail at once
         resolved = resolve_backbone(prepared.experiment)  # what the trials run with, and what experiment.json records
         if not resume:
-            folder.write_start(resolved.to_dict(), resolved_values(resolved, experiment), prepared.index)
+            folder.write_experiment(resolved.to_dict(), resolved_values(resolved, experiment))
         if folder.stage() != "searched":
             search_trials(resolved, prepared, folder, resume, started)
         trials = folder.read_trials()
