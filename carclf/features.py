@@ -60,11 +60,6 @@ def can_cache_features(settings: RunSettings) -> bool:
     return settings.train.feature_views > 0 and settings.model.pretrained
 
 
-def features_key(index: pd.DataFrame, store: str | Path, settings: RunSettings) -> str:
-    """The key of the cached features: a hash of everything they depend on (see the module docstring)."""
-    return feature_entry(index, store, settings).key
-
-
 def feature_entry(index: pd.DataFrame, store: str | Path, settings: RunSettings) -> CacheEntry:
     """The cache entry of the features for `settings` (see the module docstring)."""
     data, weights = settings.data, settings.model.weights
@@ -85,10 +80,6 @@ def view_transforms(count: int, view: int, settings: RunSettings) -> tuple[np.nd
     angles = rng.uniform(-limit, limit, count).astype(np.float32)
     flips = rng.random(count) < 0.5 if settings.data.horizontal_flip else np.zeros(count, bool)
     return angles, flips
-
-
-def feature_folder(index: pd.DataFrame, store: str | Path, settings: RunSettings) -> Path:
-    return feature_entry(index, store, settings).folder
 
 
 def cached_head_features(index: pd.DataFrame, store: str | Path, settings: RunSettings) -> Path | None:

@@ -36,7 +36,7 @@ from carclf.config import RunSettings
 from carclf.data.store import open_image_store
 from carclf.data.table import rows_for
 from carclf.evaluate import NOISE_Z, accuracy_standard_error
-from carclf.features import extract, features_key
+from carclf.features import extract, feature_entry
 from carclf.files import read_json, write_json
 from carclf.model import build_feature_extractor, build_head, compile_classifier
 from carclf.runtime import configure_process, configured_backend, resolve_precision
@@ -105,7 +105,7 @@ def probe_transfer(index: pd.DataFrame, store, settings: RunSettings) -> Transfe
 def probe_entry(index: pd.DataFrame, store, settings: RunSettings) -> CacheEntry:
     """The cache entry of the probe of these rows, weights and head settings (see the module docstring)."""
     train, model = settings.train, settings.model
-    described = {"features": features_key(index, store, settings), "epochs": PROBE_EPOCHS, "backend": configured_backend(),
+    described = {"features": feature_entry(index, store, settings).key, "epochs": PROBE_EPOCHS, "backend": configured_backend(),
                  "head": [model.dropout, train.batch_size, train.learning_rate, train.lr_decay, train.momentum,
                           train.label_smoothing, train.seed, train.precision]}
     return CacheEntry.of(settings.data.cache_dir, "probes", described)

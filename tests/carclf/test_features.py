@@ -12,7 +12,7 @@ import pytest
 from carclf.config import ModelConfig
 from carclf.data.store import build_image_store, open_image_store
 from carclf.data.table import rows_for
-from carclf.features import build_head_features, feature_folder, features_key, open_head_features, view_transforms
+from carclf.features import build_head_features, feature_entry, open_head_features, view_transforms
 from carclf.layers import flip_and_rotate
 from carclf.model import build_backbone, build_classifier
 from carclf.runtime import configure_process
@@ -74,7 +74,7 @@ def test_head_on_cached_features_learns_as_the_head_through_the_network(tiny_dat
 def test_anything_the_features_depend_on_makes_a_new_cache(tiny_dataset, pretrained_settings, change, tmp_path):
     index, settings = tiny_dataset.index, pretrained_settings
     folder = build_head_features(index, tiny_dataset.store, settings)
-    assert folder == feature_folder(index, tiny_dataset.store, settings)
+    assert folder == feature_entry(index, tiny_dataset.store, settings).folder
     if change == "seed":
         settings = settings.with_train(seed=1)
     elif change == "views":
@@ -93,7 +93,7 @@ def test_anything_the_features_depend_on_makes_a_new_cache(tiny_dataset, pretrai
         weights = tmp_path / "other.weights.h5"
         backbone.save_weights(weights)
         settings = dataclasses.replace(settings, model=ModelConfig(weights=str(weights)))
-    assert feature_folder(index, tiny_dataset.store, settings) != folder  # the folder build_head_features fills and reads
+    assert feature_entry(index, tiny_dataset.store, settings).folder != folder  # the folder build_head_features fills and reads
 
 
 def test_truncated_feature_file_is_named_and_rebuilt(tiny_dataset, pretrained_settings, caplog):
@@ -119,9 +119,9 @@ def test_an_image_changed_in_place_makes_a_new_feature_cache(tiny_cars, tiny_set
     weights.write_bytes(b"the key hashes this file's bytes")
     settings = dataclasses.replace(tiny_settings, data=dataclasses.replace(tiny_settings.data, cache_dir=str(tmp_path / "cache")),
                                    model=ModelConfig(weights=str(weights)))
-    before = feature_folder(index, build_image_store(index, settings.data).path, settings)
+    before = feature_entry(index, build_image_store(index, settings.data).path, settings).folder
     change_in_place(index["path"].iloc[0])
-    assert feature_folder(index, build_image_store(index, settings.data).path, settings) != before
+    assert feature_entry(index, build_image_store(index, settings.data).path, settings).folder != before
 
 
 def test_a_weights_file_changed_in_place_gives_a_new_key(tiny_dataset, tiny_settings, tmp_path):
@@ -132,7 +132,7 @@ def test_a_weights_file_changed_in_place_gives_a_new_key(tiny_dataset, tiny_sett
     weights = tmp_path / "backbone.weights.h5"
     weights.write_bytes(b"the key hashes this file's bytes")
     settings = dataclasses.replace(tiny_settings, model=ModelConfig(weights=str(weights)))
-    before = features_key(tiny_dataset.index, tiny_dataset.store, settings)
-    assert features_key(tiny_dataset.index, tiny_dataset.store, settings) == before  # asked again: the same
+    before = feature_entry(tiny_dataset.index, tiny_dataset.store, settings).key
+    assert feature_entry(tiny_dataset.index, tiny_dataset.store, settings).key == before  # asked again: the same
     change_in_place(str(weights))
-    assert features_key(tiny_dataset.index, tiny_dataset.store, settings) != before
+    assert feature_entry(tiny_dataset.index, tiny_dataset.store, settings).key != before
