@@ -43,11 +43,10 @@ def prepare(experiment: Experiment, resume: bool) -> Prepared:
     started = time.time()
     dataset = prepare_dataset(data)
     index = dataset.index
-    saved_path = RunFolder(experiment.run_dir).dataset_file
-    if resume and saved_path.is_file():
-        if not RunFolder(experiment.run_dir).read_dataset().equals(index):
-            raise SearchError(f"{saved_path}: the dataset changed since this run started (files, annotations or settings); "
-                              "start a new run instead of resuming")
+    folder = RunFolder(experiment.run_dir)
+    if resume and folder.dataset_file.is_file() and not folder.read_dataset().equals(index):
+        raise SearchError(f"{folder.dataset_file}: the dataset changed since this run started (files, annotations or settings); "
+                          "start a new run instead of resuming")
     counts = index["split"].value_counts().to_dict()
     print(f"dataset: {len(index)} images, {index['label'].nunique()} classes, {counts}"
           + (f", {dataset.skipped} bad row(s) skipped" if dataset.skipped else ""), flush=True)

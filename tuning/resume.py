@@ -58,15 +58,16 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
     where = str(folder.experiment_file)
     saved = experiment_from_document(document, where)
     given = as_requested(document, resolved_from)  # flags and --experiment are compared with what the run was asked
+    asked = experiment_from_document(given, where)
     requests = [(flag, item) for flag, item in overrides if item.split("=", 1)[0].strip() not in LOCATION_KEYS]
     requested = experiment_from_document(apply_overrides(given, [item for _, item in requests], "the command line"), where)
-    differing = differences(requested, experiment_from_document(given, where))
+    differing = differences(requested, asked)
     culprits = [flag for flag, item in requests if ".".join(item.split("=", 1)[0].strip().split(".")[:2]) in differing]
     if culprits:
         raise SearchError(f"{', '.join(culprits)}: --resume continues {run_dir.name} as it was saved ({where}); drop the flag, "
                           "or start a new run with another --name")
     if args.experiment:
-        differing = differences(load_experiment(args.experiment, items), experiment_from_document(given, where))
+        differing = differences(load_experiment(args.experiment, items), asked)
         if differing:
             raise SearchError(f"--experiment {args.experiment}: differs from the saved run in {', '.join(sorted(differing))}; "
                               f"--resume continues the run as saved (pass --resume {run_dir} alone)")
