@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import json
 import logging
 import os
@@ -36,32 +37,57 @@ NO_GPU_ERROR = "failed call to cuInit"  # logged as an error on every machine wi
 
 
 class UnsupportedBackendError(ImportError):
-    """KERAS_BACKEND (or keras.json) names a backend carclf does not run on."""
+    """KERAS_BACKEND (or keras.json) names a backend carclf does not run on, or one that is not installed."""
+
+
+BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax"}  # the module each supported backend imports
+BACKEND_INSTALL = {"tensorflow": "pip install tensorflow", "jax": "pip install 'carclf[jax]'"}
+
+
+def backend_setting() -> tuple[str, str]:
+    """The Keras backend this process will load and what chose it ("KERAS_BACKEND", the keras.json file, or
+    "Keras' default"), read as Keras reads them, without importing Keras."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"], "KERAS_BACKEND"
+    keras_json = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "keras.json"
+    try:
+        return json.loads(keras_json.read_text()).get("backend", "tensorflow"), str(keras_json)
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow", "Keras' default"
 
 
 def configured_backend() -> str:
-    """The Keras backend this process will load, read as Keras reads it, without importing Keras."""
-    if os.environ.get("KERAS_BACKEND"):
-        return os.environ["KERAS_BACKEND"]
-    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    """The Keras backend this process will load (see `backend_setting`)."""
+    return backend_setting()[0]
+
+
+def module_installed(name: str) -> bool:
+    """Whether `import name` can find the module, without importing it."""
     try:
-        return json.loads((keras_home / "keras.json").read_text()).get("backend", "tensorflow")
-    except (OSError, ValueError):
-        return "tensorflow"
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def require_supported_backend() -> str:
-    """The configured backend, or `UnsupportedBackendError` naming the supported ones.
+    """The configured backend, or `UnsupportedBackendError` naming what chose it (KERAS_BACKEND or the keras.json
+    file) and the way out: a backend carclf does not run on, or one whose library is not installed.
 
     Called when `carclf` is imported, before Keras loads: a command-line run then ends with the
     message alone rather than a traceback (the exception hook below), while a program that imports
     carclf can still catch the error.
     """
-    backend = configured_backend()
-    if backend in SUPPORTED_BACKENDS:
+    backend, source = backend_setting()
+    chosen = f"KERAS_BACKEND is {backend!r}" if source == "KERAS_BACKEND" else f"{source} names the backend {backend!r}"
+    edit = "" if source == "KERAS_BACKEND" else f", or edit {source}"
+    if backend not in SUPPORTED_BACKENDS:
+        message = (f"carclf runs on the Keras backends {' and '.join(SUPPORTED_BACKENDS)}; {chosen}. Set KERAS_BACKEND=tensorflow "
+                   f"(the default) or KERAS_BACKEND=jax (pip install 'carclf[jax]'){edit}.")
+    elif not module_installed(BACKEND_MODULES[backend]):
+        other = next(name for name in SUPPORTED_BACKENDS if name != backend)
+        message = f"{chosen}, but {BACKEND_MODULES[backend]} is not installed: {BACKEND_INSTALL[backend]}, or set KERAS_BACKEND={other}{edit}."
+    else:
         return backend
-    message = (f"carclf runs on the Keras backends {' and '.join(SUPPORTED_BACKENDS)}; KERAS_BACKEND is {backend!r}. "
-               "Set KERAS_BACKEND=tensorflow (the default) or KERAS_BACKEND=jax (pip install 'carclf[jax]').")
     previous_hook = sys.excepthook
 
     def report(kind, error, trace):

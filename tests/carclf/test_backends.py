@@ -45,6 +45,45 @@ def test_an_unsupported_backend_is_named_without_a_traceback(command):
     assert "Traceback" not in result.stderr
 
 
+# Makes `import jax` fail in a child process as it does where JAX is not installed, and `import keras` fail
+# loudly: the backend's check must answer before Keras loads.
+WITHOUT_JAX = """
+import sys
+
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name == "jax" or name.startswith("jax."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        if name == "keras":
+            raise ImportError("keras was imported before the backend was checked")
+        return None
+
+sys.meta_path.insert(0, Missing())
+"""
+
+
+@pytest.mark.parametrize("command", [["-m", "tuning.search", "--dry-run"], ["-m", "carclf.predict", "--model", "m.keras", "x.jpg"]])
+def test_jax_asked_for_but_not_installed_is_named_before_keras_loads(command, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(WITHOUT_JAX)
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=120, env=environment)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: KERAS_BACKEND is 'jax', but jax is not installed: pip install 'carclf[jax]', or set KERAS_BACKEND=tensorflow.")
+
+
+def test_a_keras_json_naming_an_unusable_backend_is_named_as_the_culprit(tmp_path):
+    """With KERAS_BACKEND unset, Keras reads its backend from keras.json: the error names that file, not the variable."""
+    (tmp_path / "keras.json").write_text('{"backend": "torch"}')
+    environment = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"} | {"KERAS_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "tuning.search", "--dry-run"], capture_output=True, text=True, timeout=120,
+                            env=environment)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"{tmp_path / 'keras.json'} names the backend 'torch'" in last and f"or edit {tmp_path / 'keras.json'}" in last
+    assert "KERAS_BACKEND is" not in last
+
+
 def test_a_model_trained_on_one_backend_predicts_alike_on_the_other(tiny_dataset, tiny_settings, tmp_path):
     from carclf.data.store import open_image_store
     from carclf.data.table import class_names
