@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from carclf.files import plain_value
+from carclf.files import absolute_path, cache_root, plain_value
 
 DATA_FORMATS = ("synthetic", "devkit", "csv", "folders")
 MAX_UNFREEZE_DEPTH = 16
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+NAMED_WEIGHTS = ("imagenet", "synthetic", "none")  # model.weights that name a source rather than a file
 # What every training epoch reports, and which way is better (a search metric must be one of them).
 METRIC_MODES = {"val_accuracy": "max", "val_top5_accuracy": "max", "val_loss": "min",
                 "accuracy": "max", "top5_accuracy": "max", "loss": "min"}
@@ -72,6 +73,11 @@ class ModelConfig:
     def pretrained(self) -> bool:
         """Whether the backbone starts from trained weights (anything but "none")."""
         return self.weights.lower() != "none"
+
+    @property
+    def weights_file(self) -> bool:
+        """Whether `weights` names a file rather than a source ("imagenet", "synthetic", "none")."""
+        return self.weights.lower() not in NAMED_WEIGHTS
 
     def check(self) -> None:
         _require(self.weights != "", "weights", "must be 'imagenet', 'synthetic', 'none' or a path to a weights file")
@@ -239,7 +245,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(document: dict[str, Any], overrides: list[str], where: str) -> dict[str, Any]:
-    """Apply `section.key=value` overrides (values parsed as TOML, bare words as strings)."""
+    """Apply `section.key=value` overrides (values parsed as TOML, bare words as strings).
+
+    A key may go deeper (`search.space.batch_size={ choice = [16, 32] }`); an array of tables such as
+    `[[search.start]]` is entered by the index of one table (`search.start.0.batch_size=16`)."""
     merged = {name: dict(table) if isinstance(table, dict) else table for name, table in document.items()}
     for item in overrides:
         name, sep, raw = item.partition("=")
@@ -253,20 +262,53 @@ def apply_overrides(document: dict[str, Any], overrides: list[str], where: str) 
         table = merged.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: override {item!r}: [{section}] is not a table")
-        _set_dotted(table, key.split("."), value)
+        _set_dotted(table, [section, *key.split(".")], value, f"{where}: override {item!r}")
     return merged
 
 
-def _set_dotted(table: dict[str, Any], keys: list[str], value: Any) -> None:
-    for key in keys[:-1]:
-        table[key] = dict(table.get(key, {}))
-        table = table[key]
-    table[keys[-1]] = value
+def _set_dotted(table: dict[str, Any], path: list[str], value: Any, context: str) -> None:
+    """Set `value` at `path[1:]` under `table` (the table `path[0]`), copying each table or array passed through,
+    so the document overridden is left as it was."""
+    node: Any = table
+    for depth, key in enumerate(path[1:], start=1):
+        here, last = ".".join(path[:depth]), depth == len(path) - 1
+        if isinstance(node, list):
+            if not key.isdigit():
+                raise ConfigError(f"{context}: {here} is an array of tables; give the index of one ({here}.0.{key}=...) "
+                                  f"or the whole array ({here}=[{{ ... }}])")
+            if int(key) >= len(node):
+                indices = f", indexed 0..{len(node) - 1}" if node else ""
+                raise ConfigError(f"{context}: {here} has {len(node)} table(s){indices}; there is no index {key}")
+            key = int(key)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{context}: {here} is {type(node).__name__} {node!r}, not a table")
+        if last:
+            node[key] = value
+            return
+        child = node[key] if isinstance(node, list) else node.get(key, {})
+        node[key] = list(child) if isinstance(child, list) else dict(child) if isinstance(child, dict) else child
+        node = node[key]
 
 
 def parse_run_settings(document: Mapping[str, Any], where: str) -> RunSettings:
-    """The `[data]`, `[model]` and `[train]` tables of an experiment document as `RunSettings`."""
+    """The `[data]`, `[model]` and `[train]` tables of an experiment document as `RunSettings`, with absolute paths."""
     sections = {
         name: parse_section(cls, document.get(name, {}), f"{where} [{name}]") for name, cls in RUN_SECTIONS.items()
     }
-    return RunSettings(**sections)
+    return with_absolute_paths(RunSettings(**sections), where)
+
+
+def with_absolute_paths(settings: RunSettings, where: str) -> RunSettings:
+    """`settings` with every path absolute, resolved once against this process's working folder: `data.root`,
+    a weights file, and `data.cache_dir` (the default cache, `$XDG_CACHE_HOME/carclf`, where it is empty).
+
+    A trial runs in a Ray worker whose working folder is Ray's, so a relative path would name another
+    place there. A cache folder that is a file is refused here, naming the key (or the variable)."""
+    data, model = settings.data, settings.model
+    cache = cache_root(data.cache_dir)
+    if cache.exists() and not cache.is_dir():
+        source = "key cache_dir" if data.cache_dir else "the default cache folder ($XDG_CACHE_HOME/carclf)"
+        raise ConfigError(f"{where} [data]: {source}: {cache} is a file, not a folder; set data.cache_dir to a folder")
+    data = dataclasses.replace(data, root=str(absolute_path(data.root)) if data.root else "", cache_dir=str(cache))
+    weights = str(absolute_path(model.weights)) if model.weights_file else model.weights
+    return dataclasses.replace(settings, data=data, model=dataclasses.replace(model, weights=weights))

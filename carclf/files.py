@@ -67,14 +67,27 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def absolute_path(path: str | Path) -> Path:
+    """`path` with `~` expanded, made absolute against the working folder (not following links).
+
+    Every path a user gives (an experiment key, a flag, an environment variable) goes through here
+    once, in the process that read it: a trial runs in a Ray worker whose working folder is elsewhere."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
 def cache_home() -> Path:
-    """carclf's folder in the user's cache (`$XDG_CACHE_HOME/carclf`, else `~/.cache/carclf`)."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "carclf"
+    """carclf's folder in the user's cache (`$XDG_CACHE_HOME/carclf`, else `~/.cache/carclf`), absolute."""
+    return absolute_path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "carclf"
+
+
+def keras_home() -> Path:
+    """Keras' folder (`$KERAS_HOME`, else `~/.keras`), absolute: `keras.json` and downloaded weights live there."""
+    return absolute_path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
 
 
 def cache_root(cache_dir: str) -> Path:
-    """The cache carclf uses: `data.cache_dir` when it is set (a shared disk on a cluster), else `cache_home()`."""
-    return Path(cache_dir).expanduser() if cache_dir else cache_home()
+    """The cache carclf uses: `data.cache_dir` when it is set (a shared disk on a cluster), else `cache_home()`; absolute."""
+    return absolute_path(cache_dir) if cache_dir else cache_home()
 
 
 def cache_folder(cache_dir: str, kind: str) -> Path:

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from carclf.config import PRECISIONS
+from carclf.files import keras_home
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def backend_setting() -> tuple[str, str]:
     "Keras' default"), read as Keras reads them, without importing Keras."""
     if os.environ.get("KERAS_BACKEND"):
         return os.environ["KERAS_BACKEND"], "KERAS_BACKEND"
-    keras_json = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "keras.json"
+    keras_json = keras_home() / "keras.json"
     try:
         return json.loads(keras_json.read_text()).get("backend", "tensorflow"), str(keras_json)
     except (OSError, ValueError, AttributeError):

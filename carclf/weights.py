@@ -10,19 +10,24 @@ arrays. Trials then receive the path, so no trial downloads or builds anything.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Callable
 
 import h5py
 
 from carclf.config import RunSettings
+from carclf.files import keras_home
 from carclf.model import WeightsError
 
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{IMAGENET_FILE}"
 IMAGENET_MD5 = "4d473c1dd8becc155b73f8504c6f6626"  # keras.applications.resnet's own hash for this file
 RESNET50_NOTOP_ARRAYS = 318  # kernels, biases and BatchNorm statistics of ResNet50 without its top
+
+
+def imagenet_cache_file() -> Path:
+    """Where Keras keeps the ImageNet weights file once downloaded."""
+    return keras_home() / "models" / IMAGENET_FILE
 
 
 def imagenet_weights() -> Path:
@@ -32,7 +37,7 @@ def imagenet_weights() -> Path:
     try:
         return Path(keras.utils.get_file(IMAGENET_FILE, IMAGENET_URL, cache_subdir="models", file_hash=IMAGENET_MD5))
     except Exception as error:  # Keras raises a bare Exception for a failed download
-        target = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / IMAGENET_FILE
+        target = imagenet_cache_file()
         raise WeightsError(
             f"could not download the ImageNet weights ({error}). Without internet, fetch {IMAGENET_URL} elsewhere and put it "
             f"at {target} on this machine, or set model.weights to the file's path."

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 
 import keras
 import ray
@@ -27,6 +28,14 @@ def warn_if_exposed(args: argparse.Namespace) -> None:
         logger.warning("the Ray dashboard will listen on %s: anyone who reaches it with the cluster's token (~/.ray/auth_token) "
                        "can run code here, and the token crosses the network unencrypted; prefer an SSH tunnel to 127.0.0.1",
                        args.dashboard_host)
+
+
+def check_local_cluster(args: argparse.Namespace, experiment: Experiment) -> None:
+    """Before Ray starts: a local cluster of `--num-cpus` CPUs must be able to host one trial."""
+    cpus = experiment.resources.cpus_per_trial
+    if not args.address and args.num_cpus is not None and args.num_cpus < cpus:
+        raise SearchError(f"--num-cpus {args.num_cpus} cannot host one trial of resources.cpus_per_trial {cpus:g}: "
+                          f"raise --num-cpus to {math.ceil(cpus)} or more, or lower --cpus-per-trial")
 
 
 def start_ray(args: argparse.Namespace, experiment: Experiment) -> None:

@@ -25,6 +25,7 @@ from carclf.config import (
     parse_section,
     read_toml,
 )
+from carclf.files import absolute_path
 from tuning.search_space import SearchSpace, check_start_points, parse_space
 
 EXPERIMENTS = Path(str(importlib.resources.files("tuning.experiments")))
@@ -241,6 +242,14 @@ def experiment_from_document(document: dict[str, Any], where: str) -> Experiment
     if isinstance(tables["search"], dict) and "space" in tables["search"]:
         tables["search"] = {**tables["search"], "space": parse_space(tables["search"]["space"], settings, where)}
     sections = {name: parse_section(cls, tables[name], f"{where} [{name}]") for name, cls in SEARCH_SECTIONS.items()}
+    storage = sections["run"].storage_path  # made absolute once, as the settings' paths (a URI stays as it is)
+    sections["run"] = dataclasses.replace(sections["run"], storage_path=storage if "://" in storage else str(absolute_path(storage)))
     experiment = Experiment(source=source, settings=settings, **sections)
-    check_start_points(experiment.search.space, experiment.search.start, experiment.trial_settings(), where)
+    check_start_points(experiment.search.space, experiment.search.start, experiment.trial_settings(), experiment.search.num_samples,
+                       where)
+    warm_up, max_epochs = experiment.warm_up_epochs(), experiment.scheduler.max_epochs
+    if warm_up >= max_epochs:
+        key = "[search.space] head_epochs" if "head_epochs" in experiment.search.space else "[train] head_epochs"
+        raise ConfigError(f"{where} {key}: a warm-up of {warm_up} head-only epochs leaves no epoch to fine-tune within "
+                          f"scheduler.max_epochs ({max_epochs}); lower head_epochs or raise max_epochs")
     return experiment

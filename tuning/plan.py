@@ -8,50 +8,62 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 
 import keras
 import pandas as pd
 
 from carclf.pretrained import synthetic_backbone_path
-from carclf.weights import IMAGENET_FILE, IMAGENET_URL, check_weights_file
+from carclf.weights import IMAGENET_URL, check_weights_file, imagenet_cache_file
 from tuning.experiment import Experiment
 from tuning.prepare import Prepared
 from tuning.samplers import choose_sampler
 from tuning.scheduler import rung_milestones
-from tuning.trials import Selection, against_start, top_trials, within_noise
+from tuning.trials import Selection, against_start, has_standard_error, top_trials, within_noise
 
 SMALL_VALIDATION = 200
 
 
 def describe_plan(experiment: Experiment, args: argparse.Namespace) -> str:
-    search, scheduler, resources = experiment.search, experiment.scheduler, experiment.resources
+    search, resources = experiment.search, experiment.resources
     data, train = experiment.settings.data, experiment.settings.train
     sampler, why = choose_sampler(search.algorithm, search.num_samples)
     algorithm = (f"Optuna {sampler.upper()} ({search.optuna_startup_trials} random start-up trials; {why})" if sampler != "random"
                  else f"Optuna random search ({why})")
-    warm_up = experiment.warm_up_epochs()
     lines = [
         f"experiment   {experiment.source}",
         f"run folder   {experiment.run_dir}{' (resuming)' if args.resume is not None else ''}",
         f"data         {data.format} at {data.root or '(synthetic cache)'}, {data.image_size} px, crop to box: {data.crop_to_bbox}",
+        f"cache        {data.cache_dir}",
         f"model        ResNet50, weights {experiment.settings.model.weights}, precision {train.precision}, Keras backend {keras.backend.backend()}",
         f"search       {search.num_samples} trials of {algorithm}, seed {search.seed}, {search.max_concurrent} at once, "
         f"{search.direction} {search.metric} (each trial's best epoch)" + (f", budget {search.time_budget_s:.0f} s" if search.time_budget_s else ""),
         f"space        {search.space}",
         f"starts at    {search.start}",
-        (f"ASHA         up to {scheduler.max_epochs} epochs; rungs at {rung_milestones(scheduler.grace_period, scheduler.max_epochs, scheduler.reduction_factor)} "
-         f"epochs of a trial's final phase{f' (after up to {warm_up} head-only warm-up epochs)' if warm_up else ''}"
-         + (f"; a trial with head_epochs >= {scheduler.max_epochs} never fine-tunes and is judged as a head-only trial"
-            if warm_up >= scheduler.max_epochs else "") + ", keeping the top "
-         f"1/{scheduler.reduction_factor:g}" + (f" and any trial within {scheduler.noise_z:g} standard errors of the cut" if scheduler.noise_z else "")
-         if scheduler.kind == "asha" else f"no early stopping: every trial trains {scheduler.max_epochs} epochs"),
+        describe_scheduler(experiment),
         f"resources    {resources.cpus_per_trial} CPU + {resources.gpus_per_trial} GPU per trial",
         f"cluster      {args.address or 'local'}",
         f"then         {'retrain on train + val, evaluate on test, report' if experiment.run.retrain else 'stop (no retraining)'}",
     ]
     return "\n".join(lines)
+
+
+def describe_scheduler(experiment: Experiment) -> str:
+    """The plan's line on early stopping: the rungs, in epochs of a trial's final phase, and the rule at each."""
+    scheduler, metric = experiment.scheduler, experiment.search.metric
+    if scheduler.kind != "asha":
+        return f"no early stopping: every trial trains {scheduler.max_epochs} epochs"
+    warm_up = experiment.warm_up_epochs()
+    rungs = rung_milestones(scheduler.grace_period, scheduler.max_epochs, scheduler.reduction_factor)
+    if not scheduler.noise_z:
+        margin = ""
+    elif has_standard_error(metric):
+        margin = f" and any trial within {scheduler.noise_z:g} standard errors of the cut"
+    else:
+        margin = f" (no noise margin: {metric} has no standard error, so the cut alone decides)"
+    return (f"ASHA         up to {scheduler.max_epochs} epochs; rungs at {rungs} epochs of a trial's final phase"
+            + (f" (after up to {warm_up} head-only warm-up epochs)" if warm_up else "")
+            + f", keeping the top 1/{scheduler.reduction_factor:g}{margin}")
 
 
 def describe_weights(experiment: Experiment) -> str:
@@ -61,7 +73,7 @@ def describe_weights(experiment: Experiment) -> str:
     if not settings.model.pretrained:
         return "random initialisation"
     if weights == "imagenet":
-        cached = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / IMAGENET_FILE
+        cached = imagenet_cache_file()
         return f"ImageNet, {'cached at ' + str(cached) if cached.is_file() else 'downloaded once from ' + IMAGENET_URL}"
     if weights == "synthetic":
         path = synthetic_backbone_path(settings)
@@ -88,7 +100,30 @@ def warnings_for(prepared: Prepared) -> list[str]:
                      "model.weights = 'imagenet', a weights file, or 'none'")
     if experiment.nothing_to_choose():
         notes.append("every hyperparameter in [search.space] has a single value: the search has nothing to choose")
+    unjudged = never_judged(experiment)
+    if unjudged:
+        notes.append(unjudged)
     return notes
+
+
+def never_judged(experiment: Experiment) -> str | None:
+    """Which trials ASHA can never judge, said plainly: a warm-up that leaves fewer fine-tuning epochs than the first
+    rung, or no rung at all below max_epochs. None when every trial meets a rung."""
+    scheduler = experiment.scheduler
+    if scheduler.kind != "asha":
+        return None
+    rungs = rung_milestones(scheduler.grace_period, scheduler.max_epochs, scheduler.reduction_factor)
+    if not rungs:
+        return (f"scheduler.grace_period ({scheduler.grace_period}) leaves no rung below scheduler.max_epochs ({scheduler.max_epochs}): "
+                "ASHA stops no trial early")
+    if not experiment.warm_up_epochs():
+        return None
+    short = sorted(int(h) for h in experiment.possible_values("head_epochs") if 0 < scheduler.max_epochs - int(h) < rungs[0])
+    if not short:
+        return None
+    return (f"trials with head_epochs {', '.join(map(str, short))} fine-tune for fewer than the first rung's {rungs[0]} epoch(s) "
+            f"within scheduler.max_epochs ({scheduler.max_epochs}): ASHA never judges them, so they always train every epoch "
+            "(lower head_epochs, or raise max_epochs)")
 
 
 def summarize(trials: pd.DataFrame, experiment: Experiment, validation_size: int, top: int = 5) -> str:

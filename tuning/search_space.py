@@ -51,7 +51,7 @@ class Dimension:
     @property
     def is_fixed(self) -> bool:
         """A choice of one value: nothing to search."""
-        return self.kind == "choice" and len(set(self.args)) == 1
+        return self.kind == "choice" and len(self.args) == 1
 
     def tune_domain(self) -> Any:
         """The Ray Tune domain, e.g. `tune.loguniform(1e-4, 0.1)`."""
@@ -124,8 +124,9 @@ def parse_space(table: Any, settings: RunSettings, where: str) -> SearchSpace:
     return SearchSpace(tuple(_parse_dimension(key, spec, settings, f"{where} [search.space] {key}") for key, spec in table.items()))
 
 
-def check_start_points(space: SearchSpace, points: list, settings: RunSettings, where: str) -> None:
-    """Each `[[search.start]]` point gives every hyperparameter of the space one value it can propose."""
+def check_start_points(space: SearchSpace, points: list, settings: RunSettings, num_samples: int, where: str) -> None:
+    """Each `[[search.start]]` point gives every hyperparameter of the space one value it can propose, once; and
+    every point is a trial, so there are no more of them than `num_samples`."""
     for number, point in enumerate(points, start=1):
         at = f"{where} [[search.start]] #{number}"
         if not isinstance(point, dict):
@@ -141,6 +142,13 @@ def check_start_points(space: SearchSpace, points: list, settings: RunSettings, 
             dimension = space.get(key)
             if not dimension.contains(value):
                 raise ConfigError(f"{at} {key}: {value!r} is outside its search space {dimension.to_dict()}")
+        earlier = next((n for n, other in enumerate(points[: number - 1], start=1) if other == point), None)
+        if earlier is not None:
+            raise ConfigError(f"{at}: repeats #{earlier}; a start point is one trial, and the same point twice would only "
+                              "measure the seed's noise: drop the repeat")
+    if len(points) > num_samples:
+        raise ConfigError(f"{where} [search]: {len(points)} [[search.start]] points, but num_samples is {num_samples}; each "
+                          "start point is a trial: raise num_samples or drop points")
 
 
 def _parse_dimension(key: str, spec: Any, settings: RunSettings, at: str) -> Dimension:
@@ -171,6 +179,10 @@ def _check_distribution(kind: str, args: Any, value_type: type, at: str) -> None
     if kind == "choice":
         if value_type is int and not all(isinstance(a, int) for a in args):
             raise ConfigError(f"{at}: takes whole numbers: a choice of integers, got {args!r}")
+        repeated = sorted({a for a in args if args.count(a) > 1})
+        if repeated:
+            raise ConfigError(f"{at}: choice lists {', '.join(map(repr, repeated))} more than once, which would draw it more often; "
+                              "list each value once")
         return
     if len(args) != 2:
         raise ConfigError(f"{at}: {kind} needs [low, high] numbers, got {args!r}")

@@ -129,9 +129,14 @@ def top_trials(trials: pd.DataFrame, selection: Selection, count: int = 10, vali
     return out
 
 
+def has_standard_error(metric: str) -> bool:
+    """Whether `metric` has a binomial standard error (an accuracy does; a loss does not)."""
+    return "accuracy" in metric
+
+
 def standard_error(value: float | None, metric: str, validation_size: int | None) -> float | None:
     """The binomial standard error of an accuracy on `validation_size` images (None for losses)."""
-    if value is None or not validation_size or "accuracy" not in metric or not math.isfinite(value):
+    if value is None or not validation_size or not has_standard_error(metric) or not math.isfinite(value):
         return None
     return accuracy_standard_error(value, validation_size)
 

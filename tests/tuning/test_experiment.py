@@ -129,12 +129,12 @@ def test_each_dimension_gives_the_same_distribution_to_tune_and_to_optuna():
 
 
 def test_what_a_dimension_can_propose():
-    space = _space({"unfreeze_depth": {"randint": [2, 4]}, "batch_size": {"choice": [8, 8]}, "learning_rate": {"uniform": [0.01, 0.1]}})
+    space = _space({"unfreeze_depth": {"randint": [2, 4]}, "batch_size": {"choice": [8]}, "learning_rate": {"uniform": [0.01, 0.1]}})
     depth, batch, rate = space.get("unfreeze_depth"), space.get("batch_size"), space.get("learning_rate")
     assert depth.values() == [2, 3, 4] and depth.contains(4) and not depth.contains(5)
     assert rate.values() == [0.01, 0.1] and rate.contains(0.05) and not rate.contains(0.2)
     assert batch.is_fixed and not depth.is_fixed and not space.is_single_point
-    assert _space({"batch_size": {"choice": [8, 8]}}).is_single_point
+    assert _space({"batch_size": {"choice": [8]}}).is_single_point
     assert space.get("dropout") is None
 
 
@@ -151,3 +151,24 @@ def test_saved_experiment_reads_back(tmp_path):
     experiment = load_experiment(DEMO_EXPERIMENT, ["train.momentum=0.8"])
     again = experiment_from_document(experiment.to_dict(), "saved.json")
     assert again.settings == experiment.settings and again.search == experiment.search and again.name == "demo"
+
+
+def test_every_path_is_made_absolute_once_against_the_working_folder(tmp_path, monkeypatch):
+    """A trial runs in a Ray worker whose working folder is Ray's: the paths it reads are absolute before Ray starts,
+    each against the folder the command ran in, and the plan shows them so. A URI stays as it is."""
+    from argparse import Namespace
+
+    from tuning.plan import describe_plan
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights.h5").write_bytes(b"")
+    experiment = load_experiment(DEMO_EXPERIMENT, ["data.cache_dir='relcache'", "data.root='cars'", "data.format='devkit'",
+                                                   "model.weights='weights.h5'", "run.storage_path='runs'"])
+    settings = experiment.settings
+    assert (settings.data.cache_dir, settings.data.root, settings.model.weights, experiment.run.storage_path) == (
+        str(tmp_path / "relcache"), str(tmp_path / "cars"), str(tmp_path / "weights.h5"), str(tmp_path / "runs"))
+    plan = describe_plan(experiment, Namespace(resume=None, address=None))
+    assert f"cache        {tmp_path / 'relcache'}" in plan and f"data         devkit at {tmp_path / 'cars'}" in plan
+    monkeypatch.setenv("XDG_CACHE_HOME", "xdg")  # the default cache, from a relative variable
+    assert load_experiment(DEMO_EXPERIMENT).settings.data.cache_dir == str(tmp_path / "xdg" / "carclf")
+    assert load_experiment(DEMO_EXPERIMENT, ["run.storage_path='s3://bucket/runs'"]).run.storage_path == "s3://bucket/runs"
