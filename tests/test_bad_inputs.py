@@ -288,6 +288,42 @@ def run_folder_at(ctx: Context, stage: str, files: tuple[str, ...], status: str 
     return run_dir
 
 
+def kept_run(ctx: Context, *edits: str, study: str = "this", rungs: str | None = None, experiment_json: str | None = None) -> list[str]:
+    """`--resume` of a run folder of the base experiment that stopped after it started (experiment.json with its run
+    id, the dataset, status.json), holding the study of `study` ("this" run, "another" run of the same experiment, or
+    "none"), `rungs` as rungs.jsonl, and experiment.json edited by `edits` (`table.key=value`) or replaced by
+    `experiment_json`."""
+    from carclf.config import apply_overrides
+    from tuning.experiment import load_experiment
+    from tuning.run_folder import RunFolder
+    from tuning.searcher import open_study
+
+    folder = RunFolder(ctx.runs / "kept")
+    folder.path.mkdir(parents=True)
+    document = load_experiment(experiment_file(ctx, EXPERIMENT), [f"data.root='{ctx.cars}'", f"run.storage_path='{ctx.runs}'"]).to_dict()
+    if study != "none":
+        open_study(folder.path, document, "min", "0123456789ab" if study == "this" else "ba9876543210")
+    folder.write_experiment(apply_overrides(document, list(edits), "test"), {}, "0123456789ab")
+    if experiment_json is not None:
+        folder.experiment_file.write_text(experiment_json)
+    folder.write_start(tiny_index(ctx))
+    if rungs is not None:
+        folder.rungs_file.write_text(rungs)
+    return [sys.executable, "-m", "tuning.search", "--resume", str(folder.path)]
+
+
+def tiny_index(ctx: Context):
+    """The tiny dataset's index, as a run of the base experiment saves it."""
+    from carclf.data.sources import prepare_dataset
+    from tuning.experiment import load_experiment
+
+    return prepare_dataset(load_experiment(experiment_file(ctx, EXPERIMENT), [f"data.root='{ctx.cars}'",
+                                                                               f"data.cache_dir='{ctx.cache}'"]).settings.data).index
+
+
+RUNG = '{"run_id": "0123456789ab", "trial_id": "a_00000", "rung": 1, "epoch": 1, "score": 0.5, "cut": null, "decision": "continued"}\n'
+
+
 def search_csv(ctx: Context, edit: Callable[[list[dict]], None] | None = None) -> list[str]:
     root = csv_dataset(ctx, edit)
     return search_dry_run(ctx, "--set", "data.format='csv'", "--set", "data.csv_file='labels.csv'", data=root)
@@ -528,6 +564,19 @@ CASES = [
                  r"experiment\.toml \[\[search\.start\]\] #1 batch_size: 32 is outside its search space", id="experiment-start-outside-space"),
     pytest.param(lambda ctx: search_experiment(ctx, edited("choice = [8, 16]", "choice = [8, 64]")), SEARCH_ERROR,
                  r"experiment\.toml: a batch size of 64 exceeds the \d+ training images", id="experiment-batch-larger-than-training-set"),
+    pytest.param(lambda ctx: search_experiment(ctx, EXPERIMENT + "\n[[search.start]]\nbatch_size = 8\nlearning_rate = 0.005\n"
+                                                          "unfreeze_depth = 0\n"), SEARCH_ERROR,
+                 r"experiment\.toml \[\[search\.start\]\] #2: repeats #1", id="experiment-start-point-repeated"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("num_samples = 2", "num_samples = 1")
+                                               + "\n[[search.start]]\nbatch_size = 16\nlearning_rate = 0.01\nunfreeze_depth = 1\n"),
+                 SEARCH_ERROR, r"experiment\.toml \[search\]: 2 \[\[search\.start\]\] points, but num_samples is 1; each start point "
+                               r"is a trial", id="experiment-more-start-points-than-trials"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("choice = [8, 16]", "choice = [8, 8, 16]")), SEARCH_ERROR,
+                 r"experiment\.toml \[search\.space\] batch_size: choice lists 8 more than once", id="experiment-choice-repeated"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("[search.space]\n", "[search.space]\nhead_epochs = { choice = [0, 2] }\n")
+                                               .replace("unfreeze_depth = 0\n", "unfreeze_depth = 0\nhead_epochs = 0\n")), SEARCH_ERROR,
+                 r"experiment\.toml \[search\.space\] head_epochs: a warm-up of 2 head-only epochs leaves no epoch to fine-tune "
+                 r"within scheduler\.max_epochs \(2\)", id="experiment-warm-up-leaves-no-fine-tuning"),
     # flags
     pytest.param(lambda ctx: search_dry_run(ctx, "--resume", str(empty_folder(ctx, "not_a_run"))), SEARCH_ERROR,
                  r"not_a_run: nothing to resume \(no experiment\.json\)", id="flag-resume-folder-without-run"),
@@ -541,6 +590,20 @@ CASES = [
                  r"unknown table\(s\) \['trian'\]", id="flag-set-unknown-table"),
     pytest.param(lambda ctx: search_dry_run(ctx, "--set", "data.image_size=big"), SEARCH_ERROR,
                  r"\[data\]: key 'image_size' must be int, got str 'big'", id="flag-set-wrong-type"),
+    pytest.param(lambda ctx: search_dry_run(ctx, "--set", f"data.cache_dir='{text_file(ctx, 'cachefile')}'"), SEARCH_ERROR,
+                 r"\[data\]: key cache_dir: \S*cachefile is a file, not a folder; set data\.cache_dir to a folder", id="flag-cache-dir-is-a-file"),
+    pytest.param(lambda ctx: search_dry_run(ctx, "--set", "search.start.0.batch_size=32"), SEARCH_ERROR,
+                 r"\[\[search\.start\]\] #1 batch_size: 32 is outside its search space", id="flag-set-into-a-start-point"),
+    pytest.param(lambda ctx: search_dry_run(ctx, "--set", "search.start.batch_size=16"), SEARCH_ERROR,
+                 r"override 'search\.start\.batch_size=16': search\.start is an array of tables; give the index of one "
+                 r"\(search\.start\.0\.batch_size=\.\.\.\) or the whole array", id="flag-set-into-start-points-without-an-index"),
+    pytest.param(lambda ctx: search_dry_run(ctx, "--set", "search.start.3.batch_size=8"), SEARCH_ERROR,
+                 r"search\.start has 1 table\(s\), indexed 0\.\.0; there is no index 3", id="flag-set-into-a-start-point-not-there"),
+    pytest.param(lambda ctx: search_dry_run(ctx, "--num-cpus", "0"), SEARCH_ERROR,
+                 r"argument --num-cpus: must be at least 1 \(the CPUs of the local Ray cluster\), got 0", id="flag-num-cpus-zero"),
+    pytest.param(lambda ctx: search_dry_run(ctx, "--num-cpus", "1", "--cpus-per-trial", "2"), SEARCH_ERROR,
+                 r"--num-cpus 1 cannot host one trial of resources\.cpus_per_trial 2: raise --num-cpus to 2 or more",
+                 id="flag-num-cpus-below-a-trial"),
     pytest.param(lambda ctx: [*search_dry_run(ctx), "--num-samples", "many"], SEARCH_ERROR,
                  r"argument --num-samples: invalid int value: 'many'", id="flag-num-samples-not-a-number"),
     # runs that fail before their first trial
@@ -557,6 +620,20 @@ CASES = [
     pytest.param(lambda ctx: [sys.executable, "-m", "tuning.search", "--resume",
                               str(run_folder_at(ctx, "started", ("experiment.json", "dataset.parquet"), status="{\"stage\": "))],
                  SEARCH_ERROR, r"kept/status\.json: damaged \(.*\); it says how far the run got", id="run-status-file-damaged"),
+    # hardening, fourth round: runs resumed, refused before Ray starts when the folder is not one run
+    pytest.param(lambda ctx: kept_run(ctx, study="another"), SEARCH_ERROR,
+                 r"kept/study\.db: belongs to another run \(run id ba9876543210, from \S*experiment\.toml\), not to this one "
+                 r"\(0123456789ab\): restore it from a copy of the run folder", id="resume-study-of-another-run"),
+    pytest.param(lambda ctx: kept_run(ctx, "search.num_samples=9"), SEARCH_ERROR,
+                 r"kept/experiment\.json: changed since the run started: it no longer reads as the experiment its study was made for",
+                 id="resume-experiment-json-edited-after-the-start"),
+    pytest.param(lambda ctx: kept_run(ctx, experiment_json='{"run_id": "0123456789ab", "data": {"form'), SEARCH_ERROR,
+                 r"kept/experiment\.json: damaged \(.*\); restore it from a copy of the run folder", id="resume-experiment-json-truncated"),
+    pytest.param(lambda ctx: kept_run(ctx, rungs=RUNG + "garbage\n"), SEARCH_ERROR,
+                 r"kept/rungs\.jsonl: damaged \(line 2 is not one of ASHA's rung decisions: 'garbage'\); restore it", id="resume-rungs-garbage-line"),
+    pytest.param(lambda ctx: kept_run(ctx, rungs=RUNG.replace("0123456789ab", "ba9876543210")), SEARCH_ERROR,
+                 r"kept/rungs\.jsonl: decision 1 belongs to another run \(run id ba9876543210, not 0123456789ab\)",
+                 id="resume-rungs-of-another-run"),
     # train
     pytest.param(lambda ctx: train(ctx, edited("momentum = 0.9", "momentom = 0.9")), SEARCH_ERROR,
                  r"experiment\.toml \[train\]: unknown key\(s\) \['momentom'\]", id="train-unknown-key"),

@@ -44,8 +44,9 @@ def start_ray(args: argparse.Namespace, experiment: Experiment) -> None:
     Trial processes get the driver's Keras backend, their GPU memory share and the persistent
     compilation cache through the job's environment (`carclf.runtime.trial_environment`). The
     dashboard alone is given up when Ray's error is about it; any other failure to start or join
-    is a `SearchError` that says so.
+    is a `SearchError` that says so. A local cluster too small for one trial is refused first.
     """
+    check_local_cluster(args, experiment)
     compile_cache = cache_folder(experiment.settings.data.cache_dir, "compilation")
     environment = trial_environment(keras.backend.backend(), experiment.resources.gpus_per_trial, compile_cache)
     runtime_env = {"env_vars": environment}

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 from carclf.files import write_json, write_text
 from tuning.report_figures import report_figures
 from tuning.report_html import render_html
-from tuning.report_numbers import RunFileError, read_run, report_numbers
-from tuning.run_folder import RunFolder
+from tuning.report_numbers import read_run, report_numbers
+from tuning.run_folder import RunFolder, RunFolderError
 
 
 def build_report(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         json_path, html_path = write_report(run_dir)
-    except RunFileError as error:
+    except RunFolderError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {html_path} and {json_path}")

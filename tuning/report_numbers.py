@@ -1,7 +1,7 @@
 """report.json: a run's numbers, from the files the search wrote into its folder.
 
 `read_run` reads those files once (`RunFiles`); `report_numbers` makes report.json of them, and
-`tuning.report_figures` the figures of the same files. A damaged file is a `RunFileError` naming it.
+`tuning.report_figures` the figures of the same files. A damaged file is a `RunFolderError` naming it.
 
 report.json schema (version 4):
   schema_version: 4
@@ -34,18 +34,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import optuna
 import pandas as pd
 
-from carclf.data.table import class_names, load_index
+from carclf.data.table import class_names
 from carclf.files import plain_value, read_json
 from carclf.model_folder import ModelFolder
 from tuning.experiment import Experiment, experiment_from_document
-from tuning.run_folder import RunFolder
-from tuning.scheduler import read_rung_decisions
+from tuning.run_folder import RunFolder, read_run_file
 from tuning.search_space import SearchSpace
 from tuning.trials import STATUSES, Selection, against_start, top_trials, trial_summaries, within_noise
 
@@ -56,18 +55,6 @@ IMPORTANCE_RELIABLE_TRIALS = 30  # fewer: shown, marked unreliable
 SELECTION_RULE = ("each trial is scored by its best epoch's {metric}; that score ranks the trials, Optuna learns it, "
                   "ASHA compares it, and the winner is retrained for that epoch count")
 WORST_CLASSES = 20
-
-
-class RunFileError(ValueError):
-    """A file of the run folder cannot be read."""
-
-
-def read_run_file(path: Path, reader: Callable[[Path], Any]) -> Any:
-    """`reader(path)`, or a `RunFileError` naming the file when it is damaged."""
-    try:
-        return reader(path)
-    except (OSError, ValueError, KeyError) as error:
-        raise RunFileError(f"{path}: unreadable ({str(error).splitlines()[0][:200]})") from None
 
 
 
@@ -95,16 +82,16 @@ class RunFiles:
 
 
 def read_run(run_dir: str | Path) -> RunFiles:
-    """Read the run folder's files, each damaged one a `RunFileError` naming it."""
+    """Read the run folder's files, each damaged one a `RunFolderError` naming it."""
     folder = RunFolder(Path(run_dir))
-    document = read_run_file(folder.experiment_file, lambda path: folder.read_experiment()[0])
+    document = folder.read_experiment().document
     retrained = folder.metrics_file.is_file()
     predictions = folder.predictions_file
     return RunFiles(
         run_dir=folder.path, document=document,
         experiment=read_run_file(folder.experiment_file, lambda path: experiment_from_document(document, str(path))),
-        index=read_run_file(folder.dataset_file, load_index),
-        trials=read_run_file(folder.trials_file, pd.read_parquet),
+        index=folder.read_dataset(),
+        trials=folder.read_trials(),
         search_info=read_run_file(folder.search_file, read_json) if folder.search_file.is_file() else {},
         best_metrics=read_run_file(folder.metrics_file, read_json) if retrained else None,
         best_config=read_run_file(ModelFolder(folder.best).config_file, read_json) if retrained else None,
@@ -178,7 +165,7 @@ def importance_note(scored: int) -> str:
 
 def early_stopping_summary(run_dir: Path) -> dict[str, int] | None:
     """ASHA's decisions from `rungs.jsonl`: stops, stops within noise of the cut, and trials spared by the noise margin."""
-    decisions = read_rung_decisions(run_dir)
+    decisions = RunFolder(run_dir).read_rung_decisions()
     if not decisions:
         return None
     stopped = [d for d in decisions if d["decision"] == "stopped"]

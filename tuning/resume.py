@@ -1,8 +1,10 @@
 """Which run a command means: a new one, the demo again under a free name, or `--resume` of a saved one.
 
 A resumed run continues as it was saved in `experiment.json`, wherever its folder is now: a flag
-or `--experiment` that would change it is refused, naming the flag. A new run may not take a
-folder that holds another run's trials.
+or `--experiment` that would change it is refused, naming the flag. Before Ray starts, the folder is
+checked to be one run (`check_resumable`): every file a resume reads is whole, and the study,
+ASHA's log and the trials belong to this run and to its experiment as saved. A new run may not
+take a folder that holds another run's trials.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from ray import tune
 from carclf.config import apply_overrides
 from tuning.errors import SearchError
 from tuning.experiment import DEMO_EXPERIMENT, Experiment, experiment_from_document, load_experiment
-from tuning.run_folder import RunFolder
-from tuning.searcher import study_trials
+from tuning.run_folder import RESTORE, RunFolder, RunFolderError, SavedExperiment
+from tuning.searcher import experiment_fingerprint, study_identity, study_trials
 
 logger = logging.getLogger("tuning.search")
 # Flags that set experiment values; on --resume each may only repeat what the run saved.
@@ -53,11 +55,13 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
     folder = RunFolder(run_dir)
     if not folder.experiment_file.is_file():
         raise SearchError(f"{run_dir}: nothing to resume (no {folder.experiment_file.name}); run without --resume")
-    document, resolved_from = folder.read_experiment()
+    saved_run = folder.read_experiment()
+    check_resumable(folder, saved_run)
+    document = saved_run.document
     document["run"].update(storage_path=str(run_dir.parent), name=run_dir.name)
     where = str(folder.experiment_file)
     saved = experiment_from_document(document, where)
-    given = as_requested(document, resolved_from)  # flags and --experiment are compared with what the run was asked
+    given = as_requested(document, saved_run.requested)  # flags and --experiment are compared with what the run was asked
     asked = experiment_from_document(given, where)
     requests = [(flag, item) for flag, item in overrides if item.split("=", 1)[0].strip() not in LOCATION_KEYS]
     requested = experiment_from_document(apply_overrides(given, [item for _, item in requests], "the command line"), where)
@@ -72,6 +76,39 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
             raise SearchError(f"--experiment {args.experiment}: differs from the saved run in {', '.join(sorted(differing))}; "
                               f"--resume continues the run as saved (pass --resume {run_dir} alone)")
     return saved
+
+
+def check_resumable(folder: RunFolder, saved: SavedExperiment) -> None:
+    """Before Ray starts, refuse a run folder that is not one run, naming the file at fault.
+
+    Its stage's files must be there and whole (each read through `tuning.run_folder.read_run_file`).
+    `study.db` must be there once trials ran, and record this run's id and the fingerprint of
+    `experiment.json` as it reads now: another run's study is named as such, and an experiment.json
+    changed since the start as that. Every line of `rungs.jsonl` must carry this run's id, and
+    `trials.parquet` hold only trials Ray ran in this folder. Nothing is created or changed here.
+    """
+    folder.require_files()
+    study = study_identity(folder.path)
+    if study is None:
+        if tune.Tuner.can_restore(str(folder.path)):
+            raise RunFolderError(f"{folder.study_file}: missing, though trials ran; it is the search's memory of them: {RESTORE}")
+    elif saved.run_id and study.get("run_id") != saved.run_id:
+        raise RunFolderError(f"{folder.study_file}: belongs to another run (run id {study.get('run_id')}, from {study.get('source')}), "
+                             f"not to this one ({saved.run_id}): {RESTORE}")
+    elif study.get("fingerprint") != experiment_fingerprint(saved.document):
+        raise RunFolderError(f"{folder.experiment_file}: changed since the run started: it no longer reads as the experiment its "
+                             f"study was made for (fingerprint {study.get('fingerprint')}, now {experiment_fingerprint(saved.document)}); "
+                             f"{RESTORE}")
+    for number, decision in enumerate(folder.read_rung_decisions(), start=1):
+        if saved.run_id and decision.get("run_id") != saved.run_id:
+            raise RunFolderError(f"{folder.rungs_file}: decision {number} belongs to another run (run id {decision.get('run_id')}, "
+                                 f"not {saved.run_id}): {RESTORE}")
+    if folder.trials_file.is_file():
+        ran = {trial.trial_id for trial in tune.ExperimentAnalysis(str(folder.path)).trials}
+        foreign = sorted(set(folder.read_trials()["trial_id"]) - ran)
+        if foreign:
+            raise RunFolderError(f"{folder.trials_file}: holds trials this run did not run ({', '.join(foreign[:3])}"
+                                 f"{' ...' if len(foreign) > 3 else ''}): {RESTORE}")
 
 
 def as_requested(document: dict[str, Any], resolved_from: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,11 @@
       .lock              held by the search that owns the folder
       .progress.json     progress of the work done before the trials (tuning.driver_tasks)
 
+Every file is read through `read_run_file`, which turns damage into one `RunFolderError` naming the
+file and what to do. `experiment.json` records the run's `run_id`, made when the run started; the
+study and every line of `rungs.jsonl` carry it too, so `--resume` can tell a file of this run from
+another run's copy (`tuning.resume.check_resumable`).
+
 `hold` takes an exclusive lock on `.lock` for the life of the search (the operating system drops it
 when the process ends, even on SIGKILL), so a second search on a run in progress is refused with the
 first one's process, host and start time. `status.json` records the stage reached, so `--resume` of
@@ -26,13 +31,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 
@@ -40,6 +47,8 @@ from carclf.data.table import load_index, save_index
 from carclf.files import atomic_path, read_json, write_json
 
 STAGES = ("started", "searched", "finished")  # finished: retrained, evaluated and reported
+DECISIONS = ("continued", "spared", "stopped")  # what ASHA did with a trial at a rung (tuning.scheduler)
+RESTORE = "restore it from a copy of the run folder, or start a new run with another --name"
 
 
 class RunInUseError(RuntimeError):
@@ -48,6 +57,50 @@ class RunInUseError(RuntimeError):
 
 class RunFolderError(RuntimeError):
     """A run folder lacks a file its stage wrote, or holds a damaged one."""
+
+
+def read_run_file(path: Path, reader: Callable[[Path], Any]) -> Any:
+    """`reader(path)`, or one `RunFolderError` naming the file, what is wrong and what to do."""
+    try:
+        return reader(path)
+    except FileNotFoundError:
+        raise RunFolderError(f"{path}: missing; {RESTORE}") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:  # pyarrow's and JSON's errors are ValueErrors
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise RunFolderError(f"{path}: damaged ({reason}); {RESTORE}") from None
+
+
+@dataclass(frozen=True)
+class SavedExperiment:
+    """experiment.json: the experiment as the trials ran it, the values it was resolved from, and the run's id
+    (None for a run started before runs had one)."""
+
+    document: dict[str, Any]
+    requested: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def parse_rung_decisions(text: str, path: Path) -> list[dict[str, Any]]:
+    """The lines of `rungs.jsonl`, each checked to be a rung decision; a line that is not names its number."""
+    decisions = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            decision = json.loads(line)
+            well_formed = (isinstance(decision, dict) and isinstance(decision.get("trial_id"), str)
+                           and isinstance(decision.get("rung"), int) and decision.get("decision") in DECISIONS
+                           and isinstance(decision.get("score"), (int, float)))
+        except ValueError:
+            well_formed = False
+        if not well_formed:
+            raise ValueError(f"line {number} is not one of ASHA's rung decisions: {line[:80]!r}")
+        decisions.append(decision)
+    return decisions
 
 
 @dataclass(frozen=True)
@@ -149,8 +202,7 @@ class RunFolder:
         try:
             reached = read_json(path)["stage"]
         except (ValueError, KeyError, TypeError) as error:
-            raise RunFolderError(f"{path}: damaged ({error}); it says how far the run got: restore it from a copy of the "
-                                 "run folder, or start a new run with another --name") from None
+            raise RunFolderError(f"{path}: damaged ({error}); it says how far the run got: {RESTORE}") from None
         if reached not in STAGES:
             raise RunFolderError(f"{path}: unknown stage {reached!r} (expected one of {STAGES})")
         return reached
@@ -173,21 +225,29 @@ class RunFolder:
         save_index(index, self.dataset_file)
         self.mark("started")
 
-    def write_experiment(self, experiment: dict[str, Any], requested: dict[str, Any]) -> None:
-        """The resolved experiment the trials run with, and under "requested" the values it was resolved from."""
-        write_json(self.experiment_file, {**experiment, "requested": requested})
+    def write_experiment(self, experiment: dict[str, Any], requested: dict[str, Any], run_id: str) -> None:
+        """The resolved experiment the trials run with, under "requested" the values it was resolved from, and the run's id."""
+        write_json(self.experiment_file, {"run_id": run_id, **experiment, "requested": requested})
 
-    def read_experiment(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The saved experiment document as the trials ran with it, and the values it was resolved from."""
-        document = read_json(self.experiment_file)
-        return document, document.pop("requested", {})
+    def read_experiment(self) -> SavedExperiment:
+        """experiment.json as saved (see `SavedExperiment`)."""
+        document = read_run_file(self.experiment_file, read_json)
+        if not isinstance(document, dict):
+            raise RunFolderError(f"{self.experiment_file}: damaged (not a JSON object); {RESTORE}")
+        return SavedExperiment(document, document.pop("requested", {}), document.pop("run_id", None))
 
     def read_dataset(self) -> pd.DataFrame:
-        return load_index(self.dataset_file)
+        return read_run_file(self.dataset_file, load_index)
 
     def write_trials(self, trials: pd.DataFrame) -> None:
         with atomic_path(self.trials_file) as partial:
             trials.to_parquet(partial, index=False)
 
     def read_trials(self) -> pd.DataFrame:
-        return pd.read_parquet(self.trials_file)
+        return read_run_file(self.trials_file, pd.read_parquet)
+
+    def read_rung_decisions(self) -> list[dict[str, Any]]:
+        """ASHA's decisions (`tuning.scheduler`), oldest first; none for a search without early stopping."""
+        if not self.rungs_file.is_file():
+            return []
+        return read_run_file(self.rungs_file, lambda path: parse_rung_decisions(path.read_text(), path))

@@ -56,7 +56,7 @@ class NoiseAwareASHA(FIFOScheduler):
     relocated_run_dir: Path | None = None  # set before a run is restored, as `tuning.searcher.relocate_study`
 
     def __init__(self, *, metric: str, mode: str, score_metric: str, max_epochs: int, grace_period: int,
-                 reduction_factor: float, validation_size: int, noise_z: float, run_dir: Path):
+                 reduction_factor: float, validation_size: int, noise_z: float, run_dir: Path, run_id: str | None = None):
         super().__init__()
         self._metric, self._mode = metric, mode
         self.score_metric = score_metric  # the metric the objective is the best of (its standard error)
@@ -64,6 +64,7 @@ class NoiseAwareASHA(FIFOScheduler):
         self.validation_size, self.noise_z = validation_size, noise_z
         self.rungs: dict[int, dict[str, float]] = {rung: {} for rung in rung_milestones(grace_period, max_epochs, reduction_factor)}
         self.log_path = RunFolder(Path(run_dir)).rungs_file
+        self.run_id = run_id  # on every logged decision: a resume tells this run's log from a copied one
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
         return True  # metric and mode are given at construction
@@ -83,7 +84,7 @@ class NoiseAwareASHA(FIFOScheduler):
         sign = 1.0 if self._mode == "max" else -1.0
         cut = sign * float(np.nanpercentile([sign * v for v in recorded.values()], (1 - 1 / self.reduction_factor) * 100)) if recorded else None
         recorded[trial_id] = score
-        decision: dict[str, Any] = {"trial_id": trial_id, "rung": rung, "epoch": epoch, "score": score, "cut": cut,
+        decision: dict[str, Any] = {"run_id": self.run_id, "trial_id": trial_id, "rung": rung, "epoch": epoch, "score": score, "cut": cut,
                                     "margin": 0.0, "within_noise": False, "decision": "continued"}
         below = sign * (cut - score) if cut is not None else 0.0  # > 0: worse than the cut
         if below > 0 and epoch < self.max_epochs:  # at its last epoch a trial counts for the cut, but it has finished
@@ -100,16 +101,9 @@ class NoiseAwareASHA(FIFOScheduler):
         if self.relocated_run_dir is not None:
             self.log_path = RunFolder(self.relocated_run_dir).rungs_file
         self.rungs = {rung: {} for rung in self.rungs}
-        for decision in read_rung_decisions(self.log_path.parent):
+        for decision in RunFolder(self.log_path.parent).read_rung_decisions():
             self.rungs.setdefault(decision["rung"], {})[decision["trial_id"]] = decision["score"]
 
     def debug_string(self) -> str:
         return f"NoiseAwareASHA on {TIME_ATTR}: rungs {sorted(self.rungs)}, noise {self.noise_z} standard errors"
 
-
-def read_rung_decisions(run_dir: Path) -> list[dict[str, Any]]:
-    """The decisions logged by `NoiseAwareASHA` (none for a search without early stopping)."""
-    path = RunFolder(Path(run_dir)).rungs_file
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -23,6 +23,17 @@ from typing import Sequence
 from tuning.experiment import DEMO_EXPERIMENT
 
 
+def cpu_count(text: str) -> int:
+    """`--num-cpus`: a whole number of CPUs, at least one."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (the CPUs of the local Ray cluster), got {value}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tuning.search", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", help="experiment TOML file, or the name of a shipped one such as stanford_cars "
@@ -33,7 +44,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpus-per-trial", type=float, help="resources.cpus_per_trial")
     parser.add_argument("--gpus-per-trial", type=float, help="resources.gpus_per_trial (fractions share a GPU)")
     parser.add_argument("--address", help="join an existing Ray cluster (e.g. auto, or ray://host:10001)")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster (default: all)")
+    parser.add_argument("--num-cpus", type=cpu_count, help="CPUs of the local Ray cluster (default: all)")
     parser.add_argument("--dashboard-host", default="127.0.0.1", help="bind the local dashboard here (default 127.0.0.1)")
     parser.add_argument("--no-dashboard", action="store_true", help="start the local cluster without Ray's dashboard")
     parser.add_argument("--storage-path", help="where runs are stored (run.storage_path)")
@@ -55,7 +66,7 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from carclf.files import require_free_space, write_json  # noqa: E402
-from tuning.cluster import check_cluster_resources, start_ray, trial_slots, warn_if_exposed  # noqa: E402
+from tuning.cluster import check_cluster_resources, check_local_cluster, start_ray, trial_slots, warn_if_exposed  # noqa: E402
 from tuning.driver_tasks import prepare_head_features, resolve_backbone, transfer_probe, whole_gpu_task  # noqa: E402
 from tuning.errors import EXPECTED_ERRORS, SearchError  # noqa: E402
 from tuning.experiment import Experiment  # noqa: E402
@@ -64,9 +75,8 @@ from tuning.prepare import Prepared, prepare  # noqa: E402
 from tuning.report import write_report  # noqa: E402
 from tuning.resume import check_new_run, resolve_experiment, resolved_values  # noqa: E402
 from tuning.retrain import retrain_and_evaluate  # noqa: E402
-from tuning.run_folder import RunFolder  # noqa: E402
+from tuning.run_folder import RunFolder, new_run_id  # noqa: E402
 from tuning.samplers import choose_sampler  # noqa: E402
-from tuning.scheduler import read_rung_decisions  # noqa: E402
 from tuning.trials import Selection, best_trial, trials_table, useful_fraction  # noqa: E402
 from tuning.tuner import make_tuner, search_interrupted  # noqa: E402
 
@@ -86,10 +96,11 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
     try:
         check_cluster_resources(experiment)  # before any long preparation: a search must fail at once
         resolved = resolve_backbone(prepared.experiment)  # what the trials run with, and what experiment.json records
+        run_id = folder.read_experiment().run_id if resume else new_run_id()
         if not resume:
-            folder.write_experiment(resolved.to_dict(), resolved_values(resolved, experiment))
+            folder.write_experiment(resolved.to_dict(), resolved_values(resolved, experiment), run_id)
         if folder.stage() != "searched":
-            search_trials(resolved, prepared, folder, resume, started)
+            search_trials(resolved, prepared, folder, run_id, resume, started)
         trials = folder.read_trials()
         print(summarize(trials, resolved, prepared.validation_size), flush=True)
         if not resolved.run.retrain:
@@ -109,15 +120,16 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
     return folder.path
 
 
-def search_trials(experiment: Experiment, prepared: Prepared, folder: RunFolder, resume: bool, started: float) -> None:
+def search_trials(experiment: Experiment, prepared: Prepared, folder: RunFolder, run_id: str | None, resume: bool,
+                  started: float) -> None:
     """The transfer probe, the head features and the trials; every reported epoch lands in `trials.parquet`.
     `search.json` times them, from `started` (the cluster's start)."""
     features_started = time.time()
     transfer = transfer_probe(experiment, prepared.index, prepared.store)
     features = prepare_head_features(experiment, prepared.index, prepared.store)
     fit_started = time.time()
-    results = make_tuner(experiment, prepared, features, resume and tune.Tuner.can_restore(str(folder.path))).fit()
-    stopped = {d["trial_id"] for d in read_rung_decisions(folder.path) if d["decision"] == "stopped"}
+    results = make_tuner(experiment, prepared, features, run_id, resume and tune.Tuner.can_restore(str(folder.path))).fit()
+    stopped = {d["trial_id"] for d in folder.read_rung_decisions() if d["decision"] == "stopped"}
     trials = trials_table(results, experiment.scheduler.max_epochs, stopped)
     folder.write_trials(trials)
     trials_s = time.time() - fit_started
@@ -157,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe_plan(experiment, args), flush=True)
         warn_if_exposed(args)
         if args.dry_run:
+            check_local_cluster(args, experiment)
             prepared = prepare(experiment, resume=False)
             print(f"weights      {describe_weights(experiment)}")
             print(f"epochs       {prepared.experiment.settings.train.epoch_images} training images each, at every batch size")

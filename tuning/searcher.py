@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
+import sqlalchemy.engine
 import sqlalchemy.exc
 from ray import cloudpickle
 from ray.tune.search import Searcher
@@ -50,7 +51,8 @@ class StudyMismatchError(StudyError):
 
 
 def study_url(run_dir: Path) -> str:
-    return f"sqlite:///{RunFolder(Path(run_dir)).study_file.resolve()}"
+    """The SQLAlchemy URL of `RUN_DIR/study.db`, its path escaped: a run named `run?x=1` is a folder, not a query."""
+    return sqlalchemy.engine.URL.create("sqlite", database=str(RunFolder(Path(run_dir)).study_file.resolve())).render_as_string()
 
 
 @contextlib.contextmanager
@@ -61,7 +63,7 @@ def readable_study(url: str) -> Iterator[None]:
         yield
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
         reason = str(error).splitlines()[0]
-        raise StudyError(f"{url.removeprefix('sqlite:///')}: damaged, or not an Optuna study ({reason}); restore it from a "
+        raise StudyError(f"{sqlalchemy.engine.make_url(url).database}: damaged, or not an Optuna study ({reason}); restore it from a "
                          "backup to continue this run, or start a new run with another --name") from None
 
 
@@ -77,6 +79,21 @@ def experiment_fingerprint(document: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def study_identity(run_dir: Path) -> dict[str, Any] | None:
+    """What `RUN_DIR/study.db` says it was made for: the experiment's fingerprint and source, and the run's id
+    (`open_study`); None without the file. A file that holds no carclf study is a `StudyError`."""
+    if not RunFolder(Path(run_dir)).study_file.is_file():
+        return None
+    url = study_url(run_dir)
+    storage = study_storage(url)
+    with readable_study(url):
+        names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+        if STUDY_NAME not in names:
+            raise StudyError(f"{RunFolder(Path(run_dir)).study_file}: holds no carclf study (it has {names or 'none'}); restore this "
+                             "run's study.db from a copy of the run folder, or start a new run with another --name")
+        return optuna.load_study(study_name=STUDY_NAME, storage=storage).user_attrs.get(EXPERIMENT_ATTRIBUTE, {})
+
+
 def study_trials(run_dir: Path) -> int:
     """How many trials `RUN_DIR/study.db` holds (0 without the file)."""
     if not RunFolder(Path(run_dir)).study_file.is_file():
@@ -86,10 +103,11 @@ def study_trials(run_dir: Path) -> int:
         return sum(summary.n_trials for summary in optuna.get_all_study_summaries(storage))
 
 
-def open_study(run_dir: Path, document: dict[str, Any], direction: str) -> optuna.Study:
+def open_study(run_dir: Path, document: dict[str, Any], direction: str, run_id: str | None = None) -> optuna.Study:
     """Create `RUN_DIR/study.db`, or open it if it was written for this same experiment.
 
-    A study of another experiment under the same run name is refused, naming both.
+    A study of another experiment under the same run name is refused, naming both. The study records
+    the experiment's fingerprint and the run's id (`study_identity`), which `--resume` checks.
     """
     storage = study_storage(study_url(run_dir))
     with readable_study(storage.url):
@@ -98,7 +116,7 @@ def open_study(run_dir: Path, document: dict[str, Any], direction: str) -> optun
     fingerprint = experiment_fingerprint(document)
     saved = study.user_attrs.get(EXPERIMENT_ATTRIBUTE)
     if saved is None:
-        study.set_user_attr(EXPERIMENT_ATTRIBUTE, {"fingerprint": fingerprint, "source": document["source"]})
+        study.set_user_attr(EXPERIMENT_ATTRIBUTE, {"fingerprint": fingerprint, "source": document["source"], "run_id": run_id})
     elif saved["fingerprint"] != fingerprint:
         raise StudyMismatchError(
             f"{RunFolder(Path(run_dir)).study_file}: this study belongs to another experiment ({saved['source']}, fingerprint "
@@ -186,10 +204,10 @@ def relocate_study(run_dir: Path) -> None:
             cloudpickle.dump(state, handle)
 
 
-def make_searcher(sampler: str, run_dir: Path, document: dict[str, Any], selection: Selection, max_concurrent: int,
-                  startup_trials: int, seed: int, start: list[dict], max_epochs: int) -> Searcher:
+def make_searcher(sampler: str, run_dir: Path, document: dict[str, Any], run_id: str | None, selection: Selection,
+                  max_concurrent: int, startup_trials: int, seed: int, start: list[dict], max_epochs: int) -> Searcher:
     """The searcher for a new run: Optuna's `sampler` ("tpe", "gp" or "random", see `tuning.samplers`) on a persistent study."""
-    open_study(run_dir, document, selection.mode)
+    open_study(run_dir, document, selection.mode, run_id)
     return PrunedAwareOptunaSearch(max_epochs=max_epochs, sampler=make_sampler(sampler, startup_trials, max_concurrent > 1, seed),
                                    points_to_evaluate=list(start) or None, study_name=STUDY_NAME,
                                    storage=study_storage(study_url(run_dir)))

@@ -19,7 +19,7 @@ from tuning.trainable import CarClassifierTrainable
 from tuning.trials import Selection
 
 
-def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None, resume: bool) -> tune.Tuner:
+def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None, run_id: str | None, resume: bool) -> tune.Tuner:
     """The `Tuner`: an Optuna sampler on `RUN_DIR/study.db` behind a concurrency limit, ASHA on final-phase epochs."""
     search, run_dir = experiment.search, experiment.run_dir
     selection = Selection.of(experiment.search)
@@ -31,7 +31,7 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
         relocate_study(run_dir)
         NoiseAwareASHA.relocated_run_dir = run_dir
         return tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=True)
-    searcher = make_searcher(choose_sampler(search.algorithm, search.num_samples)[0], run_dir, experiment.to_dict(), selection,
+    searcher = make_searcher(choose_sampler(search.algorithm, search.num_samples)[0], run_dir, experiment.to_dict(), run_id, selection,
                              search.max_concurrent, search.optuna_startup_trials, search.seed, search.start,
                              experiment.scheduler.max_epochs)
     asha = experiment.scheduler
@@ -39,7 +39,7 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
         scheduler = NoiseAwareASHA(metric=selection.objective, mode=selection.mode, score_metric=selection.metric,
                                    max_epochs=asha.max_epochs, grace_period=asha.grace_period,
                                    reduction_factor=asha.reduction_factor, validation_size=prepared.validation_size,
-                                   noise_z=asha.noise_z, run_dir=run_dir)
+                                   noise_z=asha.noise_z, run_dir=run_dir, run_id=run_id)
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(

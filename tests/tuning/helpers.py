@@ -7,6 +7,24 @@ import sys
 from pathlib import Path
 
 START_POINT = "{ batch_size = 8, learning_rate = 0.005, lr_decay = 0.0001, unfreeze_depth = 0, head_epochs = 0 }"
+# A start point that cannot learn: at this rate its head does not move in an epoch, so its first rung's score is the
+# untrained head's, worse than that of any trial that learned from the same start (the same seed builds the same head).
+NO_LEARNING_POINT = "{ batch_size = 8, learning_rate = 1e-07, lr_decay = 0.0001, unfreeze_depth = 0, head_epochs = 0 }"
+
+
+# START_POINT's twin: another decay, which over an epoch's few steps changes nothing, so it learns as START_POINT does.
+START_TWIN = START_POINT.replace("lr_decay = 0.0001", "lr_decay = 0.00001")
+
+
+def must_stop_one(*earlier_points: str) -> list[str]:
+    """Flags that make ASHA stop a trial on any sampler and any CPU: `NO_LEARNING_POINT` runs after `earlier_points`,
+    head-only trials that learn (START_POINT and its twin: from the synthetic pretrained backbone their first epoch
+    takes the validation loss from 1.50 to 0.88), judged at the first rung in their first epoch. With as many trials
+    at once as there are earlier points, it starts only once one of them has finished, so the first rung's cut is set
+    by trials that learned: it lands below the cut and, at its first epoch of several, is stopped (a loss gets no
+    noise margin)."""
+    return ["--set", "search.space.learning_rate={ loguniform = [1e-07, 0.05] }",
+            "--set", f"search.start=[{', '.join([*earlier_points, NO_LEARNING_POINT])}]"]
 
 
 def search_command(tiny_cars: Path, storage: Path, name: str, *extra: str, weights: str = "none",
@@ -24,5 +42,11 @@ def search_command(tiny_cars: Path, storage: Path, name: str, *extra: str, weigh
     ]
 
 
-def run(command: list[str], timeout: int = 420, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+def run(command: list[str], timeout: int = 420, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+
+
+def e2e_flags() -> list[str]:
+    """The shared whole search's flags beyond `search_command`'s (tests/tuning/conftest.py `finished_run`): 6 trials,
+    two at once, its third start point one that cannot learn."""
+    return ["--num-samples", "6", "--max-concurrent", "2", *must_stop_one(START_POINT, START_TWIN)]

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import shutil
+import sys
+from pathlib import Path
 
+import pandas as pd
+import pytest
+
+from tests.tuning.helpers import run
 from tuning.experiment import DEMO_EXPERIMENT, experiment_from_document, load_experiment
 from tuning.resume import as_requested, differences, resolved_values
 
@@ -21,3 +29,51 @@ def test_a_resolved_experiment_remembers_what_it_was_resolved_from(tmp_path):
     assert given.to_dict() == requested.to_dict() and document["model"]["weights"] == str(weights)  # the document is not changed
     assert differences(given, requested) == set()
     assert differences(resolved, requested) == {"model.weights", "train.epoch_images"}
+
+
+def copy_of_run(run_dir: Path, tmp_path: Path) -> Path:
+    """The run folder copied elsewhere (without the trials' checkpoints, which nothing here reads)."""
+    copy = tmp_path / "copy" / run_dir.name
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoint_*"))
+    return copy
+
+
+def foreign_trial(run_dir: Path) -> None:
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    trials.loc[trials.index[0], "trial_id"] = "elsewhere_00001"
+    trials.to_parquet(run_dir / "trials.parquet")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("damage", "expected"), [
+    (lambda run_dir: (run_dir / "study.db").unlink(), r"copy/e2e/study\.db: missing, though trials ran; it is the search's memory"),
+    (foreign_trial, r"copy/e2e/trials\.parquet: holds trials this run did not run \(elsewhere_00001\): restore it from a copy"),
+    (lambda run_dir: (run_dir / "experiment.json").write_text("{\"run_id\": "), r"copy/e2e/experiment\.json: damaged \("),
+], ids=["study-deleted", "trials-of-another-run", "experiment-json-truncated"])
+def test_a_resume_refuses_a_folder_that_is_not_one_run_before_ray_starts(finished_run, tmp_path, damage, expected):
+    """Each file a resume reads is named when it is missing, damaged or another run's; nothing is created in its place."""
+    run_dir = copy_of_run(finished_run[0], tmp_path)
+    damage(run_dir)
+    result = run([sys.executable, "-m", "tuning.search", "--resume", str(run_dir)], timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert re.search(expected, result.stderr.strip().splitlines()[-1]), result.stderr[-2000:]
+    assert "Ray dashboard" not in result.stdout
+    assert (run_dir / "study.db").exists() == ("study" not in expected)  # a deleted study is not made again, empty
+
+
+@pytest.mark.slow
+def test_an_undamaged_copy_of_a_finished_run_resumes_as_finished(finished_run, tmp_path):
+    run_dir = copy_of_run(finished_run[0], tmp_path)
+    result = run([sys.executable, "-m", "tuning.search", "--resume", str(run_dir)], timeout=120)
+    assert result.returncode == 0 and "this run is finished; nothing to do" in result.stdout, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_report_names_a_damaged_rung_log(finished_run, tmp_path):
+    run_dir = copy_of_run(finished_run[0], tmp_path)
+    with open(run_dir / "rungs.jsonl", "a") as handle:
+        handle.write("{not json\n")
+    lines = len((run_dir / "rungs.jsonl").read_text().splitlines())
+    result = run([sys.executable, "-m", "tuning.report", str(run_dir)], timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"rungs.jsonl: damaged (line {lines} is not one of ASHA's rung decisions: '{{not json')" in result.stderr

@@ -11,12 +11,16 @@ import pytest
 from ray.tune.schedulers import TrialScheduler
 
 from tuning.run_folder import RunFolder
-from tuning.scheduler import NoiseAwareASHA, read_rung_decisions, rung_milestones
+from tuning.scheduler import NoiseAwareASHA, rung_milestones
 
 
 def scheduler(tmp_path, metric="val_accuracy", mode="max", validation_size=100, noise_z=1.0, max_epochs=4, reduction_factor=2):
     return NoiseAwareASHA(metric=f"best_{metric}", mode=mode, score_metric=metric, max_epochs=max_epochs, grace_period=1,
                           reduction_factor=reduction_factor, validation_size=validation_size, noise_z=noise_z, run_dir=tmp_path)
+
+
+def read_rung_decisions(run_dir):
+    return RunFolder(run_dir).read_rung_decisions()
 
 
 def report(asha, trial_id, epoch, final_phase_epochs, score):
