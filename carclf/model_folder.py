@@ -83,7 +83,7 @@ class ModelFolder:
 
     def read_class_names(self) -> list[str]:
         """The class names in `labels.json`; `ModelFolderError` when it is missing or holds no list of names."""
-        if not self.labels_file.is_file():
+        if not file_present(self.labels_file, "the model's class names"):
             raise ModelFolderError(f"{self.labels_file}: labels.json not found beside the model; carclf saves the class names "
                                    "there ({\"class_names\": [...]}) with every model it trains")
         try:
@@ -98,7 +98,7 @@ class ModelFolder:
     def read_data_config(self) -> DataConfig | None:
         """The `[data]` settings the model trained with, from `config.json`; None when there is no config.json
         (models carclf.train saved before it wrote one). A config.json that is not carclf's is an error."""
-        if not self.config_file.is_file():
+        if not file_present(self.config_file, "the model's config file (the settings it trained with)"):
             return None
         where = f"{self.config_file} settings.data"
         try:
@@ -110,3 +110,15 @@ class ModelFolder:
             return parse_section(DataConfig, table, where)
         except ConfigError as error:
             raise ModelFolderError(str(error)) from None
+
+
+def file_present(path: Path, what: str) -> bool:
+    """Whether the file `path`, where carclf keeps `what`, is there: False when nothing is, `ModelFolderError` when
+    something else is (a folder), which "not found" would misname."""
+    if path.is_file():
+        return True
+    if path.exists():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise ModelFolderError(f"{path}: {kind}, where carclf expects {what}; "
+                               f"remove it and put the {path.name} saved with the model there")
+    return False

@@ -318,11 +318,23 @@ def tiny_image(ctx: Context) -> str:
     return str(ctx.cars / "cars_test" / "00001.jpg")
 
 
-def model_with_labels(ctx: Context, names: list[str]) -> Path:
+FOLDER = object()  # model_with's files: a folder in the file's place
+
+
+def model_with(ctx: Context, names: object = None, config: object = None) -> Path:
+    """The tiny model in a folder of its own, with `{"class_names": names}` as labels.json (the tiny model's names
+    by default) and `config` as config.json (none by default); `FOLDER` puts a folder in either file's place."""
     folder = ctx.tmp / "model"
     folder.mkdir()
     shutil.copy(ctx.model, folder / "model.keras")
-    (folder / "labels.json").write_text(json.dumps({"class_names": names}))
+    write_labels(folder)
+    labels = names if names is None or names is FOLDER else {"class_names": names}
+    for name, content in (("labels.json", labels), ("config.json", config)):
+        if content is FOLDER:
+            (folder / name).unlink(missing_ok=True)
+            (folder / name).mkdir()
+        elif content is not None:
+            (folder / name).write_text(json.dumps(content))
     return folder / "model.keras"
 
 
@@ -572,8 +584,15 @@ CASES = [
     # predict
     pytest.param(lambda ctx: predict(ctx, "--top-k", "0", tiny_image(ctx)), SEARCH_ERROR,
                  r"--top-k must be at least 1, got 0", id="predict-top-k-zero"),
-    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with_labels(ctx, ["a", "b", "c"])), SEARCH_ERROR,
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with(ctx, ["a", "b", "c"])), SEARCH_ERROR,
                  r"labels\.json: names 3 classes, but model\.keras has 4 outputs", id="predict-labels-count-differs"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with(ctx, FOLDER)), SEARCH_ERROR,
+                 r"model/labels\.json: a folder, where carclf expects the model's class names; remove it and put the labels\.json",
+                 id="predict-labels-json-is-a-folder"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with(ctx, config=FOLDER)), SEARCH_ERROR,
+                 r"model/config\.json: a folder, where carclf expects the model's config file \(the settings it trained with\); "
+                 r"remove it and put the config\.json saved with the model there",
+                 id="predict-config-json-is-a-folder"),
     pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=ctx.tmp / "gone" / "model.keras"), SEARCH_ERROR,
                  r"gone/model\.keras: model file not found", id="predict-missing-model"),
     pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_file(ctx, lambda b: b"not a model\n")), SEARCH_ERROR,
