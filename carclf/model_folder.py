@@ -18,6 +18,7 @@ its labels and settings.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.json"
 CONFIG_FILE = "config.json"
+RESTORE_LABELS = f"restore the {LABELS_FILE} carclf saved with this model"
 
 
 class ModelFolderError(ValueError):
@@ -82,7 +84,8 @@ class ModelFolder:
         return self.model_file
 
     def read_class_names(self) -> list[str]:
-        """The class names in `labels.json`; `ModelFolderError` when it is missing or holds no list of names."""
+        """The class names in `labels.json`; `ModelFolderError` when it is missing or holds anything but a list of
+        distinct strings (a number or a repeated name would be served as a class)."""
         if not file_present(self.labels_file, "the model's class names"):
             raise ModelFolderError(f"{self.labels_file}: labels.json not found beside the model; carclf saves the class names "
                                    "there ({\"class_names\": [...]}) with every model it trains")
@@ -93,6 +96,15 @@ class ModelFolder:
         if not isinstance(names, list):
             raise ModelFolderError(f"{self.labels_file}: not a labels file (expected {{\"class_names\": [...]}}): "
                                    f"class_names is a {type(names).__name__}")
+        first = {}  # each name's first index: output i answers class_names[i], so two outputs cannot share one
+        for index, name in enumerate(names):
+            if not isinstance(name, str):
+                raise ModelFolderError(f"{self.labels_file}: class_names[{index}] is {json.dumps(name)}, not a class name (a string); "
+                                       f"{RESTORE_LABELS}")
+            if name in first:
+                raise ModelFolderError(f"{self.labels_file}: class_names[{first[name]}] and class_names[{index}] are both {name!r}; "
+                                       f"each output needs a name of its own: {RESTORE_LABELS}")
+            first[name] = index
         return names
 
     def read_data_config(self) -> DataConfig | None:
