@@ -112,11 +112,16 @@ class ModelFolder:
         problem = carclf_model_problem(model)
         if problem:
             raise ModelFolderError(f"{self.model_file}: not a carclf classifier: {problem}")
+        saved = SavedModel(model, names, data)
+        together = f"copy {self.model_name}, {LABELS_FILE} and {CONFIG_FILE} of one training run together (e.g. a search's best/)"
         outputs = model.output_shape[-1]
         if len(names) != outputs:
             raise ModelFolderError(f"{self.labels_file}: names {len(names)} classes, but {self.model_name} has {outputs} outputs: "
-                                   "the labels belong to another model")
-        return SavedModel(model, names, data)
+                                   f"the labels belong to another model; {together}")
+        if data is not None and data.image_size != saved.image_size:
+            raise ModelFolderError(f"{self.config_file}: settings.data.image_size is {data.image_size}, but {self.model_name} takes "
+                                   f"{saved.image_size}x{saved.image_size} crops: the settings belong to another model; {together}")
+        return saved
 
     def read_class_names(self) -> list[str]:
         """The class names in `labels.json`; `ModelFolderError` when it is missing or holds anything but a list of

@@ -20,7 +20,6 @@ others; the exit status is 1 if any image failed, 2 if the model cannot be used.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import re
@@ -85,10 +84,10 @@ def load_predictor(model_path: str | Path) -> Predictor:
     saved = folder.read()
     data = saved.data
     if data is None:
-        data = DataConfig()
+        data = DataConfig(image_size=saved.image_size)
         logger.warning("%s: not found beside the model, so its crop settings are unknown: cropping with carclf's defaults "
                        "(crop_to_bbox %s, bbox_margin %s)", folder.config_file, data.crop_to_bbox, data.bbox_margin)
-    return Predictor(saved.model, saved.class_names, dataclasses.replace(data, image_size=saved.image_size))
+    return Predictor(saved.model, saved.class_names, data)
 
 
 def classify(predictor: Predictor, requests: Sequence[ImageRequest], top_k: int) -> list[dict]:

@@ -321,6 +321,11 @@ def tiny_image(ctx: Context) -> str:
 FOLDER = object()  # model_with's files: a folder in the file's place
 
 
+def config_with(**data: object) -> dict:
+    """A config.json for the tiny model (32 px crops) as carclf writes one, with `data` in its settings.data."""
+    return {"hyperparameters": None, "settings": {"data": {"image_size": 32, **data}, "model": {}, "train": {}}, "precision": "float32"}
+
+
 def model_with(ctx: Context, names: object = None, config: object = None) -> Path:
     """The tiny model in a folder of its own, with `{"class_names": names}` as labels.json (the tiny model's names
     by default) and `config` as config.json (none by default); `FOLDER` puts a folder in either file's place."""
@@ -603,6 +608,10 @@ CASES = [
                  r"model/config\.json: a folder, where carclf expects the model's config file \(the settings it trained with\); "
                  r"remove it and put the config\.json saved with the model there",
                  id="predict-config-json-is-a-folder"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with(ctx, config=config_with(image_size=64))), SEARCH_ERROR,
+                 r"model/config\.json: settings\.data\.image_size is 64, but model\.keras takes 32x32 crops: the settings belong to "
+                 r"another model; copy model\.keras, labels\.json and config\.json of one training run together",
+                 id="predict-model-and-config-image-size-differ"),
     pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=ctx.tmp / "gone" / "model.keras"), SEARCH_ERROR,
                  r"gone/model\.keras: model file not found", id="predict-missing-model"),
     pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_file(ctx, lambda b: b"not a model\n")), SEARCH_ERROR,
@@ -683,6 +692,8 @@ CONTROLS = [
     pytest.param(lambda ctx: search_dry_run(ctx, "--set", "data.format='folders'", data=folder_dataset(ctx)),
                  id="search-folders-with-hidden-and-unread-files"),
     pytest.param(lambda ctx: predict(ctx, "--top-k", "2", f"{tiny_image(ctx)}@1,1,40,40"), id="predict-image-with-box"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with(ctx, config=config_with(bbox_margin=0.1))),
+                 id="predict-model-with-its-config"),
 ]
 
 
