@@ -6,7 +6,10 @@ sees what training saw; the model itself does the rest. The model's folder (`car
 gives the rest: `labels.json` names the classes (and must match the model's outputs), `config.json`
 the crop settings the model trained with (whether to crop to the box, and its margin). A model
 without config.json (saved before carclf.train wrote one) is served with the default crop, saying
-so on stderr. Give a box as `IMAGE@x1,y1,x2,y2`, in the upright photo's pixels.
+so on stderr. Give a box as `IMAGE@x1,y1,x2,y2`, in the upright photo's pixels. A model trained on
+whole pictures (`crop_to_bbox` false in config.json) would see a boxed crop as nothing it trained
+on, so it ignores boxes and says so once on stderr; its `--json` results say `"box": null`, as
+`box` is always the box the crop used (the argument itself is in `input`).
 
 Only carclf's classifiers are served: a model that does not take uint8 crops through carclf's
 augmentation and preprocessing layers would answer confidently from pixels on the wrong scale,
@@ -67,6 +70,7 @@ class Predictor:
     model: keras.Model
     class_names: list[str]
     data: DataConfig
+    folder: ModelFolder  # where they came from, to name its files
 
     def top(self, probabilities: np.ndarray, k: int) -> list[tuple[str, float]]:
         best = np.argsort(-probabilities)[: min(k, len(self.class_names))]
@@ -87,16 +91,18 @@ def load_predictor(model_path: str | Path) -> Predictor:
         data = DataConfig(image_size=saved.image_size)
         logger.warning("%s: not found beside the model, so its crop settings are unknown: cropping with carclf's defaults "
                        "(crop_to_bbox %s, bbox_margin %s)", folder.config_file, data.crop_to_bbox, data.bbox_margin)
-    return Predictor(saved.model, saved.class_names, data)
+    return Predictor(saved.model, saved.class_names, data, folder)
 
 
 def classify(predictor: Predictor, requests: Sequence[ImageRequest], top_k: int) -> list[dict]:
-    """One result per request, in order: `{"image", "box", "top": [...]}` or `{"image", "box", "error"}`."""
+    """One result per request, in order: `{"image", "box", "top": [...]}` or `{"image", "box", "error"}`, where
+    `box` is the box the crop used: None for the whole picture, and so for every request to a model trained
+    on whole pictures (`crop_to_bbox` false), which ignores the boxes it is given."""
     results, crops = [], []
     for request in requests:
-        result = {"image": request.path, "box": list(request.box) if request.box else None}
+        box = request.box if predictor.data.crop_to_bbox else None
+        result = {"image": request.path, "box": list(box) if box else None}
         try:
-            box = request.box if predictor.data.crop_to_bbox else None
             crops.append(load_crop(request.path, box, predictor.data.image_size, predictor.data.bbox_margin))
         except (ImageError, OSError) as error:
             result["error"] = str(error).removeprefix(f"{request.path}: ")
@@ -130,7 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PredictorError, ModelFolderError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    classified = iter(classify(predictor, [entry for entry in entries if isinstance(entry, ImageRequest)], args.top_k))
+    requests = [entry for entry in entries if isinstance(entry, ImageRequest)]
+    if not predictor.data.crop_to_bbox and any(request.box for request in requests):
+        print(f"note: {predictor.folder.config_file}: the model was trained on whole pictures (settings.data.crop_to_bbox is false), "
+              "so the boxes given are ignored: each picture is classified whole", file=sys.stderr)
+    classified = iter(classify(predictor, requests, args.top_k))
     ordered = [next(classified) if isinstance(entry, ImageRequest) else entry for entry in entries]
     for argument, result in zip(args.images, ordered):
         if args.json:

@@ -717,3 +717,23 @@ def test_a_start_that_failed_before_its_first_trial_keeps_no_name(tiny_cars, tmp
     again = run(search_for_real(ctx))
     assert again.returncode == SEARCH_ERROR and "a run with this name exists" not in again.stderr, again.stderr[-2000:]
     assert "Ray's local cluster did not start" in again.stderr and not (ctx.runs / "bad" / "study.db").exists()
+
+
+def test_predict_with_a_model_trained_on_whole_pictures_ignores_a_box_and_says_so(tiny_cars, tmp_path, request):
+    """config.json says crop_to_bbox false: a box given is not used (the answer is the whole picture's), --json says
+    so (`box` null, the argument kept in `input`) and stderr says why, once, in text and JSON output alike. The box
+    changes the answer of a model that crops to boxes, so an answer that ignores it is no accident."""
+    ctx = Context(tmp_path, tiny_cars, request)
+    image, whole_pictures = tiny_image(ctx), model_with(ctx, config=config_with(crop_to_bbox=False))
+    boxed = f"{image}@1,1,40,40"
+    note = (f"note: {whole_pictures.parent / 'config.json'}: the model was trained on whole pictures (settings.data.crop_to_bbox "
+            "is false), so the boxes given are ignored: each picture is classified whole\n")
+    answers = run(predict(ctx, "--json", "--top-k", "4", boxed, image, boxed, model=whole_pictures))
+    assert answers.returncode == 0 and answers.stderr.count(note) == 1, answers.stderr
+    first, whole, again = (json.loads(line) for line in answers.stdout.splitlines())
+    assert (first["input"], first["box"], whole["box"]) == (boxed, None, None)
+    assert first["top"] == whole["top"] == again["top"]
+    text = run(predict(ctx, boxed, model=whole_pictures))
+    assert text.returncode == 0 and text.stderr.count(note) == 1 and text.stdout.startswith(f"{boxed}\n  1. "), text.stderr
+    cropping = [json.loads(line) for line in run(predict(ctx, "--json", "--top-k", "4", boxed, image)).stdout.splitlines()]
+    assert cropping[0]["box"] == [1, 1, 40, 40] and cropping[0]["top"] != cropping[1]["top"]
