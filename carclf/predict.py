@@ -13,7 +13,9 @@ on, so it ignores boxes and says so once on stderr; its `--json` results say `"b
 
 Only carclf's classifiers are served: a model that does not take uint8 crops through carclf's
 augmentation and preprocessing layers would answer confidently from pixels on the wrong scale,
-so it is refused, and so is a model without `labels.json`. A damaged file is called damaged.
+so it is refused, and so is a model without `labels.json`. A damaged file is called damaged. The
+folder's three files are checked against each other (`ModelFolder.read`) before any image is read:
+labels that are not one distinct name per output, or a config.json from another model, are refused.
 
 Text output lists each image's top classes. With `--json` every input gets one JSON line, failures
 included (`"error"`), so a consumer sees as many results as inputs. A bad image does not stop the
