@@ -6,11 +6,16 @@ sees what training saw; the model itself does the rest. The model's folder (`car
 gives the rest: `labels.json` names the classes (and must match the model's outputs), `config.json`
 the crop settings the model trained with (whether to crop to the box, and its margin). A model
 without config.json (saved before carclf.train wrote one) is served with the default crop, saying
-so on stderr. Give a box as `IMAGE@x1,y1,x2,y2`, in the upright photo's pixels.
+so on stderr. Give a box as `IMAGE@x1,y1,x2,y2`, in the upright photo's pixels. A model trained on
+whole pictures (`crop_to_bbox` false in config.json) would see a boxed crop as nothing it trained
+on, so it ignores boxes and says so once on stderr; its `--json` results say `"box": null`, as
+`box` is always the box the crop used (the argument itself is in `input`).
 
 Only carclf's classifiers are served: a model that does not take uint8 crops through carclf's
 augmentation and preprocessing layers would answer confidently from pixels on the wrong scale,
-so it is refused, and so is a model without `labels.json`. A damaged file is called damaged.
+so it is refused, and so is a model without `labels.json`. A damaged file is called damaged. The
+folder's three files are checked against each other (`ModelFolder.read`) before any image is read:
+labels that are not one distinct name per output, or a config.json from another model, are refused.
 
 Text output lists each image's top classes. With `--json` every input gets one JSON line, failures
 included (`"error"`), so a consumer sees as many results as inputs. A bad image does not stop the
@@ -20,12 +25,10 @@ others; the exit status is 1 if any image failed, 2 if the model cannot be used.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import re
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -44,7 +47,7 @@ BOX_TEXT = re.compile(r"[-+\d\s.,]*")
 
 
 class PredictorError(ValueError):
-    """The model, its labels or a command-line value cannot be used."""
+    """The --model argument cannot be a model file (it names a folder)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class Predictor:
     model: keras.Model
     class_names: list[str]
     data: DataConfig
+    folder: ModelFolder  # where they came from, to name its files
 
     def top(self, probabilities: np.ndarray, k: int) -> list[tuple[str, float]]:
         best = np.argsort(-probabilities)[: min(k, len(self.class_names))]
@@ -76,82 +80,31 @@ class Predictor:
 
 
 def load_predictor(model_path: str | Path) -> Predictor:
-    """The model (Keras' safe mode, without its training configuration), its class names and the crop
-    settings it trained with, from its folder (`carclf.model_folder`). Raises `PredictorError` or
-    `ModelFolderError`, naming the file at fault."""
+    """The model, its class names and the crop settings it trained with, read and checked by its folder
+    (`ModelFolder.read`). Raises `PredictorError` or `ModelFolderError`, naming the file at fault."""
     model_path = Path(model_path)
     if model_path.is_dir():
         raise PredictorError(f"{model_path}: a folder, not a model file; give the .keras file carclf saved in it "
                              f"(e.g. {ModelFolder(model_path).model_file})")
-    if not model_path.is_file():
-        raise PredictorError(f"{model_path}: model file not found")
     folder = ModelFolder.of_model(model_path)
-    names = folder.read_class_names()
-    model = load_model(model_path)
-    problem = carclf_model_problem(model)
-    if problem:
-        raise PredictorError(f"{model_path}: not a carclf classifier: {problem}")
-    outputs = model.output_shape[-1]
-    if len(names) != outputs:
-        raise PredictorError(f"{folder.labels_file}: names {len(names)} classes, but {model_path.name} has {outputs} outputs: "
-                             "the labels belong to another model")
-    data = folder.read_data_config()
+    saved = folder.read()
+    data = saved.data
     if data is None:
-        data = DataConfig()
+        data = DataConfig(image_size=saved.image_size)
         logger.warning("%s: not found beside the model, so its crop settings are unknown: cropping with carclf's defaults "
                        "(crop_to_bbox %s, bbox_margin %s)", folder.config_file, data.crop_to_bbox, data.bbox_margin)
-    return Predictor(model, names, dataclasses.replace(data, image_size=int(model.input_shape[1])))
-
-
-def load_model(path: Path) -> keras.Model:
-    """The model at `path`, in Keras' safe mode, or `PredictorError`: a file that is not a whole `.keras`
-    archive (0 bytes, truncated, another kind of file) is called damaged; Keras itself says "File not found".
-
-    Keras (and so TensorFlow) is imported here, not at the top of the module, so `--help` and argument
-    errors answer before its seconds of start-up. carclf's layers are imported by name too: run from a
-    folder holding a checkout named `carclf`, that folder shadows the package's `__init__` (a namespace
-    package), which then never registers them."""
-    import keras
-
-    import carclf.layers  # noqa: F401  (registers carclf's Keras objects, whatever ran carclf's __init__)
-
-    if not zipfile.is_zipfile(path):
-        raise PredictorError(f"{path}: damaged, or not a .keras model: not a zip archive ({path.stat().st_size} bytes)")
-    try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
-    except (KeyError, zipfile.BadZipFile) as error:  # an archive without the members a .keras file has, or a bad one
-        raise PredictorError(f"{path}: damaged, or not a .keras model: {error}") from None
-    except (ValueError, OSError, TypeError) as error:
-        raise PredictorError(f"{path}: not a model Keras can load safely: {error}") from None
-
-
-def carclf_model_problem(model: keras.Model) -> str | None:
-    """Why `model` is not a classifier as `carclf.model` builds it, or None: one uint8 (size, size, 3)
-    image input, carclf's augmentation and preprocessing layers, one (classes) output."""
-    from carclf.layers import RandomFlipRotation, ResNetPreprocessing
-
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        return f"expected one image input and one output, got {len(model.inputs)} input(s) and {len(model.outputs)} output(s)"
-    image, output = model.inputs[0], model.outputs[0]
-    shape = tuple(image.shape[1:])
-    if image.dtype != "uint8" or len(shape) != 3 or shape[0] is None or shape[0] != shape[1] or shape[2] != 3:
-        return f"expected a uint8 (size, size, 3) image input, got {image.dtype} {shape}"
-    missing = [kind.__name__ for kind in (RandomFlipRotation, ResNetPreprocessing)
-               if not any(isinstance(layer, kind) for layer in model.layers)]
-    if missing:
-        return f"expected carclf's input layers (augmentation, then ResNet50 preprocessing), but it lacks {', '.join(missing)}"
-    if len(output.shape) != 2:
-        return f"expected one score per class, got an output of shape {tuple(output.shape[1:])}"
-    return None
+    return Predictor(saved.model, saved.class_names, data, folder)
 
 
 def classify(predictor: Predictor, requests: Sequence[ImageRequest], top_k: int) -> list[dict]:
-    """One result per request, in order: `{"image", "box", "top": [...]}` or `{"image", "box", "error"}`."""
+    """One result per request, in order: `{"image", "box", "top": [...]}` or `{"image", "box", "error"}`, where
+    `box` is the box the crop used: None for the whole picture, and so for every request to a model trained
+    on whole pictures (`crop_to_bbox` false), which ignores the boxes it is given."""
     results, crops = [], []
     for request in requests:
-        result = {"image": request.path, "box": list(request.box) if request.box else None}
+        box = request.box if predictor.data.crop_to_bbox else None
+        result = {"image": request.path, "box": list(box) if box else None}
         try:
-            box = request.box if predictor.data.crop_to_bbox else None
             crops.append(load_crop(request.path, box, predictor.data.image_size, predictor.data.bbox_margin))
         except (ImageError, OSError) as error:
             result["error"] = str(error).removeprefix(f"{request.path}: ")
@@ -185,7 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PredictorError, ModelFolderError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    classified = iter(classify(predictor, [entry for entry in entries if isinstance(entry, ImageRequest)], args.top_k))
+    requests = [entry for entry in entries if isinstance(entry, ImageRequest)]
+    if not predictor.data.crop_to_bbox and any(request.box for request in requests):
+        print(f"note: {predictor.folder.config_file}: the model was trained on whole pictures (settings.data.crop_to_bbox is false), "
+              "so the boxes given are ignored: each picture is classified whole", file=sys.stderr)
+    classified = iter(classify(predictor, requests, args.top_k))
     ordered = [next(classified) if isinstance(entry, ImageRequest) else entry for entry in entries]
     for argument, result in zip(args.images, ordered):
         if args.json:

@@ -354,11 +354,28 @@ def tiny_image(ctx: Context) -> str:
     return str(ctx.cars / "cars_test" / "00001.jpg")
 
 
-def model_with_labels(ctx: Context, names: list[str]) -> Path:
+FOLDER = object()  # model_with's files: a folder in the file's place
+
+
+def config_with(**data: object) -> dict:
+    """A config.json for the tiny model (32 px crops) as carclf writes one, with `data` in its settings.data."""
+    return {"hyperparameters": None, "settings": {"data": {"image_size": 32, **data}, "model": {}, "train": {}}, "precision": "float32"}
+
+
+def model_with(ctx: Context, names: object = None, config: object = None) -> Path:
+    """The tiny model in a folder of its own, with `{"class_names": names}` as labels.json (the tiny model's names
+    by default) and `config` as config.json (none by default); `FOLDER` puts a folder in either file's place."""
     folder = ctx.tmp / "model"
     folder.mkdir()
     shutil.copy(ctx.model, folder / "model.keras")
-    (folder / "labels.json").write_text(json.dumps({"class_names": names}))
+    write_labels(folder)
+    labels = names if names is None or names is FOLDER else {"class_names": names}
+    for name, content in (("labels.json", labels), ("config.json", config)):
+        if content is FOLDER:
+            (folder / name).unlink(missing_ok=True)
+            (folder / name).mkdir()
+        elif content is not None:
+            (folder / name).write_text(json.dumps(content))
     return folder / "model.keras"
 
 
@@ -649,8 +666,29 @@ CASES = [
     # predict
     pytest.param(lambda ctx: predict(ctx, "--top-k", "0", tiny_image(ctx)), SEARCH_ERROR,
                  r"--top-k must be at least 1, got 0", id="predict-top-k-zero"),
-    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with_labels(ctx, ["a", "b", "c"])), SEARCH_ERROR,
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with(ctx, ["a", "b", "c"])), SEARCH_ERROR,
                  r"labels\.json: names 3 classes, but model\.keras has 4 outputs", id="predict-labels-count-differs"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with(ctx, ["a", "b", "c", "b"])), SEARCH_ERROR,
+                 r"model/labels\.json: class_names\[1\] and class_names\[3\] are both 'b'; each output needs a name of its own: "
+                 r"restore the labels\.json carclf saved with this model", id="predict-labels-duplicate-class"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with(ctx, ["a", "b", 3, "d"])), SEARCH_ERROR,
+                 r"model/labels\.json: class_names\[2\] is 3, not a class name \(a string\); restore the labels\.json",
+                 id="predict-labels-not-strings"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with(ctx, ["a", None, "c", "d"])), SEARCH_ERROR,
+                 r"model/labels\.json: class_names\[1\] is null, not a class name", id="predict-labels-null-name"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with(ctx, ["a", "b", "c", ["d", "e"]])), SEARCH_ERROR,
+                 r"model/labels\.json: class_names\[3\] is \[\"d\", \"e\"\], not a class name", id="predict-labels-nested-list"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with(ctx, FOLDER)), SEARCH_ERROR,
+                 r"model/labels\.json: a folder, where carclf expects the model's class names; remove it and put the labels\.json",
+                 id="predict-labels-json-is-a-folder"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with(ctx, config=FOLDER)), SEARCH_ERROR,
+                 r"model/config\.json: a folder, where carclf expects the model's config file \(the settings it trained with\); "
+                 r"remove it and put the config\.json saved with the model there",
+                 id="predict-config-json-is-a-folder"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with(ctx, config=config_with(image_size=64))), SEARCH_ERROR,
+                 r"model/config\.json: settings\.data\.image_size is 64, but model\.keras takes 32x32 crops: the settings belong to "
+                 r"another model; copy model\.keras, labels\.json and config\.json of one training run together",
+                 id="predict-model-and-config-image-size-differ"),
     pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=ctx.tmp / "gone" / "model.keras"), SEARCH_ERROR,
                  r"gone/model\.keras: model file not found", id="predict-missing-model"),
     pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_file(ctx, lambda b: b"not a model\n")), SEARCH_ERROR,
@@ -676,6 +714,9 @@ CASES = [
                  r"cars_test/00001\.jpg: box '1,2,3' must be four whole numbers x1,y1,x2,y2", id="predict-malformed-box"),
     pytest.param(lambda ctx: predict(ctx, str(ctx.tmp / "nothing.jpg")), IMAGE_ERROR,
                  r"nothing\.jpg: file not found", id="predict-missing-image"),
+    pytest.param(lambda ctx: predict(ctx, str(empty_folder(ctx, "photos"))), IMAGE_ERROR,
+                 r"photos: a folder, not an image file; give the image files in it \(e\.g\. \S*photos/\*\.jpg\)",
+                 id="predict-image-is-a-folder"),
     pytest.param(lambda ctx: predict(ctx, str(text_file(ctx, "note.jpg"))), IMAGE_ERROR,
                  r"note\.jpg: not a readable image", id="predict-text-file-named-jpg"),
     pytest.param(lambda ctx: predict(ctx, str(tiny_picture(ctx))), IMAGE_ERROR,
@@ -728,6 +769,8 @@ CONTROLS = [
     pytest.param(lambda ctx: search_dry_run(ctx, "--set", "data.format='folders'", data=folder_dataset(ctx)),
                  id="search-folders-with-hidden-and-unread-files"),
     pytest.param(lambda ctx: predict(ctx, "--top-k", "2", f"{tiny_image(ctx)}@1,1,40,40"), id="predict-image-with-box"),
+    pytest.param(lambda ctx: predict(ctx, tiny_image(ctx), model=model_with(ctx, config=config_with(bbox_margin=0.1))),
+                 id="predict-model-with-its-config"),
 ]
 
 
@@ -751,3 +794,23 @@ def test_a_start_that_failed_before_its_first_trial_keeps_no_name(tiny_cars, tmp
     again = run(search_for_real(ctx))
     assert again.returncode == SEARCH_ERROR and "a run with this name exists" not in again.stderr, again.stderr[-2000:]
     assert "Ray's local cluster did not start" in again.stderr and not (ctx.runs / "bad" / "study.db").exists()
+
+
+def test_predict_with_a_model_trained_on_whole_pictures_ignores_a_box_and_says_so(tiny_cars, tmp_path, request):
+    """config.json says crop_to_bbox false: a box given is not used (the answer is the whole picture's), --json says
+    so (`box` null, the argument kept in `input`) and stderr says why, once, in text and JSON output alike. The box
+    changes the answer of a model that crops to boxes, so an answer that ignores it is no accident."""
+    ctx = Context(tmp_path, tiny_cars, request)
+    image, whole_pictures = tiny_image(ctx), model_with(ctx, config=config_with(crop_to_bbox=False))
+    boxed = f"{image}@1,1,40,40"
+    note = (f"note: {whole_pictures.parent / 'config.json'}: the model was trained on whole pictures (settings.data.crop_to_bbox "
+            "is false), so the boxes given are ignored: each picture is classified whole\n")
+    answers = run(predict(ctx, "--json", "--top-k", "4", boxed, image, boxed, model=whole_pictures))
+    assert answers.returncode == 0 and answers.stderr.count(note) == 1, answers.stderr
+    first, whole, again = (json.loads(line) for line in answers.stdout.splitlines())
+    assert (first["input"], first["box"], whole["box"]) == (boxed, None, None)
+    assert first["top"] == whole["top"] == again["top"]
+    text = run(predict(ctx, boxed, model=whole_pictures))
+    assert text.returncode == 0 and text.stderr.count(note) == 1 and text.stdout.startswith(f"{boxed}\n  1. "), text.stderr
+    cropping = [json.loads(line) for line in run(predict(ctx, "--json", "--top-k", "4", boxed, image)).stdout.splitlines()]
+    assert cropping[0]["box"] == [1, 1, 40, 40] and cropping[0]["top"] != cropping[1]["top"]

@@ -118,9 +118,11 @@ def load_crop(path: str | Path, box: Box | None, image_size: int, margin: float 
     `box` None uses the whole picture. JPEGs are decoded at a reduced scale when the crop is
     still at least `image_size` pixels across at that scale (Pillow's `draft`), which makes large
     photos several times faster to read and changes the result less than the final resize does.
-    Raises `ImageError` naming the file for a missing or unreadable image, or a region that does
-    not fit or is too small (`region_problem`).
+    Raises `ImageError` naming the file for a missing or unreadable image (or a folder given as one),
+    or a region that does not fit or is too small (`region_problem`).
     """
+    if Path(path).is_dir():  # "not found" would send the user looking for a file that is there
+        raise ImageError(f"{path}: a folder, not an image file; give the image files in it (e.g. {Path(path) / '*.jpg'})")
     if not Path(path).is_file():
         raise ImageError(f"{path}: file not found")
     try:
