@@ -145,39 +145,51 @@ def build_feature_extractor(data: DataConfig, model: ModelConfig, precision: str
 
 
 @keras.saving.register_keras_serializable(package="carclf")
-class DecayingSGD(keras.optimizers.SGD):
+class DecayingSGD(keras.optimizers.Optimizer):
     """SGD with momentum and legacy Keras' decay, lr / (1 + decay * step), stepped every batch.
 
-    The rate, the decay and the momentum are optimizer variables rather than numbers, so a compiled
-    train step takes them as inputs: trials that differ only in these values run the same compiled
-    program, and JAX's persistent compilation cache serves a later trial without compiling again.
-    Momentum slots always exist for the same reason.
+    The rate (Keras' own `learning_rate` variable), the decay and the momentum are optimizer variables
+    rather than numbers, so a compiled train step takes them as inputs: trials that differ only in
+    these values run the same compiled program, and JAX's persistent compilation cache serves a later
+    trial without compiling again. Written on Keras' public optimizer interface (`add_variable`,
+    `add_variable_from_reference`, `update_step`): the decay is applied in `update_step`, and each
+    weight's velocity is found by the weight's `path`.
     """
 
     def __init__(self, learning_rate: float = 0.01, decay: float = 0.0, momentum: float = 0.9,
                  name: str = "decaying_sgd", **kwargs):
-        super().__init__(learning_rate=float(learning_rate), momentum=float(momentum), name=name, **kwargs)
+        super().__init__(learning_rate=float(learning_rate), name=name, **kwargs)
         self.decay = self.add_variable((), initializer=keras.initializers.Constant(float(decay)), name="decay")
         self.momentum_rate = self.add_variable((), initializer=keras.initializers.Constant(float(momentum)), name="momentum_rate")
 
     def build(self, variables):
         if self.built:
             return
-        super(keras.optimizers.SGD, self).build(variables)  # the base optimizer's build, without SGD's
-        self.momentums = self.add_optimizer_variables(variables, "momentum")
+        super().build(variables)
+        self.velocities = [self.add_variable_from_reference(variable, "velocity") for variable in variables]
+        self.velocity_of = {variable.path: index for index, variable in enumerate(variables)}
 
-    def _get_current_learning_rate(self):
-        return self._learning_rate / (1.0 + self.decay * ops.cast(self.iterations, "float32"))
+    def decayed_learning_rate(self):
+        """The rate applied at the current step: learning_rate / (1 + decay * step)."""
+        return self.learning_rate / (1.0 + self.decay * ops.cast(self.iterations, "float32"))
 
     def update_step(self, gradient, variable, learning_rate):
-        learning_rate = ops.cast(learning_rate, variable.dtype)
+        rate = ops.cast(self.decayed_learning_rate(), variable.dtype)  # `learning_rate` is the undecayed rate
         momentum = ops.cast(self.momentum_rate, variable.dtype)
-        velocity = self.momentums[self._get_variable_index(variable)]
-        self.assign(velocity, velocity * momentum - ops.cast(gradient, variable.dtype) * learning_rate)
+        velocity = self.velocities[self.velocity_of[weight_path(variable)]]
+        self.assign(velocity, velocity * momentum - ops.cast(gradient, variable.dtype) * rate)
         self.assign_add(variable, velocity)
 
     def get_config(self):
-        return {**super().get_config(), "decay": float(ops.convert_to_numpy(self.decay))}
+        return {**super().get_config(), "decay": float(ops.convert_to_numpy(self.decay)),
+                "momentum": float(ops.convert_to_numpy(self.momentum_rate))}
+
+
+def weight_path(variable) -> str:
+    """A weight's path (`dense/kernel`): Keras' variables have one; on TensorFlow, `update_step` is handed the
+    `tf.Variable` beneath, which Keras names after the path (`dense/kernel:0`)."""
+    path = getattr(variable, "path", None)
+    return path if path is not None else variable.name.removesuffix(":0")
 
 
 @keras.saving.register_keras_serializable(package="carclf")
@@ -228,7 +240,7 @@ def set_optimizer_values(model: keras.Model, learning_rate: float, decay: float,
 def current_learning_rate(model: keras.Model) -> float:
     """The learning rate the optimizer applies at its current step."""
     optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under loss scaling
-    return float(ops.convert_to_numpy(optimizer.learning_rate))
+    return float(ops.convert_to_numpy(optimizer.decayed_learning_rate()))
 
 
 def transfer_weights(source: keras.Model, target: keras.Model) -> None:

@@ -84,10 +84,10 @@ class EndOfEpoch(keras.callbacks.Callback):
         super().__init__()
         self.predict, self.labels, self.images_per_epoch = predict, labels, images_per_epoch
         self.logs: dict[str, float] = {}
-        self._started = 0.0
+        self.epoch_started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._started = time.perf_counter()
+        self.epoch_started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         trained = time.perf_counter()
@@ -96,9 +96,9 @@ class EndOfEpoch(keras.callbacks.Callback):
             logs.update({f"val_{name}": value for name, value in metrics.items()})
         done = time.perf_counter()
         diverged = not all(math.isfinite(float(logs[key])) for key in ("loss", "val_loss") if key in logs)
-        logs.update({"learning_rate": current_learning_rate(self.model), "train_seconds": trained - self._started,
-                     "eval_seconds": done - trained, "seconds_per_epoch": done - self._started,
-                     "images_per_second": self.images_per_epoch / (done - self._started),
+        logs.update({"learning_rate": current_learning_rate(self.model), "train_seconds": trained - self.epoch_started,
+                     "eval_seconds": done - trained, "seconds_per_epoch": done - self.epoch_started,
+                     "images_per_second": self.images_per_epoch / (done - self.epoch_started),
                      "images_seen": (epoch + 1) * self.images_per_epoch, "diverged": float(diverged)})
         self.logs = dict(logs)
         if diverged:

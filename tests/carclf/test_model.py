@@ -5,9 +5,19 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 from carclf.config import ConfigError, DataConfig, ModelConfig, TrainConfig
-from carclf.model import RESIDUAL_BLOCKS, DecayingSGD, WeightsError, build_backbone, build_classifier, compile_classifier, current_learning_rate
+from carclf.model import (
+    RESIDUAL_BLOCKS,
+    DecayingSGD,
+    WeightsError,
+    build_backbone,
+    build_classifier,
+    compile_classifier,
+    current_learning_rate,
+    dtype_policy,
+)
 from carclf.weights import check_weights_file
 
 DATA = DataConfig(image_size=32)
@@ -121,3 +131,43 @@ def test_wrong_weights_file_is_named_before_any_model_is_built(tmp_path):
     (tmp_path / "text.h5").write_text("not hdf5")
     with pytest.raises(WeightsError, match=r"text\.h5: not a Keras weights file"):
         check_weights_file(tmp_path / "text.h5")
+
+
+def _small_model(optimizer) -> keras.Model:
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="hidden"), keras.layers.Dense(2, name="out")])
+    model.compile(optimizer=optimizer, loss="mse")
+    return model
+
+
+def test_the_optimizer_state_survives_a_saved_and_reloaded_model(tmp_path):
+    """Velocities, step count, rate, decay and momentum: a reloaded .keras model trains on from where it was."""
+    x, y = np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32)
+    model = _small_model(DecayingSGD(0.05, decay=0.01, momentum=0.7))
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras")
+    assert isinstance(reloaded.optimizer, DecayingSGD)
+    before, after = model.optimizer.variables, reloaded.optimizer.variables
+    assert len(before) == len(after) and sum("velocity" in v.name for v in after) == 4
+    for one, other in zip(before, after):
+        np.testing.assert_allclose(ops.convert_to_numpy(other), ops.convert_to_numpy(one), err_msg=one.name)
+    assert int(ops.convert_to_numpy(reloaded.optimizer.iterations)) == 4
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    reloaded.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
+    for one, other in zip(model.get_weights(), reloaded.get_weights()):
+        np.testing.assert_allclose(one, other, rtol=1e-6)
+
+
+def test_the_decay_applies_through_loss_scaling_under_mixed_precision():
+    """Keras wraps the optimizer in a LossScaleOptimizer under mixed float16; the inner one still steps and decays.
+    (Loss scaling skips the steps whose scaled gradients overflow, as it lowers its scale: Keras 3.12 skips the first.)"""
+    with dtype_policy("mixed_float16"):
+        model = _small_model(DecayingSGD(0.1, decay=0.5, momentum=0.9))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    before = model.get_weights()
+    model.fit(np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32), batch_size=1, epochs=1, verbose=0)
+    steps = int(ops.convert_to_numpy(model.optimizer.inner_optimizer.iterations))
+    assert 1 <= steps <= 8
+    assert current_learning_rate(model) == pytest.approx(0.1 / (1 + 0.5 * steps), rel=1e-6)
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+    assert any(not np.allclose(one, other) for one, other in zip(before, model.get_weights()))
