@@ -95,6 +95,7 @@ def search(folder: Path, packed: int, tiny: bool, gpus: bool) -> dict:
                 "--set", f"search.num_samples={4 if tiny else 16}", "--set", f"search.max_concurrent={packed}",
                 "--set", f"scheduler.max_epochs={2 if tiny else 8}", "--set", "scheduler.grace_period=1",
                 "--set", "scheduler.reduction_factor=2", "--set", "search.space.unfreeze_depth={ randint = [0, 16] }",
+                "--set", "search.space.head_epochs={ choice = [0, 1] }",  # a warm-up must leave epochs to fine-tune
                 "--set", f"search.space.batch_size={{ choice = {batch_sizes} }}", "--set", "search.start=[]"]
     if gpus:
         settings += ["--gpus-per-trial", str(1 / packed), "--cpus-per-trial", str(max(1, (os.cpu_count() or 4) // packed - 1))]

@@ -263,17 +263,6 @@ def without_ray_temp_folder(ctx: Context) -> Context:
     return ctx
 
 
-def run_stopped_before_its_first_trial(ctx: Context, study: bytes | None = None) -> Context:
-    """The run folder of `search_for_real` as a start that failed before its first trial leaves it, with
-    `study` as its study.db."""
-    run_dir = ctx.runs / "bad"
-    run_dir.mkdir(parents=True)
-    (run_dir / "status.json").write_text(json.dumps({"stage": "started", "time": 0}))
-    if study is not None:
-        (run_dir / "study.db").write_bytes(study)
-    return ctx
-
-
 def run_folder_at(ctx: Context, stage: str, files: tuple[str, ...], status: str | None = None) -> Path:
     """A run folder of the base experiment at `stage`, holding only `files` of those a run writes (their
     contents do not matter before a resume reads them), and `status` as its status.json when given."""
@@ -288,21 +277,35 @@ def run_folder_at(ctx: Context, stage: str, files: tuple[str, ...], status: str 
     return run_dir
 
 
-def kept_run(ctx: Context, *edits: str, study: str = "this", rungs: str | None = None, experiment_json: str | None = None) -> list[str]:
+def kept_run(ctx: Context, *edits: str, state: str = "this", study: str | None = None, rungs: str | None = None,
+             experiment_json: str | None = None) -> list[str]:
     """`--resume` of a run folder of the base experiment that stopped after it started (experiment.json with its run
-    id, the dataset, status.json), holding the study of `study` ("this" run, "another" run of the same experiment, or
-    "none"), `rungs` as rungs.jsonl, and experiment.json edited by `edits` (`table.key=value`) or replaced by
-    `experiment_json`."""
+    id, the dataset, status.json), holding the searcher's saved state of `state` ("this" run, "another" run of the
+    same experiment, or "none"), a study.db exported from the state of `study` (likewise, "damaged", or None), `rungs` as
+    rungs.jsonl, and experiment.json edited by `edits` (`table.key=value`) or replaced by `experiment_json`."""
+    from ray.tune.search import Searcher
+
     from carclf.config import apply_overrides
     from tuning.experiment import load_experiment
     from tuning.run_folder import RunFolder
-    from tuning.searcher import open_study
+    from tuning.search_state import STATE_VERSION, experiment_fingerprint, export_search_state, write_state
 
     folder = RunFolder(ctx.runs / "kept")
     folder.path.mkdir(parents=True)
-    document = load_experiment(experiment_file(ctx, EXPERIMENT), [f"data.root='{ctx.cars}'", f"run.storage_path='{ctx.runs}'"]).to_dict()
-    if study != "none":
-        open_study(folder.path, document, "min", "0123456789ab" if study == "this" else "ba9876543210")
+    experiment = load_experiment(experiment_file(ctx, EXPERIMENT), [f"data.root='{ctx.cars}'", f"run.storage_path='{ctx.runs}'"])
+    document = experiment.to_dict()
+
+    def saved_state(run: str) -> dict:
+        identity = {"fingerprint": experiment_fingerprint(document), "source": document["source"], "direction": "minimize",
+                    "run_id": "0123456789ab" if run == "this" else "ba9876543210"}
+        return {"version": STATE_VERSION, "identity": identity, "trials": [], "rungs": []}
+
+    if state != "none":
+        write_state(folder.path / Searcher.CKPT_FILE_TMPL.format("2026-01-01_00-00-00"), saved_state(state))
+    if study == "damaged":
+        folder.study_file.write_bytes(b"not a database\n" * 64)
+    elif study is not None:
+        export_search_state(folder.path, saved_state(study), experiment.search.space.optuna_distributions())
     folder.write_experiment(apply_overrides(document, list(edits), "test"), {}, "0123456789ab")
     if experiment_json is not None:
         folder.experiment_file.write_text(experiment_json)
@@ -627,9 +630,9 @@ CASES = [
     pytest.param(lambda ctx: search_for_real(without_ray_temp_folder(ctx)), SEARCH_ERROR,
                  r"Ray's local cluster did not start: .*no-ray-here.*; no trial ran: the same command starts the run again",
                  id="run-ray-cluster-does-not-start"),
-    pytest.param(lambda ctx: search_for_real(run_stopped_before_its_first_trial(ctx, b"not a database\n" * 64)), SEARCH_ERROR,
-                 r"bad/study\.db: damaged, or not an Optuna study \(.*file is not a database\); restore it from a backup",
-                 id="run-study-db-damaged"),
+    pytest.param(lambda ctx: kept_run(ctx, study="damaged"), SEARCH_ERROR,
+                 r"kept/study\.db: damaged, or not an Optuna study \(.*file is not a database\); restore it from a copy",
+                 id="resume-study-db-damaged"),
     pytest.param(lambda ctx: [sys.executable, "-m", "tuning.search", "--resume",
                               str(run_folder_at(ctx, "searched", ("experiment.json", "dataset.parquet")))], SEARCH_ERROR,
                  r"kept: missing trials\.parquet, written when the run was searched; --resume needs them: restore them",
@@ -638,11 +641,14 @@ CASES = [
                               str(run_folder_at(ctx, "started", ("experiment.json", "dataset.parquet"), status="{\"stage\": "))],
                  SEARCH_ERROR, r"kept/status\.json: damaged \(.*\); it says how far the run got", id="run-status-file-damaged"),
     # hardening, fourth round: runs resumed, refused before Ray starts when the folder is not one run
+    pytest.param(lambda ctx: kept_run(ctx, state="another"), SEARCH_ERROR,
+                 r"kept/searcher-state-\S+\.pkl: belongs to another run \(run id ba9876543210, from \S*experiment\.toml\), not "
+                 r"to this one \(0123456789ab\): restore it from a copy of the run folder", id="resume-searcher-state-of-another-run"),
     pytest.param(lambda ctx: kept_run(ctx, study="another"), SEARCH_ERROR,
                  r"kept/study\.db: belongs to another run \(run id ba9876543210, from \S*experiment\.toml\), not to this one "
                  r"\(0123456789ab\): restore it from a copy of the run folder", id="resume-study-of-another-run"),
     pytest.param(lambda ctx: kept_run(ctx, "search.num_samples=9"), SEARCH_ERROR,
-                 r"kept/experiment\.json: changed since the run started: it no longer reads as the experiment its study was made for",
+                 r"kept/experiment\.json: changed since the run started: it no longer reads as the experiment its searcher-state-\S+ was made for",
                  id="resume-experiment-json-edited-after-the-start"),
     pytest.param(lambda ctx: kept_run(ctx, experiment_json='{"run_id": "0123456789ab", "data": {"form'), SEARCH_ERROR,
                  r"kept/experiment\.json: damaged \(.*\); restore it from a copy of the run folder", id="resume-experiment-json-truncated"),

@@ -138,7 +138,7 @@ def parameter_importance(trials: pd.DataFrame, space: SearchSpace, selection: Se
     """Optuna's fANOVA importances from a study rebuilt from each trial's score (the selection rule)."""
     # Named, so Optuna's "new study created in memory" line is not mistaken for the run's study.db.
     study = optuna.create_study(study_name="report-parameter-importance", direction="maximize" if selection.mode == "max" else "minimize")
-    distributions = {dimension.name: dimension.optuna_distribution() for dimension in space.dimensions}
+    distributions = space.optuna_distributions()
     for _, row in trial_summaries(trials, selection).iterrows():
         params = {key: plain_value(row.get(key)) for key in space}
         if any(value is None for value in params.values()) or not np.isfinite(float(row[selection.objective])):

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune.search import Searcher
 
 from carclf.config import apply_overrides
+from carclf.files import absolute_path
 from tuning.errors import SearchError
 from tuning.experiment import DEMO_EXPERIMENT, Experiment, experiment_from_document, load_experiment
 from tuning.run_folder import RESTORE, RunFolder, RunFolderError, SavedExperiment
-from tuning.searcher import experiment_fingerprint, study_identity, study_trials
+from tuning.search_state import experiment_fingerprint, newest_state_file, read_search_state, study_identity
 
 logger = logging.getLogger("tuning.search")
 # Flags that set experiment values; on --resume each may only repeat what the run saved.
@@ -51,7 +54,8 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
         experiment = load_experiment(args.experiment or DEMO_EXPERIMENT, items)
         named = args.experiment or any(item.split("=", 1)[0].strip() == "run.name" for item in items)
         return experiment if named else next_demo_run(experiment, items)
-    run_dir = Path(args.resume).expanduser().resolve() if args.resume else load_experiment(args.experiment or DEMO_EXPERIMENT, items).run_dir
+    # The folder as named (a link is not followed): a run resumed through a link at its first place continues there.
+    run_dir = absolute_path(args.resume) if args.resume else load_experiment(args.experiment or DEMO_EXPERIMENT, items).run_dir
     folder = RunFolder(run_dir)
     if not folder.experiment_file.is_file():
         raise SearchError(f"{run_dir}: nothing to resume (no {folder.experiment_file.name}); run without --resume")
@@ -82,23 +86,24 @@ def check_resumable(folder: RunFolder, saved: SavedExperiment) -> None:
     """Before Ray starts, refuse a run folder that is not one run, naming the file at fault.
 
     Its stage's files must be there and whole (each read through `tuning.run_folder.read_run_file`).
-    `study.db` must be there once trials ran, and record this run's id and the fingerprint of
-    `experiment.json` as it reads now: another run's study is named as such, and an experiment.json
-    changed since the start as that. Every line of `rungs.jsonl` must carry this run's id, and
-    `trials.parquet` hold only trials Ray ran in this folder. Nothing is created or changed here.
+    Once trials ran, the searcher's saved state (`tuning.search_state`) must be there. It, `study.db`
+    and every line of `rungs.jsonl` must carry this run's id and, the first two, the fingerprint of
+    `experiment.json` as it reads now: another run's file is named as such, and an experiment.json
+    changed since the start as that. `trials.parquet` may hold only trials Ray ran in this folder.
+    A folder moved since its start while trials are still to be created is refused too
+    (`check_not_moved`). Nothing is created or changed here.
     """
     folder.require_files()
+    ray_ran = tune.Tuner.can_restore(str(folder.path))
+    state = read_search_state(folder.path)
+    if state is None and ray_ran:
+        raise RunFolderError(f"{folder.path}: Ray's trials are here but not the searcher's saved state "
+                             f"({Searcher.CKPT_FILE_TMPL.format('*')}), the study they belong to: {RESTORE}")
+    if state is not None:
+        check_identity(newest_state_file(folder.path), state["identity"], saved)
     study = study_identity(folder.path)
-    if study is None:
-        if tune.Tuner.can_restore(str(folder.path)):
-            raise RunFolderError(f"{folder.study_file}: missing, though trials ran; it is the search's memory of them: {RESTORE}")
-    elif saved.run_id and study.get("run_id") != saved.run_id:
-        raise RunFolderError(f"{folder.study_file}: belongs to another run (run id {study.get('run_id')}, from {study.get('source')}), "
-                             f"not to this one ({saved.run_id}): {RESTORE}")
-    elif study.get("fingerprint") != experiment_fingerprint(saved.document):
-        raise RunFolderError(f"{folder.experiment_file}: changed since the run started: it no longer reads as the experiment its "
-                             f"study was made for (fingerprint {study.get('fingerprint')}, now {experiment_fingerprint(saved.document)}); "
-                             f"{RESTORE}")
+    if study is not None:
+        check_identity(folder.study_file, study, saved)
     for number, decision in enumerate(folder.read_rung_decisions(), start=1):
         if saved.run_id and decision.get("run_id") != saved.run_id:
             raise RunFolderError(f"{folder.rungs_file}: decision {number} belongs to another run (run id {decision.get('run_id')}, "
@@ -109,6 +114,35 @@ def check_resumable(folder: RunFolder, saved: SavedExperiment) -> None:
         if foreign:
             raise RunFolderError(f"{folder.trials_file}: holds trials this run did not run ({', '.join(foreign[:3])}"
                                  f"{' ...' if len(foreign) > 3 else ''}): {RESTORE}")
+    if state is not None and ray_ran:
+        check_not_moved(folder, saved, len(state["trials"]))
+
+
+def check_identity(path: Path, identity: dict[str, Any], saved: SavedExperiment) -> None:
+    """`path`, a file recording the run it belongs to, must name this run and its experiment as experiment.json reads now."""
+    if saved.run_id and identity.get("run_id") != saved.run_id:
+        raise RunFolderError(f"{path}: belongs to another run (run id {identity.get('run_id')}, from {identity.get('source')}), "
+                             f"not to this one ({saved.run_id}): {RESTORE}")
+    fingerprint = experiment_fingerprint(saved.document)
+    if identity.get("fingerprint") != fingerprint:
+        raise RunFolderError(f"{RunFolder(path.parent).experiment_file}: changed since the run started: it no longer reads as the "
+                             f"experiment its {path.name} was made for (fingerprint {identity.get('fingerprint')}, now {fingerprint}); "
+                             f"{RESTORE}")
+
+
+def check_not_moved(folder: RunFolder, saved: SavedExperiment, asked: int) -> None:
+    """A run folder moved since its start resumes where it is now, unless trials are still to be created there.
+
+    Ray Tune restores a moved experiment's trials where it is now, but creates the trials still to
+    come where the experiment was first stored (its search generator's saved state keeps that place,
+    checked with Ray 2.60), so their results would be written to the old folder. Such a run is refused
+    with the way out: a link at the first place to the folder, resumed through that link."""
+    first = Path(saved.document["run"]["storage_path"]) / saved.document["run"]["name"]
+    remaining = saved.document["search"]["num_samples"] - asked
+    if remaining > 0 and os.path.normpath(first) != os.path.normpath(folder.path):
+        raise RunFolderError(f"{folder.path}: this run started at {first}, and Ray Tune writes the trials it creates after a resume "
+                             f"where the run started; {remaining} trial(s) are still to come. Put the folder back there, or make "
+                             f"a link there to it (ln -s {folder.path} {first}), and resume it from there: --resume {first}")
 
 
 def as_requested(document: dict[str, Any], resolved_from: dict[str, Any]) -> dict[str, Any]:
@@ -160,7 +194,7 @@ def check_new_run(experiment: Experiment) -> None:
     """
     folder = RunFolder(experiment.run_dir)
     stage = folder.stage()
-    if tune.Tuner.can_restore(str(folder.path)) or stage not in (None, "started") or study_trials(folder.path):
+    if tune.Tuner.can_restore(str(folder.path)) or stage not in (None, "started"):
         raise SearchError(f"{folder.path}: a run with this name exists; pass --resume to continue it, or another --name")
     if stage == "started":
         logger.info("%s: the run of this name stopped before its first trial; starting it again", folder.path)

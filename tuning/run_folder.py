@@ -4,8 +4,9 @@
       experiment.json    the resolved experiment the trials ran with (and what was asked for, under "requested")
       dataset.parquet    the indexed dataset and its splits
       transfer.json      the transfer probe's result
-      study.db           the Optuna study (tuning.searcher)
-      rungs.jsonl        ASHA's decisions (tuning.scheduler)
+      study.db           the Optuna study, written from the searcher's saved state once the trials stop (tuning.search_state)
+      rungs.jsonl        ASHA's decisions (tuning.scheduler), written likewise
+      searcher-state-*.pkl  the searcher's saved state, which Ray saves and restores (JSON, tuning.search_state)
       trials.parquet     every reported epoch of every trial (tuning.trials)
       search.json        the search's timing, sampler and validation size
       best/              the retrained model (carclf.model_folder), metrics.json, test_predictions.parquet
@@ -44,7 +45,7 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 
 from carclf.data.table import load_index, save_index
-from carclf.files import atomic_path, read_json, write_json
+from carclf.files import atomic_path, read_json, remove_abandoned_partials, write_json
 
 STAGES = ("started", "searched", "finished")  # finished: retrained, evaluated and reported
 DECISIONS = ("continued", "spared", "stopped")  # what ASHA did with a trial at a rung (tuning.scheduler)
@@ -188,6 +189,7 @@ class RunFolder:
             started = time.strftime("%Y-%m-%d %H:%M:%S")
             handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started} ({' '.join(sys.argv)})\n")
             handle.flush()
+            remove_abandoned_partials(self.path)  # what an earlier owner, killed mid-write, left half-written
             try:
                 yield
             finally:

@@ -10,8 +10,8 @@
 - "auto" (the default): "gp" below `AUTO_TPE_FROM` trials when PyTorch is installed, "tpe"
   otherwise. The plan printed at start says which, and why.
 
-Every sampler starts with `search.startup_trials` random trials and works on the same persistent
-study (`tuning.searcher`), so `--resume`, PRUNED trials and `[[search.start]]` work alike for all.
+Every sampler starts with `search.startup_trials` random trials and works on the searcher's study
+(`tuning.searcher`), so `--resume`, PRUNED trials and `[[search.start]]` work alike for all.
 """
 
 from __future__ import annotations

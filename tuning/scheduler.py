@@ -12,22 +12,21 @@ because two rules change what a rung means:
   standard error of an accuracy on the validation set (no margin for losses, which have none).
 
 Every rung a trial reaches (its score, the cut, the margin, and continued, spared or stopped) is
-appended to `RUN_DIR/rungs.jsonl`, which the trials table and the report read: ASHA's stops are
-told apart from trials cut short by a time budget or an interruption, and stops within noise are
-counted. A resumed search rebuilds its rungs from that log.
+a decision in the search's `RungLog`, saved with the searcher's state (`tuning.search_state`) and
+written to `RUN_DIR/rungs.jsonl` once the trials stop, which the trials table and the report read:
+ASHA's stops are told apart from trials cut short by a time budget or an interruption, and stops
+within noise are counted. A resumed search continues from the restored log.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from tuning.run_folder import RunFolder
+from tuning.search_state import RungLog
 from tuning.trials import NOISE_Z, standard_error
 
 TIME_ATTR = "final_phase_epochs"
@@ -51,59 +50,52 @@ def noise_margin(cut: float, score: float, metric: str, validation_size: int, no
 
 
 class NoiseAwareASHA(FIFOScheduler):
-    """ASHA on `final_phase_epochs`, sparing trials within noise of a rung's cut (see the module docstring)."""
+    """ASHA on `final_phase_epochs`, sparing trials within noise of a rung's cut (see the module docstring).
 
-    relocated_run_dir: Path | None = None  # set before a run is restored, as `tuning.searcher.relocate_study`
+    Tune gives it the metric and mode (`set_search_properties`): the metric the base class keeps,
+    the mode this class. Its decisions go to `rung_log`, which the searcher saves and restores
+    (`tuning.search_state`), so they survive a resume wherever the run is stored.
+    """
 
-    def __init__(self, *, metric: str, mode: str, score_metric: str, max_epochs: int, grace_period: int,
-                 reduction_factor: float, validation_size: int, noise_z: float, run_dir: Path, run_id: str | None = None):
+    def __init__(self, *, score_metric: str, max_epochs: int, grace_period: int, reduction_factor: float, validation_size: int,
+                 noise_z: float, rung_log: RungLog, run_id: str | None = None):
         super().__init__()
-        self._metric, self._mode = metric, mode
+        self.mode: str | None = None
         self.score_metric = score_metric  # the metric the objective is the best of (its standard error)
         self.max_epochs, self.reduction_factor = max_epochs, reduction_factor
         self.validation_size, self.noise_z = validation_size, noise_z
-        self.rungs: dict[int, dict[str, float]] = {rung: {} for rung in rung_milestones(grace_period, max_epochs, reduction_factor)}
-        self.log_path = RunFolder(Path(run_dir)).rungs_file
-        self.run_id = run_id  # on every logged decision: a resume tells this run's log from a copied one
+        self.milestones = rung_milestones(grace_period, max_epochs, reduction_factor)
+        self.rung_log = rung_log
+        self.run_id = run_id  # on every decision: a resume tells this run's log from a copied one
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
-        return True  # metric and mode are given at construction
+        if mode:
+            self.mode = mode
+        return super().set_search_properties(metric, mode, **spec)
 
     def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
-        done, score = result.get(TIME_ATTR), result.get(self._metric)
+        done, score = result.get(TIME_ATTR), result.get(self.metric)
         if done is None or score is None or not math.isfinite(score):
             return TrialScheduler.CONTINUE
-        due = [rung for rung in self.rungs if rung <= done and trial.trial_id not in self.rungs[rung]]
+        due = [rung for rung in self.milestones if rung <= done and trial.trial_id not in self.rung_log.scores.get(rung, {})]
         if not due:
             return TrialScheduler.CONTINUE
         return self.judge(trial.trial_id, max(due), float(score), int(result.get("epoch", done)))
 
     def judge(self, trial_id: str, rung: int, score: float, epoch: int) -> str:
         """Record `score` at `rung` and decide: stop only when it is below the cut by more than the noise margin."""
-        recorded = self.rungs[rung]
-        sign = 1.0 if self._mode == "max" else -1.0
-        cut = sign * float(np.nanpercentile([sign * v for v in recorded.values()], (1 - 1 / self.reduction_factor) * 100)) if recorded else None
-        recorded[trial_id] = score
-        decision: dict[str, Any] = {"run_id": self.run_id, "trial_id": trial_id, "rung": rung, "epoch": epoch, "score": score, "cut": cut,
-                                    "margin": 0.0, "within_noise": False, "decision": "continued"}
+        recorded = list(self.rung_log.scores.get(rung, {}).values())
+        sign = 1.0 if self.mode == "max" else -1.0
+        cut = sign * float(np.nanpercentile([sign * v for v in recorded], (1 - 1 / self.reduction_factor) * 100)) if recorded else None
+        decision: dict[str, Any] = {"run_id": self.run_id, "trial_id": trial_id, "rung": rung, "epoch": epoch, "score": score,
+                                    "cut": cut, "margin": 0.0, "within_noise": False, "decision": "continued"}
         below = sign * (cut - score) if cut is not None else 0.0  # > 0: worse than the cut
         if below > 0 and epoch < self.max_epochs:  # at its last epoch a trial counts for the cut, but it has finished
             margin = noise_margin(cut, score, self.score_metric, self.validation_size, self.noise_z)
             decision.update(margin=margin, decision="stopped" if below > margin else "spared",
                             within_noise=below <= noise_margin(cut, score, self.score_metric, self.validation_size, NOISE_Z))
-        with open(self.log_path, "a") as handle:
-            handle.write(json.dumps(decision) + "\n")
+        self.rung_log.append(decision)
         return TrialScheduler.STOP if decision["decision"] == "stopped" else TrialScheduler.CONTINUE
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickled by a resumed search: the rungs are rebuilt from the log, where the run folder is now."""
-        self.__dict__.update(state)
-        if self.relocated_run_dir is not None:
-            self.log_path = RunFolder(self.relocated_run_dir).rungs_file
-        self.rungs = {rung: {} for rung in self.rungs}
-        for decision in RunFolder(self.log_path.parent).read_rung_decisions():
-            self.rungs.setdefault(decision["rung"], {})[decision["trial_id"]] = decision["score"]
-
     def debug_string(self) -> str:
-        return f"NoiseAwareASHA on {TIME_ATTR}: rungs {sorted(self.rungs)}, noise {self.noise_z} standard errors"
-
+        return f"NoiseAwareASHA on {TIME_ATTR}: rungs {self.milestones}, noise {self.noise_z} standard errors"

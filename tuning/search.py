@@ -77,6 +77,7 @@ from tuning.resume import check_new_run, resolve_experiment, resolved_values  # 
 from tuning.retrain import retrain_and_evaluate  # noqa: E402
 from tuning.run_folder import RunFolder, new_run_id  # noqa: E402
 from tuning.samplers import choose_sampler  # noqa: E402
+from tuning.search_state import export_search_state, read_search_state  # noqa: E402
 from tuning.trials import Selection, best_trial, trials_table, useful_fraction  # noqa: E402
 from tuning.tuner import make_tuner, search_interrupted  # noqa: E402
 
@@ -129,6 +130,9 @@ def search_trials(experiment: Experiment, prepared: Prepared, folder: RunFolder,
     features = prepare_head_features(experiment, prepared.index, prepared.store)
     fit_started = time.time()
     results = make_tuner(experiment, prepared, features, run_id, resume and tune.Tuner.can_restore(str(folder.path))).fit()
+    state = read_search_state(folder.path)  # the newest Ray saved, as the trials stopped: study.db and rungs.jsonl from it
+    if state is not None:
+        export_search_state(folder.path, state, experiment.search.space.optuna_distributions())
     stopped = {d["trial_id"] for d in folder.read_rung_decisions() if d["decision"] == "stopped"}
     trials = trials_table(results, experiment.scheduler.max_epochs, stopped)
     folder.write_trials(trials)

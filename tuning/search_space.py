@@ -1,12 +1,11 @@
 """The experiment's `[search.space]`, parsed and checked once into a `SearchSpace` of `Dimension`s.
 
 Each hyperparameter names one distribution: `choice = [...]`, `uniform = [low, high]`,
-`loguniform = [low, high]` or `randint = [low, high]` (both ends included). A `Dimension` holds
-its Ray Tune domain (what the Tuner samples through `OptunaSearch`) and its Optuna distribution
-(what the report's importance study needs) side by side, so the two cannot drift apart.
-`SearchSpace.to_dict()` gives back the TOML table, which `experiment.json` stores and `--resume`
-reads back. Ray and Optuna are imported only when a domain is asked for: the search's `--help`
-answers before Ray loads, and it reads the experiment first.
+`loguniform = [low, high]` or `randint = [low, high]` (both ends included). A `Dimension` gives
+its Optuna distribution, the one form the searcher asks the study with (`tuning.searcher`) and the
+report's importance study reads. `SearchSpace.to_dict()` gives back the TOML table, which
+`experiment.json` stores and `--resume` reads back. Optuna is imported only when a distribution is
+asked for: the search's `--help` answers before it loads, and it reads the experiment first.
 """
 
 from __future__ import annotations
@@ -53,17 +52,6 @@ class Dimension:
         """A choice of one value: nothing to search."""
         return self.kind == "choice" and len(self.args) == 1
 
-    def tune_domain(self) -> Any:
-        """The Ray Tune domain, e.g. `tune.loguniform(1e-4, 0.1)`."""
-        from ray import tune
-
-        if self.kind == "choice":
-            return tune.choice(list(self.args))
-        low, high = self.args
-        if self.kind == "randint":
-            return tune.randint(low, high + 1)  # Tune's upper bound is exclusive
-        return tune.loguniform(low, high) if self.kind == "loguniform" else tune.uniform(low, high)
-
     def optuna_distribution(self) -> Any:
         """The Optuna distribution, e.g. `FloatDistribution(1e-4, 0.1, log=True)`."""
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -101,6 +89,10 @@ class SearchSpace:
         """True when every hyperparameter has a single value: the search has nothing to choose."""
         return all(dimension.is_fixed for dimension in self.dimensions)
 
+    def optuna_distributions(self) -> dict[str, Any]:
+        """Each hyperparameter's Optuna distribution, by name: what the searcher asks the study for."""
+        return {dimension.name: dimension.optuna_distribution() for dimension in self.dimensions}
+
     def to_dict(self) -> dict[str, dict[str, list]]:
         """The `[search.space]` table, as `parse_space` reads it back."""
         return {dimension.name: dimension.to_dict() for dimension in self.dimensions}
@@ -108,11 +100,6 @@ class SearchSpace:
     def __str__(self) -> str:
         """The table as the file wrote it (the plan prints it so)."""
         return str(self.to_dict())
-
-
-def param_space(space: SearchSpace) -> dict[str, Any]:
-    """The Tuner's `param_space`: `{"learning_rate": tune.loguniform(1e-4, 0.1), ...}`."""
-    return {dimension.name: dimension.tune_domain() for dimension in space.dimensions}
 
 
 def parse_space(table: Any, settings: RunSettings, where: str) -> SearchSpace:

@@ -1,7 +1,7 @@
 """The Ray Tune `Tuner` of a search: the trainable with its resources, Optuna behind a concurrency limit, ASHA.
 
-A new search builds it from the experiment; a resumed one restores it from the run folder, with
-the study and ASHA's log found where the folder is now.
+A new search builds it from the experiment; a resumed one is restored by Ray from the run folder,
+with the study and ASHA's decisions from the searcher's saved state (`tuning.search_state`).
 """
 
 from __future__ import annotations
@@ -13,14 +13,18 @@ from tuning.experiment import Experiment
 from tuning.prepare import Prepared
 from tuning.samplers import choose_sampler
 from tuning.scheduler import NoiseAwareASHA
-from tuning.search_space import param_space
-from tuning.searcher import make_searcher, relocate_study
+from tuning.search_state import RungLog, experiment_fingerprint
+from tuning.searcher import StudySearcher
 from tuning.trainable import CarClassifierTrainable
 from tuning.trials import Selection
 
 
 def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None, run_id: str | None, resume: bool) -> tune.Tuner:
-    """The `Tuner`: an Optuna sampler on `RUN_DIR/study.db` behind a concurrency limit, ASHA on final-phase epochs."""
+    """The `Tuner`: carclf's Optuna searcher behind a concurrency limit, ASHA on final-phase epochs, sharing one rung log.
+
+    A resumed search is restored by Ray from the run folder, wherever it is now: the searcher and the
+    scheduler come back from Ray's saved state (`tuning.search_state`), the trials from their checkpoints.
+    """
     search, run_dir = experiment.search, experiment.run_dir
     selection = Selection.of(experiment.search)
     trainable = tune.with_parameters(CarClassifierTrainable, index=prepared.index, settings=experiment.trial_settings(),
@@ -28,23 +32,22 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
                                      checkpoint_minutes=experiment.run.checkpoint_minutes)
     trainable = tune.with_resources(trainable, {"cpu": experiment.resources.cpus_per_trial, "gpu": experiment.resources.gpus_per_trial})
     if resume:
-        relocate_study(run_dir)
-        NoiseAwareASHA.relocated_run_dir = run_dir
         return tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=True)
-    searcher = make_searcher(choose_sampler(search.algorithm, search.num_samples)[0], run_dir, experiment.to_dict(), run_id, selection,
-                             search.max_concurrent, search.optuna_startup_trials, search.seed, search.start,
-                             experiment.scheduler.max_epochs)
-    asha = experiment.scheduler
+    rung_log, asha = RungLog(), experiment.scheduler
+    document = experiment.to_dict()
+    searcher = StudySearcher(search.space, metric=selection.objective, mode=selection.mode, max_epochs=asha.max_epochs,
+                             sampler=choose_sampler(search.algorithm, search.num_samples)[0], startup_trials=search.optuna_startup_trials,
+                             parallel=search.max_concurrent > 1, seed=search.seed, start=search.start,
+                             identity={"fingerprint": experiment_fingerprint(document), "source": document["source"], "run_id": run_id},
+                             rung_log=rung_log)
     if asha.kind == "asha":
-        scheduler = NoiseAwareASHA(metric=selection.objective, mode=selection.mode, score_metric=selection.metric,
-                                   max_epochs=asha.max_epochs, grace_period=asha.grace_period,
+        scheduler = NoiseAwareASHA(score_metric=selection.metric, max_epochs=asha.max_epochs, grace_period=asha.grace_period,
                                    reduction_factor=asha.reduction_factor, validation_size=prepared.validation_size,
-                                   noise_z=asha.noise_z, run_dir=run_dir, run_id=run_id)
+                                   noise_z=asha.noise_z, rung_log=rung_log, run_id=run_id)
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
         trainable,
-        param_space=param_space(search.space),
         tune_config=tune.TuneConfig(
             metric=selection.objective, mode=selection.mode, num_samples=search.num_samples,
             search_alg=searcher, max_concurrent_trials=search.max_concurrent,

@@ -74,7 +74,8 @@ def two_node_cluster(tmp_path):
 def test_search_runs_trials_on_both_nodes_into_one_storage_path(two_node_cluster, tiny_cars, tmp_path):
     result = run(search_command(tiny_cars, tmp_path, "cluster", "--address", two_node_cluster, "--num-samples", "2",
                                 "--max-concurrent", "2", "--cpus-per-trial", "1", "--set", "scheduler.max_epochs=2",
-                                "--set", "scheduler.grace_period=2", "--no-retrain"), env=CLUSTER_ENV)
+                                "--set", "scheduler.grace_period=2", "--set", "search.space.head_epochs={ choice = [0, 1] }",
+                                "--no-retrain"), env=CLUSTER_ENV)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     trials = pd.read_parquet(tmp_path / "cluster" / "trials.parquet")
     assert trials["trial_id"].nunique() == 2

@@ -6,7 +6,7 @@ import pytest
 
 from carclf.config import ConfigError, RunSettings, read_toml
 from tuning.experiment import DEMO_EXPERIMENT, load_experiment
-from tuning.search_space import param_space, parse_space
+from tuning.search_space import parse_space
 
 EXPERIMENTS = DEMO_EXPERIMENT.parent
 
@@ -113,19 +113,16 @@ def _space(table):
     return parse_space(table, RunSettings(), "exp.toml")
 
 
-def test_each_dimension_gives_the_same_distribution_to_tune_and_to_optuna():
+def test_each_dimension_gives_its_optuna_distribution():
     space = _space({"unfreeze_depth": {"randint": [0, 16]}, "batch_size": {"choice": [16, 32]},
                     "learning_rate": {"loguniform": [1e-4, 1e-1]}, "momentum": {"uniform": [0.8, 0.95]}})
-    tune_space = param_space(space)
-    assert list(tune_space) == list(space) == ["unfreeze_depth", "batch_size", "learning_rate", "momentum"]
-    assert tune_space["unfreeze_depth"].lower == 0 and tune_space["unfreeze_depth"].upper == 17  # Tune's end is exclusive
-    depth = space.get("unfreeze_depth").optuna_distribution()
-    assert (depth.low, depth.high) == (0, 16)  # Optuna's is not: both give 0..16
-    assert tune_space["batch_size"].categories == [16, 32] and space.get("batch_size").optuna_distribution().choices == (16, 32)
-    rate, momentum = space.get("learning_rate").optuna_distribution(), space.get("momentum").optuna_distribution()
-    assert type(tune_space["learning_rate"].get_sampler()).__name__ == "_LogUniform" and rate.log
-    assert type(tune_space["momentum"].get_sampler()).__name__ == "_Uniform" and not momentum.log
-    assert (rate.low, rate.high) == (tune_space["learning_rate"].lower, tune_space["learning_rate"].upper) == (1e-4, 1e-1)
+    distributions = space.optuna_distributions()
+    assert list(distributions) == list(space) == ["unfreeze_depth", "batch_size", "learning_rate", "momentum"]
+    depth = distributions["unfreeze_depth"]
+    assert (depth.low, depth.high) == (0, 16)  # both ends included, as randint says
+    assert distributions["batch_size"].choices == (16, 32)
+    rate, momentum = distributions["learning_rate"], distributions["momentum"]
+    assert rate.log and (rate.low, rate.high) == (1e-4, 1e-1) and not momentum.log
 
 
 def test_what_a_dimension_can_propose():
@@ -172,3 +169,17 @@ def test_every_path_is_made_absolute_once_against_the_working_folder(tmp_path, m
     monkeypatch.setenv("XDG_CACHE_HOME", "xdg")  # the default cache, from a relative variable
     assert load_experiment(DEMO_EXPERIMENT).settings.data.cache_dir == str(tmp_path / "xdg" / "carclf")
     assert load_experiment(DEMO_EXPERIMENT, ["run.storage_path='s3://bucket/runs'"]).run.storage_path == "s3://bucket/runs"
+
+
+def test_the_plan_says_which_trials_asha_never_judges_and_that_a_loss_has_no_noise_margin():
+    from tuning.plan import describe_scheduler, never_judged
+
+    demo = load_experiment(DEMO_EXPERIMENT)  # head_epochs 0 or 2 within 4 epochs, rungs at 1 and 2: every trial is judged
+    assert never_judged(demo) is None and "standard errors of the cut" in describe_scheduler(demo)
+    short = load_experiment(DEMO_EXPERIMENT, ["scheduler.grace_period=3"])  # 2 warm-up epochs leave 2, short of the rung at 3
+    assert never_judged(short) == ("trials with head_epochs 2 fine-tune for fewer than the first rung's 3 epoch(s) within "
+                                   "scheduler.max_epochs (4): ASHA never judges them, so they always train every epoch "
+                                   "(lower head_epochs, or raise max_epochs)")
+    assert "ASHA stops no trial early" in never_judged(load_experiment(DEMO_EXPERIMENT, ["scheduler.grace_period=4"]))
+    loss = load_experiment(DEMO_EXPERIMENT, ["search.metric='val_loss'"])
+    assert describe_scheduler(loss).endswith("(no noise margin: val_loss has no standard error, so the cut alone decides)")

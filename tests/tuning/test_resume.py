@@ -46,10 +46,11 @@ def foreign_trial(run_dir: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("damage", "expected"), [
-    (lambda run_dir: (run_dir / "study.db").unlink(), r"copy/e2e/study\.db: missing, though trials ran; it is the search's memory"),
+    (lambda run_dir: [path.unlink() for path in run_dir.glob("searcher-state-*.pkl")],
+     r"copy/e2e: Ray's trials are here but not the searcher's saved state \(searcher-state-\*\.pkl\), the study they belong to"),
     (foreign_trial, r"copy/e2e/trials\.parquet: holds trials this run did not run \(elsewhere_00001\): restore it from a copy"),
     (lambda run_dir: (run_dir / "experiment.json").write_text("{\"run_id\": "), r"copy/e2e/experiment\.json: damaged \("),
-], ids=["study-deleted", "trials-of-another-run", "experiment-json-truncated"])
+], ids=["searcher-state-deleted", "trials-of-another-run", "experiment-json-truncated"])
 def test_a_resume_refuses_a_folder_that_is_not_one_run_before_ray_starts(finished_run, tmp_path, damage, expected):
     """Each file a resume reads is named when it is missing, damaged or another run's; nothing is created in its place."""
     run_dir = copy_of_run(finished_run[0], tmp_path)
@@ -58,12 +59,14 @@ def test_a_resume_refuses_a_folder_that_is_not_one_run_before_ray_starts(finishe
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert re.search(expected, result.stderr.strip().splitlines()[-1]), result.stderr[-2000:]
     assert "Ray dashboard" not in result.stdout
-    assert (run_dir / "study.db").exists() == ("study" not in expected)  # a deleted study is not made again, empty
+    assert not list(run_dir.glob("searcher-state-*")) or "searcher" not in expected  # nothing is made in its place
 
 
 @pytest.mark.slow
 def test_an_undamaged_copy_of_a_finished_run_resumes_as_finished(finished_run, tmp_path):
+    """Elsewhere, and without its study.db: that is written from the searcher's saved state, which the copy holds."""
     run_dir = copy_of_run(finished_run[0], tmp_path)
+    (run_dir / "study.db").unlink()
     result = run([sys.executable, "-m", "tuning.search", "--resume", str(run_dir)], timeout=120)
     assert result.returncode == 0 and "this run is finished; nothing to do" in result.stdout, result.stderr[-2000:]
 
@@ -77,3 +80,20 @@ def test_the_report_names_a_damaged_rung_log(finished_run, tmp_path):
     result = run([sys.executable, "-m", "tuning.report", str(run_dir)], timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert f"rungs.jsonl: damaged (line {lines} is not one of ASHA's rung decisions: '{{not json')" in result.stderr
+
+
+def test_a_moved_run_with_trials_still_to_create_is_refused_with_the_way_back(tmp_path):
+    """Ray creates the trials still to come where the run was first stored: a moved run resumes only when none are left,
+    or through a link at its first place (the folder as named, not where the link points)."""
+    from tuning.resume import check_not_moved
+    from tuning.run_folder import RunFolder, RunFolderError, SavedExperiment
+
+    first = tmp_path / "runs" / "demo"
+    document = load_experiment(DEMO_EXPERIMENT, [f"run.storage_path='{first.parent}'"]).to_dict()  # 6 trials
+    saved = SavedExperiment(document, {}, "0123456789ab")
+    check_not_moved(RunFolder(first), saved, asked=2)  # where it started: fine
+    check_not_moved(RunFolder(tmp_path / "elsewhere" / "demo"), saved, asked=6)  # moved, every trial created: fine
+    with pytest.raises(RunFolderError, match=rf"elsewhere/demo: this run started at {first}, .* 4 trial\(s\) are still to come\. "
+                                             rf"Put the folder back there, or make a link there to it \(ln -s \S+ {first}\), and "
+                                             rf"resume it from there: --resume {first}"):
+        check_not_moved(RunFolder(tmp_path / "elsewhere" / "demo"), saved, asked=2)

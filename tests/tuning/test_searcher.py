@@ -1,38 +1,155 @@
-"""The Optuna study of a run: created once, reopened by the same experiment, refused to another, named when damaged."""
+"""carclf's searcher driven directly, without a Tuner: what the study records, its saved state, its export.
+
+Ray calls `suggest`, `on_trial_result`, `on_trial_complete`, `save` and `restore`; these tests call them
+the same way, so the most version-fragile part of a search is covered in seconds.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import pickle
+import shutil
+
+import optuna
 import pytest
 
-from tuning.experiment import DEMO_EXPERIMENT, load_experiment
-from tuning.searcher import STUDY_NAME, StudyError, StudyMismatchError, open_study, relocate_study, study_trials
+from carclf.config import RunSettings
+from tuning.search_space import parse_space
+from tuning.search_state import (
+    IDENTITY_ATTRIBUTE,
+    STUDY_NAME,
+    RungLog,
+    StudyError,
+    export_search_state,
+    read_search_state,
+    sqlite_url,
+    study_identity,
+)
+from tuning.searcher import StudySearcher
+
+SPACE = parse_space({"batch_size": {"choice": [8, 16]}, "learning_rate": {"loguniform": [1e-3, 1e-1]},
+                     "unfreeze_depth": {"randint": [0, 3]}}, RunSettings(), "exp.toml")
+START = [{"batch_size": 8, "learning_rate": 0.005, "unfreeze_depth": 0}, {"batch_size": 16, "learning_rate": 0.02, "unfreeze_depth": 1}]
+IDENTITY = {"fingerprint": "0123abcd", "source": "exp.toml", "run_id": "run-1"}
+TrialState = optuna.trial.TrialState
 
 
-def test_a_study_of_another_experiment_is_refused_naming_both(tmp_path):
-    demo = load_experiment(DEMO_EXPERIMENT).to_dict()
-    study = open_study(tmp_path, demo, "max")
-    assert study.study_name == STUDY_NAME and (tmp_path / "study.db").is_file()
-    assert open_study(tmp_path, demo, "max").user_attrs == study.user_attrs  # the same experiment reopens it
-    other = load_experiment(DEMO_EXPERIMENT, ["search.num_samples=9"]).to_dict()
-    other["source"] = "experiments/other.toml"
-    with pytest.raises(StudyMismatchError, match=r"study\.db: this study belongs to another experiment \(.*demo\.toml.*\), "
-                                                 r"not to experiments/other\.toml"):
-        open_study(tmp_path, other, "max")
+def searcher(sampler="tpe", start=START, parallel=True, seed=0) -> StudySearcher:
+    """A searcher as `tuning.tuner` makes one: maximizing best_val_accuracy over 3 epochs."""
+    return StudySearcher(SPACE, metric="best_val_accuracy", mode="max", max_epochs=3, sampler=sampler, startup_trials=2,
+                         parallel=parallel, seed=seed, start=start, identity=IDENTITY, rung_log=RungLog())
+
+
+def train(search: StudySearcher, trial_id: str, scores: list[float], error: bool = False, diverged: bool = False) -> None:
+    """A trial's epochs as Ray reports them: each result to on_trial_result but the last, which goes to on_trial_complete."""
+    results = [{"epoch": epoch, "best_val_accuracy": max(scores[:epoch]), "diverged": False} for epoch in range(1, len(scores) + 1)]
+    if diverged:
+        results[-1].update(best_val_accuracy=-math.inf, diverged=True)
+    for result in results[:-1]:
+        search.on_trial_result(trial_id, result)
+    search.on_trial_complete(trial_id, None if error else results[-1], error=error)
+
+
+def test_start_points_come_first_then_proposals_from_the_space():
+    search = searcher()
+    proposed = [search.suggest(f"t{i}") for i in range(5)]
+    assert proposed[:2] == START
+    for point in proposed[2:]:
+        assert point["batch_size"] in (8, 16) and 1e-3 <= point["learning_rate"] <= 1e-1 and point["unfreeze_depth"] in range(4)
+
+
+def test_the_study_records_each_ending_with_its_values():
+    """Finished and diverged: COMPLETE (the worst value for a divergence); stopped before max_epochs: PRUNED with the
+    values it reported; an error: FAIL. A trial's value is its best epoch's, and each epoch's is kept."""
+    search = searcher(sampler="random")
+    for name in ("finished", "stopped", "diverged", "failed"):
+        search.suggest(name)
+    train(search, "finished", [0.5, 0.7, 0.6])
+    train(search, "stopped", [0.3, 0.2])
+    train(search, "diverged", [0.4, 0.1, 0.1], diverged=True)
+    train(search, "failed", [0.5], error=True)
+    trials = {trial.user_attrs["ray_trial_id"]: trial for trial in search.study.trials}
+    assert trials["finished"].state == TrialState.COMPLETE and trials["finished"].value == 0.7
+    assert trials["finished"].intermediate_values == {1: 0.5, 2: 0.7, 3: 0.7}
+    assert trials["stopped"].state == TrialState.PRUNED and trials["stopped"].intermediate_values == {1: 0.3, 2: 0.3}
+    assert trials["diverged"].state == TrialState.COMPLETE and trials["diverged"].value == -math.inf
+    assert trials["failed"].state == TrialState.FAIL
+
+
+def test_parallel_proposals_see_the_trials_still_running():
+    """Eight proposals asked at once, none told yet: the study holds them as RUNNING, and TPE's constant liar spreads them."""
+    search = searcher(start=[])
+    proposed = [search.suggest(f"t{i}") for i in range(8)]
+    assert [trial.state for trial in search.study.trials] == [TrialState.RUNNING] * 8
+    assert len({tuple(sorted(point.items())) for point in proposed}) == 8
+
+
+def test_a_restored_searcher_goes_on_with_the_same_study_from_a_state_that_names_no_place(tmp_path):
+    """Saved with one trial finished, one stopped and one running, then restored elsewhere (a moved run folder), in a
+    searcher unpickled as Ray keeps it in tuner.pkl: the numbers, values and the running trial are as they were, the
+    running trial is told when it ends, and the next proposals repeat none of the earlier ones."""
+    search = searcher(sampler="random", start=START[:1])
+    fresh = pickle.dumps(search)  # tuner.pkl: pickled once, before the search
+    for trial_id in ("a", "b", "c"):
+        search.suggest(trial_id)
+    train(search, "a", [0.5, 0.6, 0.7])
+    train(search, "b", [0.2, 0.1])
+    search.on_trial_result("c", {"epoch": 1, "best_val_accuracy": 0.4})
+    search.save(str(tmp_path / "searcher-state-1.pkl"))
+    before = [(t.number, t.state, t.params, t.value, t.intermediate_values) for t in search.study.trials]
+    assert "/" not in (tmp_path / "searcher-state-1.pkl").read_text().replace("\\/", "")  # no path: moves with its folder
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(tmp_path / "searcher-state-1.pkl", moved / "searcher-state-1.pkl")
+    restored = pickle.loads(fresh)
+    restored.restore(str(moved / "searcher-state-1.pkl"))
+    assert [(t.number, t.state, t.params, t.value, t.intermediate_values) for t in restored.study.trials] == before
+    restored.on_trial_result("c", {"epoch": 2, "best_val_accuracy": 0.8})  # Ray goes on from its checkpoint
+    restored.on_trial_complete("c", {"epoch": 3, "best_val_accuracy": 0.9, "diverged": False})
+    assert restored.study.trials[2].state == TrialState.COMPLETE and restored.study.trials[2].value == 0.9
+    later = [restored.suggest(f"d{i}") for i in range(3)]
+    earlier = [t.params for t in restored.study.trials[:3]]
+    assert not any(point in earlier for point in later)  # the sampler was not seeded back to its first draws
+
+
+def test_a_trial_asked_after_the_last_save_leaves_no_orphan(tmp_path):
+    """Ray saves the searcher with its trials' states: a trial asked after the last save, then lost in a kill, is in
+    neither, so the restored study holds no trial left running forever."""
+    search = searcher(sampler="random", start=[])
+    search.suggest("a")
+    train(search, "a", [0.5, 0.6, 0.7])
+    search.save(str(tmp_path / "state.json"))
+    search.suggest("lost-in-a-kill")
+    restored = searcher(sampler="random", start=[])
+    restored.restore(str(tmp_path / "state.json"))
+    assert [trial.state for trial in restored.study.trials] == [TrialState.COMPLETE]
+
+
+def test_the_state_exports_to_the_study_optuna_dashboard_reads(tmp_path):
+    """study.db and rungs.jsonl, written from the newest saved state in the run folder; the state is strict JSON."""
+    search = searcher(sampler="random")
+    for trial_id in ("a", "b"):
+        search.suggest(trial_id)
+    train(search, "a", [0.5, 0.6, 0.7])
+    train(search, "b", [0.4, 0.3], diverged=True)
+    search.rung_log.append({"run_id": "run-1", "trial_id": "b", "rung": 1, "epoch": 1, "score": 0.4, "cut": 0.5, "decision": "stopped"})
+    search.save(str(tmp_path / "searcher-state-2026-01-01_00-00-00.pkl"))
+    searcher(sampler="random").save(str(tmp_path / "searcher-state-2025-01-01_00-00-00.pkl"))  # an older session's, empty
+    json.loads((tmp_path / "searcher-state-2026-01-01_00-00-00.pkl").read_text(), parse_constant=pytest.fail)
+
+    state = read_search_state(tmp_path)
+    export_search_state(tmp_path, state, SPACE.optuna_distributions())
+    study = optuna.load_study(study_name=STUDY_NAME, storage=sqlite_url(tmp_path / "study.db"))
+    assert study.user_attrs[IDENTITY_ATTRIBUTE] == IDENTITY == study_identity(tmp_path)
+    assert [(t.number, t.state, t.params, t.value, t.intermediate_values) for t in study.trials] == [
+        (t.number, t.state, t.params, t.value, t.intermediate_values) for t in search.study.trials]
+    assert [json.loads(line)["trial_id"] for line in (tmp_path / "rungs.jsonl").read_text().splitlines()] == ["b"]
 
 
 @pytest.mark.parametrize("content", [b"not a database\n" * 64, b"SQLite format 3\0" + bytes(200)])
 def test_a_damaged_study_is_named_with_what_to_do(tmp_path, content):
     (tmp_path / "study.db").write_bytes(content)
-    demo = load_experiment(DEMO_EXPERIMENT).to_dict()
-    expected = rf"{tmp_path}/study\.db: damaged, or not an Optuna study \(.*\); restore it from a backup .* another --name"
-    for use in (lambda: open_study(tmp_path, demo, "max"), lambda: relocate_study(tmp_path), lambda: study_trials(tmp_path)):
-        with pytest.raises(StudyError, match=expected):
-            use()
-
-
-def test_trials_of_a_study_are_counted(tmp_path):
-    assert study_trials(tmp_path) == 0 and not (tmp_path / "study.db").exists()
-    study = open_study(tmp_path, load_experiment(DEMO_EXPERIMENT).to_dict(), "max")
-    assert study_trials(tmp_path) == 0
-    study.ask()
-    assert study_trials(tmp_path) == 1
+    with pytest.raises(StudyError, match=rf"{tmp_path}/study\.db: damaged, or not an Optuna study \(.*\); restore it from a copy"):
+        study_identity(tmp_path)
