@@ -29,6 +29,7 @@ def _python(code, *args, backend):
                           env={**os.environ, "KERAS_BACKEND": backend})
 
 
+@pytest.mark.jax
 def test_no_carclf_module_imports_tensorflow_under_jax():
     pytest.importorskip("jax")
     result = _python(ALL_MODULES, backend="jax")
@@ -84,6 +85,7 @@ def test_a_keras_json_naming_an_unusable_backend_is_named_as_the_culprit(tmp_pat
     assert "KERAS_BACKEND is" not in last
 
 
+@pytest.mark.jax
 def test_a_model_trained_on_one_backend_predicts_alike_on_the_other(tiny_dataset, tiny_settings, tmp_path):
     from carclf.data.store import open_image_store
     from carclf.data.table import class_names

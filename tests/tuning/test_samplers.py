@@ -27,7 +27,7 @@ def test_auto_without_pytorch_says_why_it_uses_tpe_and_gp_is_refused(monkeypatch
 
 
 @pytest.mark.parametrize("name, kind", [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
-                                        ("gp", optuna.samplers.GPSampler)])
+                                        pytest.param("gp", optuna.samplers.GPSampler, marks=pytest.mark.gp)])
 def test_each_name_is_its_optuna_sampler(name, kind):
     if name == "gp" and not samplers.gp_available():
         pytest.skip("Optuna's GPSampler needs PyTorch: pip install -e \".[gp]\" (CI installs it)")
