@@ -75,7 +75,7 @@ def start_ray(args: argparse.Namespace, experiment: Experiment) -> None:
 def check_cluster_resources(experiment: Experiment) -> None:
     """Stop at once if no node can ever host one trial, instead of leaving trials pending forever."""
     resources = experiment.resources
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    nodes = live_nodes()
     most_gpus = max((node.get("GPU", 0) for node in nodes), default=0)
     most_cpus = max((node.get("CPU", 0) for node in nodes), default=0)
     if resources.gpus_per_trial > most_gpus:
@@ -87,6 +87,17 @@ def check_cluster_resources(experiment: Experiment) -> None:
     if resources.cpus_per_trial > most_cpus:
         raise SearchError(f"resources.cpus_per_trial is {resources.cpus_per_trial} but the largest node has {most_cpus} CPUs; "
                           "lower --cpus-per-trial")
+
+
+def live_nodes() -> list[dict[str, float]]:
+    """Each live node's total resources (`CPU`, `GPU`, custom ones), from Ray's public node table."""
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def whole_node_cpus(gpus: int) -> int:
+    """The CPUs of the largest live node that has `gpus` GPUs: what work done once, while no trial runs, may take."""
+    able = [node.get("CPU", 0) for node in live_nodes() if node.get("GPU", 0) >= gpus]
+    return max(1, int(max(able, default=1)))
 
 
 def trial_slots(experiment: Experiment) -> int:

@@ -1,6 +1,6 @@
-"""The work done once per search before the trials, each as a Ray task with a whole GPU where trials get one.
+"""The work done once per search before the trials, each as a Ray task with a whole node (all its CPUs, a whole GPU).
 
-The driver never touches a GPU (see README): pretraining carclf's synthetic backbone, computing
+The driver never touches a GPU (docs/gpus-and-backends.md): pretraining carclf's synthetic backbone, computing
 the cached head features and probing whether the pretrained backbone helps run as Ray tasks,
 while the driver prints their progress (`tuning.progress`).
 """
@@ -19,6 +19,7 @@ from carclf.files import read_json, write_json
 from carclf.pretrained import build_synthetic_backbone
 from carclf.probe import cached_probe, probe_transfer_cached
 from carclf.weights import resolve_weights
+from tuning.cluster import whole_node_cpus
 from tuning.experiment import Experiment
 from tuning.progress import wait_with_progress
 from tuning.run_folder import RunFolder
@@ -26,12 +27,21 @@ from tuning.run_folder import RunFolder
 logger = logging.getLogger("tuning.search")
 
 
-def whole_gpu_task(function, experiment: Experiment):
-    """`function` as a Ray task with one trial's CPUs and, where trials use GPUs, a whole GPU with its memory."""
-    resources = experiment.resources
-    gpus = 1 if resources.gpus_per_trial > 0 else 0
-    environment = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9"}  # not one trial's share
-    return ray.remote(num_cpus=resources.cpus_per_trial, num_gpus=gpus, runtime_env={"env_vars": environment})(function)
+def whole_node(experiment: Experiment) -> dict[str, Any]:
+    """Ray task options for work done once: all the CPUs of the largest node and, where trials use GPUs, a whole GPU.
+
+    This work runs while no trial does (before the search, and retraining after it), so it takes the
+    machine: asking for one trial's CPUs left the rest idle, and Ray caps such a task's threads
+    (`OMP_NUM_THREADS`) at the CPUs it asked for. JAX gets the whole card's memory, not one trial's share.
+    """
+    gpus = 1 if experiment.resources.gpus_per_trial > 0 else 0
+    environment = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9"}
+    return {"num_cpus": whole_node_cpus(gpus), "num_gpus": gpus, "runtime_env": {"env_vars": environment}}
+
+
+def whole_node_task(function, experiment: Experiment):
+    """`function` as a Ray task with a whole node (`whole_node`)."""
+    return ray.remote(**whole_node(experiment))(function)
 
 
 def resolve_backbone(experiment: Experiment) -> Experiment:
@@ -40,7 +50,7 @@ def resolve_backbone(experiment: Experiment) -> Experiment:
 
     def build(settings):
         print("pretraining carclf's synthetic backbone once (it is cached for later searches) ...", flush=True)
-        return wait_with_progress(whole_gpu_task(build_synthetic_backbone, experiment).remote(settings, None, progress), progress)
+        return wait_with_progress(whole_node_task(build_synthetic_backbone, experiment).remote(settings, None, progress), progress)
 
     return experiment.with_settings(resolve_weights(experiment.settings, build))
 
@@ -60,7 +70,7 @@ def prepare_head_features(experiment: Experiment, index: pd.DataFrame, store: Pa
         return str(cached)
     print(f"computing frozen backbone features once ({settings.train.feature_views} augmented views) for head-only epochs ...", flush=True)
     progress = RunFolder(experiment.run_dir).progress_file
-    task = whole_gpu_task(build_head_features, experiment).remote(index, store, settings, progress)
+    task = whole_node_task(build_head_features, experiment).remote(index, store, settings, progress)
     return str(wait_with_progress(task, progress))
 
 
@@ -77,7 +87,7 @@ def transfer_probe(experiment: Experiment, index: pd.DataFrame, store: Path) -> 
     probe = cached_probe(index, store, settings)  # checked here: no task, no Keras
     if probe is None:
         print("probing the pretrained backbone's frozen features against random weights ...", flush=True)
-        probe = ray.get(whole_gpu_task(probe_transfer_cached, experiment).remote(index, store, settings))
+        probe = ray.get(whole_node_task(probe_transfer_cached, experiment).remote(index, store, settings))
     print(probe.describe(), flush=True)
     if probe.verdict != "better":
         logger.warning("model.weights = %r: the pretrained backbone's frozen features are %s than random weights' on this data (%s); "

@@ -4,7 +4,7 @@ The run, in the order this module calls it: which run the command means (`tuning
 plan (`tuning.plan`), the dataset indexed and decoded once before Ray starts (`tuning.prepare`;
 every checkable mistake stops the run here, and `--dry-run` stops after it), the cluster
 (`tuning.cluster`), the backbone weights, the transfer probe and the cached head features as
-whole-GPU tasks (`tuning.driver_tasks`), the trials (`tuning.tuner`: Optuna with ASHA), every
+whole-node tasks (`tuning.driver_tasks`), the trials (`tuning.tuner`: Optuna with ASHA), every
 reported epoch in `trials.parquet`, then the best configuration retrained on train + validation
 and evaluated on the test split (`tuning.retrain`) and the report (`tuning.report`). Every file
 it writes is named by `tuning.run_folder`. With no arguments it runs the demo.
@@ -67,7 +67,7 @@ from ray import tune  # noqa: E402
 
 from carclf.files import require_free_space, write_json  # noqa: E402
 from tuning.cluster import check_cluster_resources, check_local_cluster, start_ray, trial_slots, warn_if_exposed  # noqa: E402
-from tuning.driver_tasks import prepare_head_features, resolve_backbone, transfer_probe, whole_gpu_task  # noqa: E402
+from tuning.driver_tasks import prepare_head_features, resolve_backbone, transfer_probe, whole_node  # noqa: E402
 from tuning.errors import EXPECTED_ERRORS, SearchError  # noqa: E402
 from tuning.experiment import Experiment  # noqa: E402
 from tuning.plan import describe_plan, describe_weights, summarize, warnings_for  # noqa: E402
@@ -149,7 +149,7 @@ def search_trials(experiment: Experiment, prepared: Prepared, folder: RunFolder,
 
 
 def retrain_best(experiment: Experiment, prepared: Prepared, folder: RunFolder, trials: pd.DataFrame) -> dict:
-    """The best trial's configuration, retrained for its best epoch count as a whole-GPU task; its test metrics."""
+    """The best trial's configuration, retrained for its best epoch count as a whole-node task; its test metrics."""
     selection = Selection.of(experiment.search)
     best = best_trial(trials, selection, list(experiment.search.space))
     if best is None:
@@ -158,9 +158,9 @@ def retrain_best(experiment: Experiment, prepared: Prepared, folder: RunFolder, 
         raise SearchError(f"no trial scored {selection.metric} (see {folder.trials_file}){cause}")
     config, epochs = best
     print(f"retraining the best configuration for its best epoch count ({epochs}) on train + val: {config}", flush=True)
-    task = whole_gpu_task(retrain_and_evaluate, experiment)
-    return ray.get(task.remote(prepared.index, prepared.store, experiment.settings, config, epochs, folder,
-                               max(1, int(experiment.resources.cpus_per_trial))))
+    options = whole_node(experiment)
+    task = ray.remote(**options)(retrain_and_evaluate)
+    return ray.get(task.remote(prepared.index, prepared.store, experiment.settings, config, epochs, folder, options["num_cpus"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
