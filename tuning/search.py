@@ -53,6 +53,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="continue an interrupted run as it was saved: the run named by the other flags, or RUN_DIR")
     parser.add_argument("--no-retrain", action="store_true", help="stop after the search (no retraining, evaluation or report)")
     parser.add_argument("--dry-run", action="store_true", help="check everything (data, images, weights) and print the plan; start nothing")
+    parser.add_argument("--ray-verbose", type=int, choices=(0, 1, 2, 3), default=0,
+                        help="Ray Tune's own console output: 0 (default) one line per trial event (tuning.console); "
+                             "1 adds Ray's status and per-trial result tables; 2 and 3 more")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override any experiment value, e.g. --set train.momentum=0.8 (repeatable)")
     return parser.parse_args(argv)
@@ -66,6 +69,7 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from carclf.files import require_free_space, write_json  # noqa: E402
+from carclf.runtime import module_installed  # noqa: E402
 from tuning.cluster import check_cluster_resources, check_local_cluster, start_ray, trial_slots, warn_if_exposed  # noqa: E402
 from tuning.driver_tasks import prepare_head_features, resolve_backbone, transfer_probe, whole_node  # noqa: E402
 from tuning.errors import EXPECTED_ERRORS, SearchError  # noqa: E402
@@ -101,7 +105,7 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
         if not resume:
             folder.write_experiment(resolved.to_dict(), resolved_values(resolved, experiment), run_id)
         if folder.stage() != "searched":
-            search_trials(resolved, prepared, folder, run_id, resume, started)
+            search_trials(resolved, prepared, folder, run_id, resume, started, args.ray_verbose)
         trials = folder.read_trials()
         print(summarize(trials, resolved, prepared.validation_size), flush=True)
         if not resolved.run.retrain:
@@ -122,14 +126,15 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
 
 
 def search_trials(experiment: Experiment, prepared: Prepared, folder: RunFolder, run_id: str | None, resume: bool,
-                  started: float) -> None:
+                  started: float, ray_verbose: int = 0) -> None:
     """The transfer probe, the head features and the trials; every reported epoch lands in `trials.parquet`.
     `search.json` times them, from `started` (the cluster's start)."""
     features_started = time.time()
     transfer = transfer_probe(experiment, prepared.index, prepared.store)
     features = prepare_head_features(experiment, prepared.index, prepared.store)
     fit_started = time.time()
-    results = make_tuner(experiment, prepared, features, run_id, resume and tune.Tuner.can_restore(str(folder.path))).fit()
+    restore = resume and tune.Tuner.can_restore(str(folder.path))
+    results = make_tuner(experiment, prepared, features, run_id, restore, ray_verbose).fit()
     state = read_search_state(folder.path)  # the newest Ray saved, as the trials stopped: study.db and rungs.jsonl from it
     if state is not None:
         export_search_state(folder.path, state, experiment.search.space.optuna_distributions())
@@ -210,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     print(f"done: results in {run_dir} ("
           + ("best/model.keras, trials.parquet, report.html, report.json" if experiment.run.retrain else "trials.parquet") + ")")
+    viewer = "" if module_installed("tensorboard") else " (pip install -e \".[viz]\" first)"
+    print(f"every trial's curves: tensorboard --logdir {run_dir}{viewer}")
     return 0
 
 

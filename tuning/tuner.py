@@ -6,9 +6,12 @@ with the study and ASHA's decisions from the searcher's saved state (`tuning.sea
 
 from __future__ import annotations
 
+import os
+
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
+from tuning.console import TrialEvents
 from tuning.experiment import Experiment
 from tuning.prepare import Prepared
 from tuning.samplers import choose_sampler
@@ -19,13 +22,17 @@ from tuning.trainable import CarClassifierTrainable
 from tuning.trials import Selection
 
 
-def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None, run_id: str | None, resume: bool) -> tune.Tuner:
-    """The `Tuner`: carclf's Optuna searcher behind a concurrency limit, ASHA on final-phase epochs, sharing one rung log.
+def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None, run_id: str | None, resume: bool,
+               ray_verbose: int = 0) -> tune.Tuner:
+    """The `Tuner`: carclf's Optuna searcher behind a concurrency limit, ASHA on final-phase epochs, sharing one rung log,
+    which the console's trial events read (`tuning.console`); Ray's own tables at `ray_verbose` 1 and above.
 
     A resumed search is restored by Ray from the run folder, wherever it is now: the searcher and the
     scheduler come back from Ray's saved state (`tuning.search_state`), the trials from their checkpoints.
     """
     search, run_dir = experiment.search, experiment.run_dir
+    if ray_verbose == 0:  # Ray's newer console prints its banner and a TensorBoard hint at a temporary folder even when silent
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     selection = Selection.of(experiment.search)
     trainable = tune.with_parameters(CarClassifierTrainable, index=prepared.index, settings=experiment.trial_settings(),
                                      store=str(prepared.store), features=features, selection=selection,
@@ -45,7 +52,8 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
                                    reduction_factor=asha.reduction_factor, validation_size=prepared.validation_size,
                                    noise_z=asha.noise_z, rung_log=rung_log, run_id=run_id)
     else:
-        scheduler = FIFOScheduler()
+        scheduler, rung_log = FIFOScheduler(), None
+    events = TrialEvents(selection, list(search.space), rung_log)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -57,7 +65,7 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
             name=run_dir.name, storage_path=str(run_dir.parent),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=experiment.run.checkpoints_to_keep),
             failure_config=tune.FailureConfig(max_failures=experiment.run.max_failures),
-            verbose=1,
+            callbacks=[events], verbose=ray_verbose,
         ),
     )
 

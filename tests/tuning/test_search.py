@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from carclf.runtime import module_installed
 from tests.tuning.helpers import START_POINT, e2e_flags, must_stop_one, run, search_command
 from tuning.report import write_report
 from tuning.samplers import choose_sampler, gp_available
@@ -65,6 +66,29 @@ def test_search_runs_trials_stops_some_early_and_saves_the_best_model(finished_r
     assert trials[["setup_seconds", "train_seconds", "eval_seconds", "compile_seconds"]].notna().all().all()
     useful = json.loads((run_dir / "search.json").read_text())["useful_fraction"]
     assert 0 < useful < 1 and json.loads((run_dir / "report.json").read_text())["search"]["useful_fraction"] == useful
+    # The console: one line per trial event (tuning.console), not Ray's configuration and result tables.
+    for trial_id, row in per_trial.iterrows():
+        assert f"trial {trial_id} started: batch_size=" in result.stdout
+        ended = "stopped early" if row["status"] == "stopped early" else "finished"
+        assert f"trial {trial_id} {ended} after {row['epochs']} epoch(s): best val_loss " in result.stdout
+    stops = [line for line in result.stdout.splitlines() if line.endswith(": stopped") and " rung 1 (epoch " in line]
+    assert len(stops) == (per_trial["status"] == "stopped early").sum()
+    assert "Trial status:" not in result.stdout and "time_this_iter_s" not in result.stdout
+    assert "driver_artifacts" not in result.stdout and f"tensorboard --logdir {run_dir}" in result.stdout  # the run folder
+
+
+@pytest.mark.slow
+@pytest.mark.viz
+def test_tensorboard_reads_every_trials_curves_from_the_run_folder(finished_run):
+    if not module_installed("tensorboard"):
+        pytest.skip("TensorBoard: pip install -e \".[viz]\" (.ci/run's extras lane installs it)")
+    run_dir, _ = finished_run
+    inspected = subprocess.run([sys.executable, "-m", "tensorboard.main", "--inspect", "--logdir", str(run_dir)],
+                               capture_output=True, text=True, timeout=300)
+    assert inspected.returncode == 0, inspected.stderr[-2000:]
+    folders = inspected.stdout.split("Found event files in:")[1].split("These tags")[0].split()
+    assert len(folders) == 6 and all(Path(folder).parent == run_dir for folder in folders)
+    assert "ray/tune/val_loss" in inspected.stdout and "ray/tune/best_val_loss" in inspected.stdout
 
 
 @pytest.mark.slow
@@ -265,6 +289,7 @@ def test_diverging_trials_are_marked_and_the_search_goes_on(tiny_cars, tmp_path)
     assert f"cache        {tmp_path / 'relcache'}" in result.stdout and (tmp_path / "relcache" / "decoded").is_dir()
     trials = pd.read_parquet(run_dir / "trials.parquet").groupby("trial_id").last()
     assert sorted(trials["status"]) == ["diverged", "finished"]
+    assert f"trial {trials.index[trials['status'] == 'diverged'][0]} diverged at epoch 1" in result.stdout
     diverged = trials[trials["status"] == "diverged"].iloc[0]
     assert diverged["config/learning_rate"] == 1e6 and diverged["best_val_loss"] == float("inf")
     assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["nan?x=1"]  # the study is in the run folder, not beside it
