@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 from tuning.report_numbers import RunFiles  # noqa: E402
@@ -33,7 +34,8 @@ def report_figures(run: RunFiles, numbers: dict[str, Any]) -> dict[str, Any]:
     trials, selection, names = run.trials, run.selection, run.class_names
     has_metric = selection.metric in trials
     extras: dict[str, Any] = {"curves": plot_learning_curves(trials, selection.metric) if has_metric else None,
-                              "hyperparameters": plot_hyperparameters(trials, run.experiment.search.space, selection) if has_metric else None}
+                              "hyperparameters": plot_hyperparameters(trials, run.experiment.search.space, selection) if has_metric else None,
+                              "diverged": diverged_bests(trials, selection)}
     if numbers["parameter_importance"]:
         extras["importance"] = plot_importance(numbers["parameter_importance"])
     matrix = run.best_metrics["test"].get("confusion_matrix") if run.best_metrics is not None else None
@@ -88,20 +90,52 @@ def learning_curves(trials: pd.DataFrame, metric: str) -> plt.Figure:
 
 
 def plot_hyperparameters(trials: pd.DataFrame, space: SearchSpace, selection: Selection) -> str:
-    """Each hyperparameter against the trial's score (its best epoch's metric)."""
+    return _figure_to_data_uri(hyperparameter_axes(trials, space, selection))
+
+
+def hyperparameter_axes(trials: pd.DataFrame, space: SearchSpace, selection: Selection) -> plt.Figure:
+    """Each hyperparameter against the trial's score (its best epoch's metric): a choice as categories in its
+    order, an integer range on whole-number ticks, a log-uniform one on a log axis."""
     scores = trial_summaries(trials, selection)
     scores = scores[np.isfinite(scores[selection.objective].astype(float))]
     keys = [k for k in space if k in scores]
     figure, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 3), squeeze=False)
     for axis, key in zip(axes[0], keys):
-        axis.scatter(scores[key].astype(float), scores[selection.objective].astype(float), alpha=0.8)
-        if space.get(key).kind == "loguniform":
-            axis.set_xscale("log")
+        dimension, values = space.get(key), scores[key]
+        if dimension.kind == "choice":
+            choices = list(dimension.args)
+            axis.scatter([choices.index(v) if v in choices else np.nan for v in values], scores[selection.objective].astype(float), alpha=0.8)
+            axis.set_xticks(range(len(choices)), [str(c) for c in choices])
+            axis.set_xlim(-0.5, len(choices) - 0.5)
+        else:
+            axis.scatter(values.astype(float), scores[selection.objective].astype(float), alpha=0.8)
+            if dimension.kind == "randint":
+                axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            elif dimension.kind == "loguniform":
+                axis.set_xscale("log")
         axis.set_xlabel(key)
         axis.tick_params(axis="x", labelrotation=35, labelsize=7)
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"best {selection.metric}")
-    return _figure_to_data_uri(figure)
+    return figure
+
+
+def diverged_bests(trials: pd.DataFrame, selection: Selection) -> dict[str, dict[str, Any]]:
+    """For each diverged trial, its best finite value and that epoch, and the epoch it diverged at: the ranking
+    scores it the worst value, and the report shows what it reached before."""
+    out: dict[str, dict[str, Any]] = {}
+    if selection.metric not in trials or "status" not in trials:
+        return out
+    for trial_id, rows in trials[trials["status"] == "diverged"].dropna(subset=["epoch"]).groupby("trial_id"):
+        values = pd.to_numeric(rows[selection.metric], errors="coerce")
+        finite = rows[np.isfinite(values.astype(float))]
+        entry: dict[str, Any] = {"diverged_epoch": int(rows["epoch"].max()), "best": None, "best_epoch": None}
+        if len(finite):
+            best = finite.loc[(finite[selection.metric].astype(float).idxmax() if selection.mode == "max"
+                               else finite[selection.metric].astype(float).idxmin())]
+            entry.update(best=float(best[selection.metric]), best_epoch=int(best["epoch"]))
+        out[str(trial_id)] = entry
+    return out
 
 
 def plot_importance(importance: dict[str, float]) -> str:

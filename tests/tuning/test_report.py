@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tuning.report_figures import CONFUSION_LIMIT, learning_curves, plot_confusion
+from tuning.report_figures import CONFUSION_LIMIT, hyperparameter_axes, learning_curves, plot_confusion
 from tuning.report_html import render_html
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -23,7 +23,11 @@ IMAGE_PROBE = """<script>window.addEventListener("load", () => {
   const images = [...document.images];
   document.body.setAttribute("data-images", images.length);
   document.body.setAttribute("data-broken", images.filter(i => !(i.complete && i.naturalWidth > 0)).length);
+  document.body.setAttribute("data-headline-bottom", Math.ceil(document.querySelector(".headline").getBoundingClientRect().bottom));
+  document.body.setAttribute("data-too-wide", [...document.querySelectorAll("table")].filter(
+    t => t.getBoundingClientRect().right > document.documentElement.clientWidth).length);
 });</script>"""
+FIRST_SCREEN = (1200, 900)
 
 
 @pytest.mark.slow
@@ -90,11 +94,13 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(finished_ru
     page = tmp_path / "report.html"
     page.write_text((run_dir / "report.html").read_text().replace("</body>", IMAGE_PROBE + "</body>"))
     common = [shutil.which("chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
-    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    images = re.search(r'data-images="(\d+)"', dom)
-    broken = re.search(r'data-broken="(\d+)"', dom)
-    assert images and broken, dom[:500]
-    assert int(images.group(1)) >= 15 and int(broken.group(1)) == 0
+    window = "--window-size={},{}".format(*FIRST_SCREEN)
+    dom = subprocess.run([*common, window, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    probed = dict(re.findall(r'data-(images|broken|headline-bottom|too-wide)="(\d+)"', dom))
+    assert len(probed) == 4, dom[:500]
+    assert int(probed["images"]) >= 15 and int(probed["broken"]) == 0
+    assert int(probed["headline-bottom"]) <= FIRST_SCREEN[1]  # the winner, test score, start and transfer verdict in the first screen
+    assert int(probed["too-wide"]) == 0  # every table fits the page
 
     screenshot = tmp_path / "report.png"
     subprocess.run([*common, "--window-size=1200,3000", f"--screenshot={screenshot}", page.as_uri()],
@@ -158,8 +164,13 @@ def test_a_hand_made_run_reports_its_gain_over_the_start_and_counts_each_ending_
     assert gain["within_noise"]  # 3 of 8 images: under 1.96 standard errors
     assert "nothing better than the starting configuration within noise" in gain["statement"]
     assert numbers["parameter_importance"] == {} and numbers["parameter_importance_note"].startswith("withheld: 4 scored trials")
-    page = render_html(numbers, {})
-    assert "Against the starting configuration:" in page and "ASHA stopped 1 trial(s) at a rung, 1 of them within noise" in page
+    numbers, extras = build_report(tmp_path)
+    page = render_html(numbers, extras)
+    assert "ASHA stopped 1 trial(s) at a rung, 1 of them within noise" in page
+    headline = page[page.index('<div class="headline">'):page.index("<h2>Experiment and data</h2>")]  # above everything else
+    assert "<b>Winner:</b> trial w, best val_accuracy 0.875 at epoch 2" in headline and "on 8 validation images" in headline
+    assert "<b>Against the starting configuration:</b>" in headline
+    assert ">diverged at epoch 1, best 0.25 at epoch 1</td>" in page  # not -inf with nothing said
 
 
 def test_a_diverged_trial_is_marked_in_no_trial_colour_and_in_its_own_shape():
@@ -176,3 +187,21 @@ def test_a_diverged_trial_is_marked_in_no_trial_colour_and_in_its_own_shape():
     assert len(trials) == 12 and to_hex("tab:red") in trial_colours
     assert set(marks) == {"x", "D"} and marks["D"] not in trial_colours and marks["x"] == to_hex(trials[5].get_color())
     assert "black diamond = diverged" in axis.get_title()
+
+
+def test_choices_are_categories_and_integers_sit_on_whole_number_ticks():
+    from tuning.experiment import load_experiment
+    from tuning.trials import Selection
+
+    space = load_experiment(overrides=["search.space={ batch_size = { choice = [16, 32] }, unfreeze_depth = { randint = [0, 4] }, "
+                                       "learning_rate = { loguniform = [0.001, 0.05] } }", "search.start=[]"]).search.space
+    rows = [{"trial_id": f"t{n}", "epoch": 1, "status": "finished", "best_val_accuracy": 0.1 * n, "best_epoch": 1,
+             "config/batch_size": batch, "config/unfreeze_depth": depth, "config/learning_rate": rate}
+            for n, (batch, depth, rate) in enumerate([(16, 0, 0.001), (32, 3, 0.01), (32, 1, 0.05)], start=1)]
+    axes = {axis.get_xlabel(): axis for axis in hyperparameter_axes(pd.DataFrame(rows), space, Selection()).axes}
+    batch = axes["batch_size"]
+    assert [label.get_text() for label in batch.get_xticklabels()] == ["16", "32"]  # two categories, not 31, 32, 33
+    assert sorted(batch.collections[0].get_offsets()[:, 0]) == [0, 1, 1]
+    depth_ticks = [tick for tick in axes["unfreeze_depth"].get_xticks() if 0 <= tick <= 3]
+    assert depth_ticks and all(float(tick).is_integer() for tick in depth_ticks)  # no 0.5 steps
+    assert axes["learning_rate"].get_xscale() == "log"
