@@ -53,7 +53,6 @@ class TrialEvents(tune.Callback):
         self.selection, self.space_keys, self.rung_log = selection, space_keys, rung_log
         self.progress_seconds = progress_seconds
         self.started = self.last_progress = time.monotonic()
-        self.best: dict[str, float] = {}  # trial id -> its best value so far
 
     def setup(self, **info) -> None:
         self.started = self.last_progress = time.monotonic()
@@ -62,9 +61,6 @@ class TrialEvents(tune.Callback):
         say(f"trial {trial.trial_id} started: {describe_config(trial.config, self.space_keys)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        value = result.get(self.selection.objective)
-        if value is not None and math.isfinite(value):
-            self.best[trial.trial_id] = value
         decision = self.decision_for(trial.trial_id, result.get("epoch"))
         if decision is not None:
             say(f"trial {trial.trial_id} {describe_decision(decision, self.selection.metric)}")
@@ -76,7 +72,7 @@ class TrialEvents(tune.Callback):
         if result.get("diverged"):
             return  # said when it happened
         epochs, best_epoch = result.get("epoch"), result.get("best_epoch")
-        stopped = self.stopped(trial.trial_id)
+        stopped = trial.trial_id in self.stopped_trials()
         best = f"best {self.selection.metric} {result[self.selection.objective]:.3f} at epoch {best_epoch}" \
             if best_epoch is not None and result.get(self.selection.objective) is not None else f"no {self.selection.metric} scored"
         say(f"trial {trial.trial_id} {'stopped early' if stopped else 'finished'} after {epochs} epoch(s): {best}")
@@ -90,16 +86,19 @@ class TrialEvents(tune.Callback):
             say(self.progress(trials))
 
     def progress(self, trials: list) -> str:
-        """`progress: 3 of 6 trials ended (1 stopped early), 2 running; best val_accuracy 0.780 (trial ...); 125 s so far`."""
+        """`progress: 3 of 6 trials ended (1 stopped early), 2 running; best val_accuracy 0.780 (trial ...); 125 s so far`.
+
+        Each trial's best so far is its last report's objective (`best_<metric>`), so nothing is kept here."""
         ended = [trial for trial in trials if trial.status in ENDED]
         running = sum(trial.status == "RUNNING" for trial in trials)
-        stopped = sum(self.stopped(trial.trial_id) for trial in ended)
+        stopped = len(self.stopped_trials() & {trial.trial_id for trial in ended})
         text = f"progress: {len(ended)} of {len(trials)} trials ended" + (f" ({stopped} stopped early)" if stopped else "")
         text += f", {running} running"
-        if self.best:
-            pick = max if self.selection.mode == "max" else min
-            leader = pick(self.best, key=self.best.get)
-            text += f"; best {self.selection.metric} {self.best[leader]:.3f} (trial {leader})"
+        scores = {trial.trial_id: (trial.last_result or {}).get(self.selection.objective) for trial in trials}
+        scores = {trial_id: value for trial_id, value in scores.items() if value is not None and math.isfinite(value)}
+        if scores:
+            leader = (max if self.selection.mode == "max" else min)(scores, key=scores.get)
+            text += f"; best {self.selection.metric} {scores[leader]:.3f} (trial {leader})"
         return f"{text}; {time.monotonic() - self.started:.0f} s so far"
 
     def decision_for(self, trial_id: str, epoch: int | None) -> dict[str, Any] | None:
@@ -111,8 +110,9 @@ class TrialEvents(tune.Callback):
                 return decision if decision["epoch"] == epoch else None
         return None
 
-    def stopped(self, trial_id: str) -> bool:
-        return self.rung_log is not None and any(d["trial_id"] == trial_id and d["decision"] == "stopped" for d in self.rung_log.decisions)
+    def stopped_trials(self) -> set[str]:
+        """The trials ASHA stopped at a rung, from its log."""
+        return {d["trial_id"] for d in self.rung_log.decisions if d["decision"] == "stopped"} if self.rung_log is not None else set()
 
 
 def say(line: str) -> None:

@@ -127,13 +127,12 @@ def diverged_bests(trials: pd.DataFrame, selection: Selection) -> dict[str, dict
     if selection.metric not in trials or "status" not in trials:
         return out
     for trial_id, rows in trials[trials["status"] == "diverged"].dropna(subset=["epoch"]).groupby("trial_id"):
-        values = pd.to_numeric(rows[selection.metric], errors="coerce")
-        finite = rows[np.isfinite(values.astype(float))]
+        values = pd.to_numeric(rows[selection.metric], errors="coerce").astype(float)
+        values = values[np.isfinite(values)]
         entry: dict[str, Any] = {"diverged_epoch": int(rows["epoch"].max()), "best": None, "best_epoch": None}
-        if len(finite):
-            best = finite.loc[(finite[selection.metric].astype(float).idxmax() if selection.mode == "max"
-                               else finite[selection.metric].astype(float).idxmin())]
-            entry.update(best=float(best[selection.metric]), best_epoch=int(best["epoch"]))
+        if len(values):
+            at = values.idxmax() if selection.mode == "max" else values.idxmin()
+            entry.update(best=float(values[at]), best_epoch=int(rows.loc[at, "epoch"]))
         out[str(trial_id)] = entry
     return out
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tuning.report_numbers import WORST_CLASSES
-from tuning.trials import NOISE_Z
+from tuning.trials import NOISE_Z, Selection
 
 LONG_CELL = 30  # characters
 
@@ -69,7 +69,7 @@ def render_html(numbers: dict[str, Any], extras: dict[str, Any]) -> str:
         else:
             parts.append(f"<p>{html.escape(test.get('note', 'no test metrics'))}</p>")
     parts += ["<h2>Top trials</h2>", f"<p>{html.escape(noise_statement(numbers))}</p>",
-              _table(with_divergence(numbers["top_trials"], extras.get("diverged", {}), f"best_{search['metric']}")),
+              _table(with_divergence(numbers["top_trials"], extras.get("diverged", {}), Selection(search["metric"], search["mode"]).objective)),
               "<h2>Learning curves</h2>", _img(extras.get("curves"), "learning curves"),
               "<h2>Hyperparameters against the validation metric</h2>", _img(extras.get("hyperparameters"), "hyperparameters"),
               "<h2>Parameter importance</h2>", f"<p>{html.escape(numbers['parameter_importance_note'])}</p>",
@@ -101,7 +101,7 @@ def headline(numbers: dict[str, Any]) -> str:
     lines = []
     if top:
         winner = top[0]
-        value = winner.get(f"best_{search['metric']}")
+        value = winner.get(Selection(search["metric"], search["mode"]).objective)
         score = f"best {search['metric']} {value:.3f} at epoch {winner.get('best_epoch')}" if isinstance(value, float) else "no score"
         error = f" (± {winner['standard_error']:.3f})" if winner.get("standard_error") is not None else ""
         settings = ", ".join(f"{k}={_format(v)}" for k, v in (best or {}).get("hyperparameters", {}).items())
