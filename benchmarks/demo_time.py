@@ -1,6 +1,6 @@
 """The demo's wall time, first run and re-runs, warm trial workers against one process per trial, per backend.
 
-    python benchmarks/demo_time.py [--backends tensorflow jax]
+    python benchmarks/demo_time.py [--backends tensorflow jax] [--warm-only]
 
 For each Keras backend, with a fresh cache folder (`XDG_CACHE_HOME`): the first run of
 `python -m tuning.search` generates the synthetic data, decodes it, pretrains the synthetic backbone,
@@ -10,7 +10,9 @@ trial (`false`). For each run: the wall time, each phase's seconds (`search.json
 `best/metrics.json`), the useful fraction, and from `trials.parquet` the seconds every trial spent
 starting, compiling, training, evaluating and checkpointing. For a trial whose models came compiled
 from an earlier trial of its worker: its setup + compile seconds against the worker's first trial.
-On JAX, the XLA step programs each trial compiled (its `compiles` metric). Writes `demo_time.json`.
+On JAX, the XLA step programs each trial compiled (its `compiles` metric). Prints the first run's cost
+against the warm re-run's and the CPU (`lscpu`); writes `demo_time.json`. Run from another checkout's
+folder (with this script's path), it times that checkout's carclf: before and after, on one machine.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def describe_run(run_dir: Path, wall_s: float, reuse_workers: bool) -> dict:
         "eval_seconds": float(epochs["eval_seconds"].sum()),
         "checkpoint_seconds": float(epochs["checkpoint_seconds"].fillna(0).sum()),
     }
-    row = {"reuse_workers": reuse_workers, "wall_s": wall_s, "prepare_s": search["prepare_s"], "features_s": search["features_s"],
+    row = {"reuse_workers": reuse_workers, "wall_s": wall_s, "prepare_s": search["prepare_s"],
+           "backbone_s": search.get("backbone_s"), "features_s": search["features_s"],
            "trials_s": search["trials_s"], "retrain_s": metrics["retrain_s"], "evaluate_s": metrics["evaluate_s"],
            "useful_fraction": search["useful_fraction"], "trials": int(last["trial_id"].nunique()), "trial_totals": per_trial,
            "test_accuracy": metrics["test"].get("accuracy")}
@@ -73,6 +76,7 @@ def describe_run(run_dir: Path, wall_s: float, reuse_workers: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax"])
+    parser.add_argument("--warm-only", action="store_true", help="re-run with warm workers only (not one process per trial)")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as folder:
@@ -80,23 +84,30 @@ def main() -> None:
             cache, runs = Path(folder) / f"cache-{backend}", Path(folder) / f"runs-{backend}"
             first_s = timed_demo(backend, cache, runs, "first", True)
             results.append({"backend": backend, "run": "first", **describe_run(runs / "first", first_s, True)})
-            for reuse in (True, False):
+            for reuse in (True,) if args.warm_only else (True, False):
                 name = "again-warm" if reuse else "again-per-trial"
                 wall = timed_demo(backend, cache, runs, name, reuse)
                 results.append({"backend": backend, "run": name, **describe_run(runs / name, wall, reuse)})
-    Path("demo_time.json").write_text(json.dumps(results, indent=2))
-    print("| backend | run | workers | wall | features + probe | trials | retrain + evaluate | useful fraction | "
+    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "unknown")
+    print(f"CPU: {model}, {os.cpu_count()} cores; carclf from {Path.cwd()}")
+    Path("demo_time.json").write_text(json.dumps({"cpu": model, "cores": os.cpu_count(), "runs": results}, indent=2))
+    print("| backend | run | workers | wall | backbone | features + probe | trials | retrain + evaluate | useful fraction | "
           "setup / compile / train / eval / checkpoint s (all trials) | first trial's setup + compile | reused trial's | test accuracy |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in results:
         totals = " / ".join(f"{row['trial_totals'][key]:.1f}" for key in TRIAL_PHASES)
         first = ", ".join(f"{v:.1f}" for v in row["first_trial_setup_plus_compile_s"])
         reused = ", ".join(f"{v:.1f}" for v in row["reused_trial_setup_plus_compile_s"]) or "none"
+        backbone = "not recorded" if row["backbone_s"] is None else f"{row['backbone_s']:.0f} s"  # search.json before 2026-12-06
         print(f"| {row['backend']} | {row['run']} | {'warm' if row['reuse_workers'] else 'per trial'} | {row['wall_s']:.0f} s | "
-              f"{row['features_s']:.0f} s | {row['trials_s']:.0f} s | {row['retrain_s'] + row['evaluate_s']:.0f} s | "
+              f"{backbone} | {row['features_s']:.0f} s | {row['trials_s']:.0f} s | {row['retrain_s'] + row['evaluate_s']:.0f} s | "
               f"{row['useful_fraction']:.0%} | {totals} | {first} s | {reused} s | {row['test_accuracy']:.2f} |")
         if "compiles_first_trials" in row:
             print(f"|   | compiles (JAX): first trials {row['compiles_first_trials']}, reused {row['compiles_reused_trials']} |")
+    for backend in args.backends:
+        walls = {row["run"]: row["wall_s"] for row in results if row["backend"] == backend}
+        print(f"{backend}: the first run costs {walls['first'] / walls['again-warm']:.2f}x the warm re-run")
 
 
 if __name__ == "__main__":

@@ -100,12 +100,14 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
     start_ray(args, experiment)
     try:
         check_cluster_resources(experiment)  # before any long preparation: a search must fail at once
+        backbone_started = time.time()
         resolved = resolve_backbone(prepared.experiment)  # what the trials run with, and what experiment.json records
+        backbone_s = time.time() - backbone_started
         run_id = folder.read_experiment().run_id if resume else new_run_id()
         if not resume:
             folder.write_experiment(resolved.to_dict(), resolved_values(resolved, experiment), run_id)
         if folder.stage() != "searched":
-            search_trials(resolved, prepared, folder, run_id, resume, started, args.ray_verbose)
+            search_trials(resolved, prepared, folder, run_id, resume, started, backbone_s, args.ray_verbose)
         trials = folder.read_trials()
         print(summarize(trials, resolved, prepared.validation_size), flush=True)
         if not resolved.run.retrain:
@@ -126,9 +128,10 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
 
 
 def search_trials(experiment: Experiment, prepared: Prepared, folder: RunFolder, run_id: str | None, resume: bool,
-                  started: float, ray_verbose: int = 0) -> None:
+                  started: float, backbone_s: float, ray_verbose: int = 0) -> None:
     """The transfer probe, the head features and the trials; every reported epoch lands in `trials.parquet`.
-    `search.json` times them, from `started` (the cluster's start)."""
+    `search.json` times them, from `started` (the cluster's start), with the `backbone_s` that resolving the
+    weights took (building carclf's synthetic backbone on a first run, fetching ImageNet's)."""
     features_started = time.time()
     transfer = transfer_probe(experiment, prepared.index, prepared.store)
     features = prepare_head_features(experiment, prepared.index, prepared.store)
@@ -146,7 +149,7 @@ def search_trials(experiment: Experiment, prepared: Prepared, folder: RunFolder,
         raise SearchError(f"the search was interrupted; continue it with: python -m tuning.search --resume {folder.path}")
     write_json(folder.search_file, {"wall_time_s": time.time() - started, "finished": time.time(),
                                     "validation_size": prepared.validation_size, "prepare_s": prepared.seconds,
-                                    "features_s": fit_started - features_started, "trials_s": trials_s,
+                                    "backbone_s": backbone_s, "features_s": fit_started - features_started, "trials_s": trials_s,
                                     "useful_fraction": useful_fraction(trials, trials_s, trial_slots(experiment)),
                                     "sampler": choose_sampler(experiment.search.algorithm, experiment.search.num_samples)[0],
                                     "transfer": transfer})
