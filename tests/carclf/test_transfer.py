@@ -57,9 +57,10 @@ def test_frozen_blocks_keep_every_weight_and_statistic(tiny_dataset, tiny_settin
 
 @pytest.fixture(scope="module")
 def demo_sized_data(tmp_path_factory):
-    """The demo's synthetic cars (10 classes, 190 training and 50 validation images), decoded at 32 px."""
+    """Synthetic cars of the demo's kind, smaller than the demo so the test stays short (10 classes, 190
+    training and 50 validation images), decoded at 32 px."""
     folder = tmp_path_factory.mktemp("transfer")
-    root = generate_synthetic_cars(folder / "cars", SyntheticSpec())
+    root = generate_synthetic_cars(folder / "cars", SyntheticSpec(train_per_class=24, test_per_class=8))
     data = DataConfig(format="devkit", root=str(root), image_size=32, cache_dir=str(folder / "cache"))
     return data, prepare_dataset(data)
 

@@ -31,7 +31,7 @@ def test_devkit_layout_and_determinism(tmp_path):
 
 def test_default_dataset_size():
     spec = SyntheticSpec()
-    assert spec.num_classes == 10 and spec.num_classes * (spec.train_per_class + spec.test_per_class) == 320
+    assert spec.num_classes == 10 and spec.num_classes * (spec.train_per_class + spec.test_per_class) == 800
 
 
 def test_a_small_model_learns_the_classes_well_above_chance(tmp_path):
