@@ -591,6 +591,10 @@ CASES = [
                                                + "\n[[search.start]]\nbatch_size = 16\nlearning_rate = 0.01\nunfreeze_depth = 1\n"),
                  SEARCH_ERROR, r"experiment\.toml \[search\]: 2 \[\[search\.start\]\] points, but num_samples is 1; each start point "
                                r"is a trial", id="experiment-more-start-points-than-trials"),
+    pytest.param(lambda ctx: search_experiment(ctx, edited("learning_rate = { loguniform = [0.001, 0.1] }", "learning_rate = { choice = [0.005] }")
+                                               .replace("num_samples = 2", "num_samples = 9")), SEARCH_ERROR,
+                 r"experiment\.toml \[search\]: num_samples is 9, but \[search\.space\] holds only 8 different trials and a search "
+                 r"never repeats one: lower num_samples to 8", id="experiment-space-smaller-than-num-samples"),
     pytest.param(lambda ctx: search_experiment(ctx, edited("choice = [8, 16]", "choice = [8, 8, 16]")), SEARCH_ERROR,
                  r"experiment\.toml \[search\.space\] batch_size: choice lists 8 more than once", id="experiment-choice-repeated"),
     pytest.param(lambda ctx: search_experiment(ctx, edited("[search.space]\n", "[search.space]\nhead_epochs = { choice = [0, 2] }\n")

@@ -3,7 +3,8 @@
 Each hyperparameter names one distribution: `choice = [...]`, `uniform = [low, high]`,
 `loguniform = [low, high]` or `randint = [low, high]` (both ends included). A `Dimension` gives
 its Optuna distribution, the one form the searcher asks the study with (`tuning.searcher`) and the
-report's importance study reads. `SearchSpace.to_dict()` gives back the TOML table, which
+report's importance study reads, and says when two values are the same point for the search
+(`Dimension.same`: a repeat, which the searcher never proposes). `SearchSpace.to_dict()` gives back the TOML table, which
 `experiment.json` stores and `--resume` reads back. Optuna is imported only when a distribution is
 asked for: the search's `--help` answers before it loads, and it reads the experiment first.
 """
@@ -17,6 +18,9 @@ from typing import Any, Iterator
 from carclf.config import TUNABLE_KEYS, ConfigError, RunSettings
 
 KINDS = ("choice", "uniform", "loguniform", "randint")
+# Two values of a float range closer than this share of the range (in log space for loguniform) are one
+# point: trials there differ by less than their seed's noise, so a second trial would measure nothing new.
+REPEAT_TOLERANCE = 0.01
 # Why some [train] keys cannot be searched over: they describe the whole search, not one trial.
 NOT_TUNABLE = {
     "epochs": "trials train up to scheduler.max_epochs and the winner is retrained for its best epoch",
@@ -46,6 +50,20 @@ class Dimension:
         if self.kind == "choice":
             return value in self.args
         return self.args[0] <= value <= self.args[1]
+
+    def same(self, a: Any, b: Any) -> bool:
+        """Whether `a` and `b` are one point of this dimension: equal choices and integers, floats within
+        `REPEAT_TOLERANCE` of the range (measured in log space for loguniform)."""
+        if self.kind in ("choice", "randint"):
+            return a == b
+        scale = math.log if self.kind == "loguniform" else float
+        low, high = (scale(v) for v in self.args)
+        return abs(scale(a) - scale(b)) <= REPEAT_TOLERANCE * (high - low)
+
+    @property
+    def size(self) -> int | None:
+        """How many distinct points it has: the choices, a randint's range; None for a float range."""
+        return len(self.values()) if self.kind in ("choice", "randint") else None
 
     @property
     def is_fixed(self) -> bool:
@@ -89,6 +107,16 @@ class SearchSpace:
         """True when every hyperparameter has a single value: the search has nothing to choose."""
         return all(dimension.is_fixed for dimension in self.dimensions)
 
+    @property
+    def size(self) -> int | None:
+        """How many distinct trials the space holds, or None when a float range makes it unbounded."""
+        sizes = [dimension.size for dimension in self.dimensions]
+        return None if None in sizes else math.prod(sizes)
+
+    def repeats(self, point: dict[str, Any], other: dict[str, Any]) -> bool:
+        """Whether two trials' hyperparameters are one point (`Dimension.same` in every dimension)."""
+        return all(dimension.same(point[dimension.name], other[dimension.name]) for dimension in self.dimensions)
+
     def optuna_distributions(self) -> dict[str, Any]:
         """Each hyperparameter's Optuna distribution, by name: what the searcher asks the study for."""
         return {dimension.name: dimension.optuna_distribution() for dimension in self.dimensions}
@@ -113,7 +141,7 @@ def parse_space(table: Any, settings: RunSettings, where: str) -> SearchSpace:
 
 def check_start_points(space: SearchSpace, points: list, settings: RunSettings, num_samples: int, where: str) -> None:
     """Each `[[search.start]]` point gives every hyperparameter of the space one value it can propose, once; and
-    every point is a trial, so there are no more of them than `num_samples`."""
+    every point is a trial, so there are no more of them than `num_samples`, nor more trials than a finite space holds."""
     for number, point in enumerate(points, start=1):
         at = f"{where} [[search.start]] #{number}"
         if not isinstance(point, dict):
@@ -136,6 +164,9 @@ def check_start_points(space: SearchSpace, points: list, settings: RunSettings, 
     if len(points) > num_samples:
         raise ConfigError(f"{where} [search]: {len(points)} [[search.start]] points, but num_samples is {num_samples}; each "
                           "start point is a trial: raise num_samples or drop points")
+    if space.size is not None and space.size < num_samples:
+        raise ConfigError(f"{where} [search]: num_samples is {num_samples}, but [search.space] holds only {space.size} different "
+                          f"trials and a search never repeats one: lower num_samples to {space.size} or widen the space")
 
 
 def _parse_dimension(key: str, spec: Any, settings: RunSettings, at: str) -> Dimension:

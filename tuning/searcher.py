@@ -10,6 +10,14 @@
 - The sampler (`tuning.samplers`) proposes on an in-memory study in which the trials still running
   are RUNNING, so parallel proposals steer away from each other (TPE's constant liar, GP's
   pending points).
+- **No repeats.** A proposal that is the same point as a trial already asked for (any state:
+  `tuning.search_space.SearchSpace.repeats`) is never run. GP models COMPLETE trials only, so
+  after ASHA stops a trial it would propose the same point again. Each proposal is drawn on a scratch
+  copy of the study, where a refused one stays RUNNING, so the sampler steers away from it as from
+  a trial in progress; after `PROPOSAL_TRIES` repeats a random point is drawn instead (said in the
+  log), and the point is then enqueued in the study and asked. A float range too crowded to hold
+  another point ends the search early, saying so (a finite space smaller than `num_samples` is
+  refused when the experiment is read).
 - Its state is plain data (`tuning.search_state`): every trial asked for and ASHA's rung log.
   Restored, the study is rebuilt trial by trial in the same order, so trial numbers are kept, and
   a trial that was running is asked again for its parameters, to be told when it ends. The sampler
@@ -17,13 +25,14 @@
   not repeat the draws it made before.
 
 Only public interfaces: Ray's `Searcher` (`suggest`, `on_trial_result`, `on_trial_complete`,
-`save`, `restore`) and Optuna's `create_study`, `enqueue_trial`, `ask`, `tell`, `Trial.report`,
-`create_trial` and `add_trial`.
+`save`, `restore`, `FINISHED`) and Optuna's `create_study`, `enqueue_trial`, `ask`, `tell`,
+`Trial.report`, `create_trial`, `add_trial` and `add_trials`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -32,7 +41,7 @@ import optuna
 from ray.tune.search import Searcher
 
 from tuning.samplers import make_sampler
-from tuning.search_space import SearchSpace
+from tuning.search_space import REPEAT_TOLERANCE, SearchSpace
 from tuning.search_state import (
     RAY_TRIAL_ATTRIBUTE,
     STATE_VERSION,
@@ -45,6 +54,9 @@ from tuning.search_state import (
 )
 
 WAITING = optuna.trial.TrialState.WAITING
+PROPOSAL_TRIES = 5  # the sampler's proposals before a repeat is replaced by a random point
+RANDOM_TRIES = 1000  # random draws before a float range counts as full
+logger = logging.getLogger(__name__)
 
 
 class StudySearcher(Searcher):
@@ -58,7 +70,7 @@ class StudySearcher(Searcher):
     def __init__(self, space: SearchSpace, *, metric: str, mode: str, max_epochs: int, sampler: str, startup_trials: int,
                  parallel: bool, seed: int, start: list[dict[str, Any]], identity: dict[str, Any], rung_log: RungLog):
         super().__init__(metric=metric, mode=mode)
-        self.distributions = space.optuna_distributions()
+        self.space, self.distributions = space, space.optuna_distributions()
         self.max_epochs, self.start = max_epochs, [dict(point) for point in start]
         self.sampler_settings = {"name": sampler, "startup_trials": startup_trials, "parallel": parallel, "seed": seed}
         self.identity = {**identity, "direction": "maximize" if mode == "max" else "minimize"}
@@ -90,8 +102,37 @@ class StudySearcher(Searcher):
         self.running[trial_id] = trial
         return trial
 
-    def suggest(self, trial_id: str) -> dict[str, Any]:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        if not self.study.get_trials(deepcopy=False, states=(WAITING,)):  # no start point left to run: propose one
+            point = self.propose()
+            if point is None:
+                return Searcher.FINISHED
+            self.study.enqueue_trial(point)
         return dict(self.ask(trial_id).params)
+
+    def propose(self) -> dict[str, Any] | None:
+        """The sampler's next point that repeats no trial asked for, a random one after `PROPOSAL_TRIES` repeats, or None
+        when the space holds no other point (see the module docstring)."""
+        asked = self.study.get_trials(deepcopy=False)
+        scratch = optuna.create_study(direction=self.identity["direction"], sampler=self.study.sampler)
+        scratch.add_trials(asked)
+        for _ in range(PROPOSAL_TRIES):
+            point = scratch.ask(self.distributions).params  # left RUNNING in the scratch study: the next ask avoids it
+            if not self.repeats_a_trial(point, asked):
+                return point
+        draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.sampler_settings["seed"] + len(asked)))
+        for _ in range(RANDOM_TRIES):
+            point = draws.ask(self.distributions).params
+            if not self.repeats_a_trial(point, asked):
+                logger.info("the sampler proposed only repeats of earlier trials %d times: trial %d takes a random point instead",
+                            PROPOSAL_TRIES, len(asked))
+                return point
+        logger.warning("no point of [search.space] is left that repeats no earlier trial (floats within %s of their range "
+                       "are one point): the search ends after %d trials", f"{REPEAT_TOLERANCE:.0%}", len(asked))
+        return None
+
+    def repeats_a_trial(self, point: dict[str, Any], asked: list[optuna.trial.FrozenTrial]) -> bool:
+        return any(self.space.repeats(point, trial.params) for trial in asked if trial.state != WAITING)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         trial, value = self.running.get(trial_id), result.get(self.metric)

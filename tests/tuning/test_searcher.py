@@ -13,8 +13,10 @@ import shutil
 
 import optuna
 import pytest
+from ray.tune.search import Searcher
 
 from carclf.config import RunSettings
+from tuning.samplers import gp_available
 from tuning.search_space import parse_space
 from tuning.search_state import (
     IDENTITY_ATTRIBUTE,
@@ -153,3 +155,42 @@ def test_a_damaged_study_is_named_with_what_to_do(tmp_path, content):
     (tmp_path / "study.db").write_bytes(content)
     with pytest.raises(StudyError, match=rf"{tmp_path}/study\.db: damaged, or not an Optuna study \(.*\); restore it from a copy"):
         study_identity(tmp_path)
+
+
+GRID = parse_space({"batch_size": {"choice": [8, 16]}, "unfreeze_depth": {"randint": [0, 3]}, "head_epochs": {"choice": [0, 1]}},
+                   RunSettings(), "exp.toml")  # 16 points
+
+
+@pytest.mark.parametrize("sampler", ["tpe", pytest.param("gp", marks=pytest.mark.gp)])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_no_proposal_repeats_a_trial_after_stops_past_the_start_up(sampler, parallel):
+    """Three trials finish (past the start-up); then every trial is stopped at its first rung (PRUNED), the case in which
+    GP, which models COMPLETE trials only, proposed the same corner again and again. 16 trials in a space of 16 points:
+    each is a different point, so the search covers the space."""
+    if sampler == "gp" and not gp_available():
+        pytest.skip("Optuna's GPSampler needs PyTorch: pip install -e \".[gp]\" (CI installs it)")
+    search = StudySearcher(GRID, metric="best_val_accuracy", mode="max", max_epochs=3, sampler=sampler, startup_trials=2,
+                           parallel=parallel, seed=0, start=[], identity=IDENTITY, rung_log=RungLog())
+    for number in range(16):
+        search.suggest(f"t{number}")
+        train(search, f"t{number}", [0.6 + number / 100] * 3 if number < 3 else [0.1])
+    points = [trial.params for trial in search.study.trials]
+    assert len(points) == 16 and not any(GRID.repeats(a, b) for i, a in enumerate(points) for b in points[:i])
+
+
+def test_a_float_range_with_no_point_left_ends_the_search_saying_so(caplog):
+    """A learning rate alone in the space: values within 1 % of its range are one point, so at most 101 trials fit
+    (drawn at random, about 75 before no gap is left). Asked for more, the search stops proposing, saying so, rather
+    than repeat a trial."""
+    space = parse_space({"learning_rate": {"uniform": [0.01, 0.02]}}, RunSettings(), "exp.toml")
+    search = StudySearcher(space, metric="best_val_accuracy", mode="max", max_epochs=3, sampler="random", startup_trials=2,
+                           parallel=False, seed=0, start=[], identity=IDENTITY, rung_log=RungLog())
+    answers = []
+    while len(answers) < 150 and Searcher.FINISHED not in answers:
+        answers.append(search.suggest(f"t{len(answers)}"))
+        if answers[-1] != Searcher.FINISHED:
+            train(search, f"t{len(answers) - 1}", [0.5, 0.5, 0.5])
+    rates = sorted(trial.params["learning_rate"] for trial in search.study.trials)
+    assert answers[-1] == Searcher.FINISHED and 50 <= len(rates) <= 101, len(rates)
+    assert min(b - a for a, b in zip(rates, rates[1:])) > 0.01 * 0.01  # no two within 1 % of the range
+    assert f"the search ends after {len(rates)} trials" in caplog.text
