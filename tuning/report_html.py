@@ -43,6 +43,7 @@ def render_html(numbers: dict[str, Any], extras: dict[str, Any]) -> str:
     parts = [
         f"<h1>carclf report: {html.escape(e['run']['name'])}</h1>",
         headline(numbers),
+        advice_list(numbers["advice"]),
         "<h2>Experiment and data</h2>",
         _table([{"experiment": e["source"], "data": f"{e['data']['format']} {e['data']['root']}", "classes": dataset["classes"],
                  **{f"{k} images": v for k, v in dataset["rows_by_split"].items()}, "image size": e["data"]["image_size"],
@@ -89,6 +90,7 @@ def render_html(numbers: dict[str, Any], extras: dict[str, Any]) -> str:
     style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}table{border-collapse:collapse;margin:.5em 0;"
              "max-width:100%}td,th{border:1px solid #ccc;padding:3px 6px;font-size:12px}td.long{overflow-wrap:anywhere}th{background:#f3f3f3}"
              "img{max-width:100%}.headline{background:#f5f8ff;border:1px solid #9ab;padding:.3em 1em;font-size:15px}"
+             ".advice{background:#fffbea;border:1px solid #db8;padding:.3em 1em;margin-top:.5em;font-size:14px}"
              ".grid{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0;width:170px;font-size:11px;padding:3px;border:3px solid #3a3}"
              "figure.wrong{border-color:#d22;background:#fee}")
     return f'<!doctype html><html><head><meta charset="utf-8"><title>carclf report</title><style>{style}</style></head><body>{"".join(parts)}</body></html>\n'
@@ -121,6 +123,14 @@ def headline(numbers: dict[str, Any]) -> str:
                      f"{html.escape(Path(str(numbers['experiment']['model']['weights'])).name)} weights against {transfer['random_accuracy']:.3f} "
                      f"with random weights (± {transfer['standard_error']:.3f}): pretrained is {html.escape(transfer['verdict'])}")
     return '<div class="headline">' + "".join(f"<p>{line}.</p>" for line in lines) + "</div>" if lines else ""
+
+
+def advice_list(advice: list[dict[str, str]]) -> str:
+    """What to change for the next run (`tuning.advice`), one item per key, right under the headline."""
+    if not advice:
+        return ""
+    items = "".join(f"<li><code>{html.escape(item['key'])}</code>: {html.escape(item['advice'])}.</li>" for item in advice)
+    return f'<div class="advice"><b>For the next run:</b><ul>{items}</ul></div>'
 
 
 def with_divergence(rows: list[dict[str, Any]], diverged: dict[str, dict[str, Any]], objective: str) -> list[dict[str, Any]]:

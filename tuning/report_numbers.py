@@ -3,8 +3,8 @@
 `read_run` reads those files once (`RunFiles`); `report_numbers` makes report.json of them, and
 `tuning.report_figures` the figures of the same files. A damaged file is a `RunFolderError` naming it.
 
-report.json schema (version 4):
-  schema_version: 4
+report.json schema (version 5):
+  schema_version: 5
   experiment: the experiment document (tables data, model, train, search, scheduler, resources, run)
   dataset: {classes, rows_by_split: {train, val, test}}
   search: {trials, finished, stopped_early, diverged, failed, interrupted, never_started, wall_time_s, metric, mode,
@@ -27,6 +27,7 @@ report.json schema (version 4):
   best: {hyperparameters, retrain_epochs, precision, test: carclf.evaluate metrics (loss, accuracy, top5_accuracy,
          macro_precision, macro_recall, macro_f1, per_class [...], most_confused [...])} or null
   worst_classes: the 20 classes with the lowest test accuracy [{class_name, accuracy, support, ...}]
+  advice: [{key, advice}] what to change for the next run, each naming one experiment key (tuning.advice; version 5)
 """
 
 from __future__ import annotations
@@ -43,13 +44,14 @@ import pandas as pd
 from carclf.data.table import class_names
 from carclf.files import plain_value, read_json
 from carclf.model_folder import ModelFolder
+from tuning.advice import advise
 from tuning.experiment import Experiment, experiment_from_document
 from tuning.run_folder import RunFolder, read_run_file
 from tuning.search_space import SearchSpace
 from tuning.trials import STATUSES, Selection, against_start, top_trials, trial_summaries, within_noise
 
 logger = logging.getLogger(__name__)
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 IMPORTANCE_MIN_TRIALS = 10  # fewer scored trials: importances are withheld
 IMPORTANCE_RELIABLE_TRIALS = 30  # fewer: shown, marked unreliable
 SELECTION_RULE = ("each trial is scored by its best epoch's {metric}; that score ranks the trials, Optuna learns it, "
@@ -131,6 +133,7 @@ def report_numbers(run: RunFiles) -> dict[str, Any]:
                            "precision": run.best_config.get("precision"), "test": test}
         if test.get("labeled"):
             numbers["worst_classes"] = sorted(test["per_class"], key=lambda c: (c["accuracy"], -c["support"]))[:WORST_CLASSES]
+    numbers["advice"] = advise(numbers, run.experiment)
     return numbers
 
 

@@ -34,7 +34,7 @@ FIRST_SCREEN = (1200, 900)
 def test_report_json_has_the_documented_numbers(finished_run):
     run_dir, _ = finished_run
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["schema_version"] == 4
+    assert report["schema_version"] == 5
     assert report["dataset"] == {"classes": 4, "rows_by_split": {"train": 32, "test": 12, "val": 8}}
     search = report["search"]
     assert search["trials"] == 6 and search["stopped_early"] >= 1 and search["failed"] == 0 and search["diverged"] == 0
