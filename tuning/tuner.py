@@ -33,6 +33,9 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
     search, run_dir = experiment.search, experiment.run_dir
     if ray_verbose == 0:  # Ray's newer console prints its banner and a TensorBoard hint at a temporary folder even when silent
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        # Trials checkpoint every epoch, so Ray snapshots the experiment (the searcher's state with it) each time and warns
+        # that snapshots come often; on the demo one took 0.008 s. Its own switch (named in the warning) silences it.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     selection = Selection.of(experiment.search)
     trainable = tune.with_parameters(CarClassifierTrainable, index=prepared.index, settings=experiment.trial_settings(),
                                      store=str(prepared.store), features=features, selection=selection,
