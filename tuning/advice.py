@@ -35,7 +35,7 @@ def advise(numbers: dict[str, Any], experiment: Experiment) -> list[dict[str, st
     if scored:
         advice += still_improving(scored, experiment.scheduler.max_epochs)
         advice += at_the_edge(scored[0], experiment)
-        advice += within_noise(scored, numbers, objective)
+        advice += too_close_to_tell(scored, numbers, objective)
     transfer = numbers.get("transfer")
     if transfer and transfer["verdict"] == "not better":
         advice.append({"key": "model.weights", "advice": (
@@ -57,8 +57,8 @@ def still_improving(scored: list[dict[str, Any]], max_epochs: int) -> list[dict[
         return []
     rising = sum(row.get("epochs") == max_epochs and row.get("best_epoch") == max_epochs for row in scored)
     return [{"key": "scheduler.max_epochs", "advice": (
-        f"the winner scored its best at its last epoch, {max_epochs}, as did {rising} of the {len(scored)} top trials: they were "
-        f"still improving; raise scheduler.max_epochs (for example to {2 * max_epochs})")}]
+        f"{rising} of the {len(scored)} top trials, the winner among them, scored their best at their last epoch, {max_epochs}: "
+        f"they were still improving; raise scheduler.max_epochs (for example to {2 * max_epochs})")}]
 
 
 def at_the_edge(winner: dict[str, Any], experiment: Experiment) -> list[dict[str, str]]:
@@ -94,7 +94,7 @@ def edges(dimension: Dimension, value: float) -> list[tuple[float, float]]:
     return [(end, beyond) for end, beyond, near in ((low, steps[0], position <= EDGE), (high, steps[1], position >= 1 - EDGE)) if near]
 
 
-def within_noise(scored: list[dict[str, Any]], numbers: dict[str, Any], objective: str) -> list[dict[str, str]]:
+def too_close_to_tell(scored: list[dict[str, Any]], numbers: dict[str, Any], objective: str) -> list[dict[str, str]]:
     """The best trial's closest rival is within noise: how many validation images would tell them apart."""
     close = [row for row in scored[1:] if row["trial_id"] in numbers["within_noise"]]
     if not close:

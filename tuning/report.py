@@ -28,13 +28,13 @@ def build_report(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return numbers, report_figures(run, numbers)
 
 
-def write_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Write `report.json` and `report.html` into `run_dir` (atomically) and return their paths."""
+def write_report(run_dir: str | Path) -> tuple[Path, Path, dict[str, Any]]:
+    """Write `report.json` and `report.html` into `run_dir` (atomically); return their paths and report.json's numbers."""
     folder = RunFolder(Path(run_dir))
     numbers, extras = build_report(folder.path)
     json_path = write_json(folder.report_json, numbers)
     html_path = write_text(folder.report_html, render_html(numbers, extras))
-    return json_path, html_path
+    return json_path, html_path, numbers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {run_dir}: not a finished run folder (missing {', '.join(missing)})", file=sys.stderr)
         return 2
     try:
-        json_path, html_path = write_report(run_dir)
+        json_path, html_path, _ = write_report(run_dir)
     except RunFolderError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

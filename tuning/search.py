@@ -68,7 +68,7 @@ import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
-from carclf.files import read_json, require_free_space, write_json  # noqa: E402
+from carclf.files import require_free_space, write_json  # noqa: E402
 from carclf.runtime import module_installed  # noqa: E402
 from tuning.cluster import check_cluster_resources, check_local_cluster, start_ray, trial_slots, warn_if_exposed  # noqa: E402
 from tuning.driver_tasks import prepare_head_features, resolve_backbone, transfer_probe, whole_node  # noqa: E402
@@ -116,7 +116,7 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
         metrics = retrain_best(resolved, prepared, folder, trials)
     finally:
         ray.shutdown()
-    report_json, _ = write_report(folder.path)
+    advice = write_report(folder.path)[2]["advice"]
     folder.mark("finished")
     test = metrics["test"]
     if test.get("labeled"):
@@ -124,7 +124,6 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
               f"on {test['count']} images", flush=True)
     else:
         print(test.get("note", "no test metrics"), flush=True)
-    advice = read_json(report_json)["advice"]
     if advice:
         print("for the next run:\n" + "\n".join(f"  {item['key']}: {item['advice']}" for item in advice), flush=True)
     return folder.path

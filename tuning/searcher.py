@@ -113,7 +113,7 @@ class StudySearcher(Searcher):
     def propose(self) -> dict[str, Any] | None:
         """The sampler's next point that repeats no trial asked for, a random one after `PROPOSAL_TRIES` repeats, or None
         when the space holds no other point (see the module docstring)."""
-        asked = self.study.get_trials(deepcopy=False)
+        asked = self.study.get_trials(deepcopy=False)  # none WAITING: `suggest` proposes only when no start point is left
         scratch = optuna.create_study(direction=self.identity["direction"], sampler=self.study.sampler)
         scratch.add_trials(asked)
         for _ in range(PROPOSAL_TRIES):
@@ -132,7 +132,7 @@ class StudySearcher(Searcher):
         return None
 
     def repeats_a_trial(self, point: dict[str, Any], asked: list[optuna.trial.FrozenTrial]) -> bool:
-        return any(self.space.repeats(point, trial.params) for trial in asked if trial.state != WAITING)
+        return any(self.space.repeats(point, trial.params) for trial in asked)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         trial, value = self.running.get(trial_id), result.get(self.metric)

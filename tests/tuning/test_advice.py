@@ -46,7 +46,7 @@ def test_a_run_that_calls_for_every_piece_of_advice_gets_each(tiny_index, tmp_pa
     advice = {item["key"]: item["advice"] for item in numbers["advice"]}
     assert list(advice) == ["scheduler.max_epochs", "search.space.learning_rate", "search.space.unfreeze_depth",
                             "data.validation_fraction", "model.weights", "search.start"]
-    assert "its last epoch, 4, as did 1 of the 3 top trials" in advice["scheduler.max_epochs"]
+    assert "1 of the 3 top trials, the winner among them, scored their best at their last epoch, 4" in advice["scheduler.max_epochs"]
     assert "raise scheduler.max_epochs (for example to 8)" in advice["scheduler.max_epochs"]
     assert "0.049 sits at the top of the searched range {'loguniform': [0.001, 0.05]}" in advice["search.space.learning_rate"]
     assert "widen the range past 0.05 (for example to 0.1)" in advice["search.space.learning_rate"]
