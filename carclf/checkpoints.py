@@ -4,6 +4,10 @@ A trial checkpoints to survive a restart (`--resume`, a retried failure), never 
 stops trials but does not pause them. So it saves only what training needs to go on exactly where
 it was (weights, momentum, the step count behind the learning-rate decay) and not a whole `.keras`
 model with its architecture; `best/model.keras` is the one full model a run writes.
+
+A trial's checkpoint also holds its best epoch's weights (`BEST_EPOCH_FILE`, each layer's by name,
+so a head trained on cached features fits the whole classifier): the trial's own model, which the
+run can deliver (`tuning.deliver`) when its best epoch was not its last.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from carclf.files import atomic_path, read_json, write_json
 WEIGHTS_FILE = "model.weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
 STATE_FILE = "state.json"
+BEST_EPOCH_FILE = "best_epoch.npz"
 
 
 def save_checkpoint(model: keras.Model, folder: str | Path, state: dict[str, Any]) -> int:
@@ -46,3 +51,24 @@ def restore_checkpoint(model: keras.Model, folder: str | Path) -> None:
     model.optimizer.build(model.trainable_variables)
     with np.load(folder / OPTIMIZER_FILE, allow_pickle=False) as stored:
         model.optimizer.load_own_variables({name: stored[name] for name in stored.files})
+
+
+def save_best_epoch(weights: dict[str, list[np.ndarray]], folder: str | Path) -> int:
+    """Write a trial's best epoch's weights (`carclf.model.layer_weights`) into a checkpoint folder; return the bytes."""
+    arrays = {f"{name}/{position}": array for name, values in weights.items() for position, array in enumerate(values)}
+    with atomic_path(Path(folder) / BEST_EPOCH_FILE) as partial:
+        np.savez(partial, **arrays)
+    return (Path(folder) / BEST_EPOCH_FILE).stat().st_size
+
+
+def read_best_epoch(folder: str | Path) -> dict[str, list[np.ndarray]] | None:
+    """The best epoch's weights a checkpoint folder holds, by layer name; None when it holds none."""
+    path = Path(folder) / BEST_EPOCH_FILE
+    if not path.is_file():
+        return None
+    weights: dict[str, dict[int, np.ndarray]] = {}
+    with np.load(path, allow_pickle=False) as stored:
+        for key in stored.files:
+            name, position = key.rsplit("/", 1)
+            weights.setdefault(name, {})[int(position)] = stored[key]
+    return {name: [values[i] for i in sorted(values)] for name, values in weights.items()}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 import keras
+import numpy as np
 from keras import ops
 
 from carclf import layers  # the module, not its names: carclf.layers may still be loading (see carclf/__init__.py)
@@ -243,10 +244,20 @@ def current_learning_rate(model: keras.Model) -> float:
     return float(ops.convert_to_numpy(optimizer.decayed_learning_rate()))
 
 
+def layer_weights(model: keras.Model) -> dict[str, list[np.ndarray]]:
+    """Each layer's weights by layer name, as host arrays (a copy, which later training leaves alone)."""
+    return {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
+
+
+def set_layer_weights(model: keras.Model, weights: dict[str, list[np.ndarray]]) -> None:
+    """Give every layer of `model` named in `weights` those weights: the layers a head shares with its
+    classifier, or every layer of a classifier of the same shape."""
+    for layer in model.layers:
+        if layer.name in weights and layer.weights:
+            layer.set_weights(weights[layer.name])
+
+
 def transfer_weights(source: keras.Model, target: keras.Model) -> None:
     """Copy the weights of every layer `target` shares by name with `source` (the head after a
     head-only phase, or a backbone), so a second phase starts where the first ended."""
-    names = {layer.name for layer in source.layers}
-    for layer in target.layers:
-        if layer.name in names and layer.weights:
-            layer.set_weights(source.get_layer(layer.name).get_weights())
+    set_layer_weights(target, layer_weights(source))

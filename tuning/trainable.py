@@ -20,7 +20,9 @@ On JAX, `compiles` counts the Keras step programs XLA compiled during the trial 
 (`carclf.compilation.CompileCounter`): 0 for a trial whose shapes its worker, or the persistent cache, already had.
 
 Checkpoints are light (`carclf.checkpoints`) and rare: at the trial's last epoch and at most every
-`checkpoint_minutes`; they serve `--resume` and retried failures.
+`checkpoint_minutes`; they serve `--resume` and retried failures. Each also holds the trial's best
+epoch's weights, kept in memory (a host copy) whenever an epoch becomes the best: the final checkpoint
+holds the trial's own model, which the run can deliver (`tuning.deliver`).
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
+from carclf.checkpoints import read_best_epoch, save_best_epoch  # noqa: E402
 from carclf.compilation import compile_counter  # noqa: E402
 from carclf.compiled_models import CompiledModels  # noqa: E402
 from carclf.config import RunSettings  # noqa: E402
 from carclf.data.store import open_image_store  # noqa: E402
+from carclf.model import layer_weights  # noqa: E402
 from carclf.phases import final_phase_epochs  # noqa: E402
 from carclf.runtime import configure_process  # noqa: E402
 from carclf.train import TrainingData, TrainingRun  # noqa: E402
@@ -92,6 +96,7 @@ class CarClassifierTrainable(tune.Trainable):
         self.worker_trials += 1
         self.trial_started, self.setup_seconds = started, None
         self.best, self.best_epoch = None, 0
+        self.best_weights: dict | None = None  # the best epoch's, when it is not the current one
         self.phase_epochs: dict[str, list[float]] = {}
         self.compiles_before = len(compile_counter().compiled)
         self.last_checkpoint = time.monotonic()
@@ -119,6 +124,7 @@ class CarClassifierTrainable(tune.Trainable):
         value = float(logs.get(self.selection.metric, math.nan))
         if self.selection.improves(value, self.best):
             self.best, self.best_epoch = value, number
+            self.best_weights = None if number == train.epochs else layer_weights(self.run.current.model)
         diverged = bool(logs.pop("diverged", 0.0))
         phase = self.run.current.phase.name
         self.phase_epochs.setdefault(phase, []).append(logs["train_seconds"])
@@ -141,7 +147,7 @@ class CarClassifierTrainable(tune.Trainable):
         if due and not diverged:
             started = time.perf_counter()
             self.pending_checkpoint = Path(tempfile.mkdtemp(prefix="checkpoint-", dir=self.logdir))
-            metrics["checkpoint_bytes"] = self.run.save(self.pending_checkpoint, self._state())
+            metrics["checkpoint_bytes"] = self._write_checkpoint(self.pending_checkpoint)
             metrics["checkpoint_seconds"] = time.perf_counter() - started
             metrics["should_checkpoint"] = True
             self.last_checkpoint = time.monotonic()
@@ -154,14 +160,19 @@ class CarClassifierTrainable(tune.Trainable):
         """Each phase's first epoch minus its fastest later one: the time compiling took (0 while unknown)."""
         return sum(max(0.0, seconds[0] - min(seconds[1:])) for seconds in self.phase_epochs.values() if len(seconds) > 1)
 
-    def _state(self) -> dict[str, Any]:
-        return {"phase": self.run.current.phase.name, "best": self.best, "best_epoch": self.best_epoch}
+    def _write_checkpoint(self, folder: str | Path) -> int:
+        """The run's checkpoint with the best epoch's weights beside it; returns the bytes written."""
+        written = self.run.save(folder, {"phase": self.run.current.phase.name, "best": self.best, "best_epoch": self.best_epoch})
+        if self.best is None:
+            return written
+        best = self.best_weights if self.best_epoch != self.run.epoch else layer_weights(self.run.current.model)
+        return written + save_best_epoch(best, folder)
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """The checkpoint `step` wrote (moved into Tune's folder), or one written now when Tune asks on its own."""
         pending, self.pending_checkpoint = self.pending_checkpoint, None
         if pending is None:
-            self.run.save(checkpoint_dir, self._state())
+            self._write_checkpoint(checkpoint_dir)
             return
         for item in pending.iterdir():
             shutil.move(str(item), str(Path(checkpoint_dir) / item.name))
@@ -170,3 +181,4 @@ class CarClassifierTrainable(tune.Trainable):
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         state = self.run.restore(checkpoint_dir)
         self.best, self.best_epoch = state.get("best"), state.get("best_epoch", 0)
+        self.best_weights = read_best_epoch(checkpoint_dir)

@@ -8,10 +8,16 @@ import os
 import signal
 import sys
 
+import numpy as np
 import pytest
 from ray import cloudpickle, tune
 
-from carclf.checkpoints import OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE
+from carclf.checkpoints import BEST_EPOCH_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, read_best_epoch
+from carclf.data.store import open_image_store
+from carclf.data.table import class_names, rows_for
+from carclf.evaluate import evaluate
+from carclf.model import build_classifier, layer_weights, set_layer_weights
+from carclf.train import EVALUATION_BATCH
 from tuning.trainable import CarClassifierTrainable
 from tuning.trials import Selection
 
@@ -59,7 +65,39 @@ def test_trials_report_every_epoch_and_checkpoint_lightly_at_their_end(ray_clust
         assert rows["compile_seconds"].iloc[0] == 0 and rows["compile_seconds"].iloc[-1] >= 0
         assert rows["train_seconds"].add(rows["eval_seconds"]).le(rows["seconds_per_epoch"] + 1e-6).all()
         with result.checkpoint.as_directory() as folder:
-            assert sorted(os.listdir(folder)) == sorted([WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE])  # no .keras model
+            assert sorted(os.listdir(folder)) == sorted([WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE, BEST_EPOCH_FILE])  # no .keras model
+            best_weights = read_best_epoch(folder)
+        # The best epoch's weights the trial kept make a classifier that scores that epoch's value.
+        assert own_model_accuracy(best_weights, settings.with_hyperparameters(result.config), tiny_dataset) == best
+
+
+def own_model_accuracy(weights, settings, dataset) -> float:
+    """The validation accuracy of a depth-0 classifier given a checkpoint's best epoch's weights."""
+    model = build_classifier(4, settings.data, settings.model, 0, settings.train.seed, "float32")
+    set_layer_weights(model, weights)
+    pixels = open_image_store(dataset.store, settings.data.image_size)
+    return evaluate(model, rows_for(dataset.index, "val"), pixels, class_names(dataset.index), EVALUATION_BATCH).metrics()["accuracy"]
+
+
+@pytest.mark.slow
+def test_a_trial_keeps_its_best_epochs_weights_when_later_epochs_are_worse(ray_cluster, tiny_dataset, tiny_settings, tmp_path):
+    """Ranked by the learning rate, which decays every step, a trial's best epoch is always its first: its final
+    checkpoint must hold epoch 1's weights, kept in memory through epochs 2 and 3."""
+    settings = tiny_settings.with_train(epochs=3)
+    trainable = _trainable(CarClassifierTrainable, tiny_dataset, settings, selection=Selection("learning_rate", "max"))
+    tuner = tune.Tuner(trainable, param_space={"learning_rate": 0.01, "unfreeze_depth": 0},
+                       tune_config=tune.TuneConfig(metric="best_learning_rate", mode="max"), run_config=_run_config(tmp_path, "first"))
+    [result] = tuner.fit()
+    rows = result.metrics_dataframe
+    assert rows["best_epoch"].tolist() == [1, 1, 1]
+    trial = settings.with_hyperparameters(result.config)
+    with result.checkpoint.as_directory() as folder:
+        weights = read_best_epoch(folder)
+        last = build_classifier(4, trial.data, trial.model, 0, trial.train.seed, "float32")
+        last.load_weights(os.path.join(folder, WEIGHTS_FILE))
+    final = layer_weights(last)
+    assert any(not np.array_equal(a, b) for name in weights for a, b in zip(weights[name], final[name]))  # epochs 2, 3 trained on
+    assert own_model_accuracy(weights, trial, tiny_dataset) == rows["val_accuracy"].iloc[0]
 
 
 class DiesOnceAtItsThirdEpoch(CarClassifierTrainable):
