@@ -26,11 +26,12 @@ import ray
 from carclf.features import build_head_features
 from carclf.pretrained import BackboneRecipe, build_synthetic_backbone, synthetic_backbone_path
 from carclf.probe import probe_transfer_cached
+from tuning.deliver import deliver_model
 from tuning.driver_tasks import whole_node
 from tuning.experiment import load_experiment
 from tuning.prepare import prepare
-from tuning.retrain import retrain_and_evaluate
 from tuning.run_folder import RunFolder
+from tuning.trials import Winner
 
 RESULTS = Path(__file__).parent / "results" / "driver_tasks.json"
 
@@ -72,9 +73,10 @@ def main() -> None:
         folder = RunFolder(root / "runs" / arm.replace(" ", "-"))
         folder.path.mkdir(parents=True)
         config = {"batch_size": 32, "learning_rate": 0.005, "lr_decay": 1e-4, "unfreeze_depth": 0, "head_epochs": 0}
+        winner = Winner("start", config, best_epoch=1, score=0.0, folder_name="")  # no trial folder: retrained, unchecked
         cpus = int(options["num_cpus"])
         figures.setdefault("retraining (1 epoch) and test", {})[arm] = ray.get(
-            run.remote(retrain_and_evaluate, prepared.index, prepared.store, settings, config, 1, folder, cpus))
+            run.remote(deliver_model, prepared.index, prepared.store, settings, winner, "train+val", folder, "val_accuracy", cpus))
         print(arm, {task: arms_[arm] for task, arms_ in figures.items()}, flush=True)
     ray.shutdown()
     for task, arms_ in figures.items():

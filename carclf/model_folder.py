@@ -3,7 +3,7 @@
 Serving must crop a photo as training did, so a model is never saved without the settings it
 trained with: `config.json` holds them (`carclf.predict` takes the box margin and whether to crop
 from its `data`), and `labels.json` names the class of each output. `python -m carclf.train` and
-`tuning.retrain` save through `ModelFolder.save`, `carclf.predict` reads through `ModelFolder.read`,
+`tuning.deliver` save through `ModelFolder.save`, `carclf.predict` reads through `ModelFolder.read`,
 which checks the three files, each alone and against each other, before any is used; so the three
 files are named, laid out and checked in this one place:
 

@@ -595,6 +595,9 @@ CASES = [
                                                .replace("num_samples = 2", "num_samples = 9")), SEARCH_ERROR,
                  r"experiment\.toml \[search\]: num_samples is 9, but \[search\.space\] holds only 8 different trials and a search "
                  r"never repeats one: lower num_samples to 8", id="experiment-space-smaller-than-num-samples"),
+    pytest.param(lambda ctx: search_experiment(ctx, EXPERIMENT, "--set", "run.retrain='best'"), SEARCH_ERROR,
+                 r"\[run\]: key retrain must be one of \('train\+val', 'trial', 'none'\) \(or true, false\), got 'best'",
+                 id="experiment-retrain-unknown-choice"),
     pytest.param(lambda ctx: search_experiment(ctx, edited("choice = [8, 16]", "choice = [8, 8, 16]")), SEARCH_ERROR,
                  r"experiment\.toml \[search\.space\] batch_size: choice lists 8 more than once", id="experiment-choice-repeated"),
     pytest.param(lambda ctx: search_experiment(ctx, edited("[search.space]\n", "[search.space]\nhead_epochs = { choice = [0, 2] }\n")

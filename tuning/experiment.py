@@ -32,6 +32,7 @@ EXPERIMENTS = Path(str(importlib.resources.files("tuning.experiments")))
 DEMO_EXPERIMENT = EXPERIMENTS / "demo.toml"
 ALGORITHMS = ("auto", "tpe", "gp", "random")  # Optuna's samplers; auto: chosen by the search's size (tuning.samplers)
 SCHEDULERS = ("asha", "none")  # none: every trial runs all epochs
+DELIVERIES = ("train+val", "trial", "none")  # run.retrain: the model a run delivers (tuning.deliver); true, false: the first, the last
 
 
 @dataclass(frozen=True)
@@ -124,18 +125,27 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """Where the run lives (`storage_path/name`), checkpoints kept and how often, retries, retraining,
-    and whether trial workers are reused (`tuning.trainable`)."""
+    """Where the run lives (`storage_path/name`), checkpoints kept and how often, retries, the model
+    delivered (`retrain`), and whether trial workers are reused (`tuning.trainable`)."""
 
     storage_path: str = "runs"
     name: str = ""  # default: the experiment file's name
     checkpoints_to_keep: int = 1
     checkpoint_minutes: float = 10.0  # a trial checkpoints at its end and at most this often
     max_failures: int = 2
-    retrain: bool = True
+    retrain: str | bool = "train+val"  # one of DELIVERIES; true and false, as before, mean "train+val" and "none"
     reuse_workers: bool = True  # a worker runs trial after trial, compiled models kept (Ray Tune's reuse_actors)
 
+    @property
+    def delivery(self) -> str:
+        """The model the run delivers, one of `DELIVERIES`."""
+        if isinstance(self.retrain, bool):
+            return DELIVERIES[0] if self.retrain else DELIVERIES[-1]
+        return self.retrain
+
     def check(self) -> None:
+        if self.delivery not in DELIVERIES:
+            raise ConfigError(f"retrain must be one of {DELIVERIES} (or true, false), got {self.retrain!r}")
         if self.checkpoints_to_keep < 1:
             raise ConfigError(f"checkpoints_to_keep must be >= 1, got {self.checkpoints_to_keep}")
         if self.checkpoint_minutes <= 0:

@@ -24,6 +24,13 @@ from tuning.trials import Selection, against_start, has_standard_error, top_tria
 SMALL_VALIDATION = 200
 
 
+THEN = {  # what the plan says follows the trials, for each run.retrain (tuning.deliver)
+    "train+val": "retrain the winner on train + val as its trial trained, check it against the trial's model, evaluate on test, report",
+    "trial": "deliver the winning trial's own model, evaluate it on test, report",
+    "none": "stop (no model delivered)",
+}
+
+
 def describe_plan(experiment: Experiment, args: argparse.Namespace) -> str:
     search, resources = experiment.search, experiment.resources
     data, train = experiment.settings.data, experiment.settings.train
@@ -43,7 +50,7 @@ def describe_plan(experiment: Experiment, args: argparse.Namespace) -> str:
         describe_scheduler(experiment),
         f"resources    {resources.cpus_per_trial} CPU + {resources.gpus_per_trial} GPU per trial",
         f"cluster      {args.address or 'local'}",
-        f"then         {'retrain on train + val, evaluate on test, report' if experiment.run.retrain else 'stop (no retraining)'}",
+        f"then         {THEN[experiment.run.delivery]}",
     ]
     return "\n".join(lines)
 

@@ -62,8 +62,8 @@ def render_html(numbers: dict[str, Any], extras: dict[str, Any]) -> str:
                      "were within the noise margin (scheduler.noise_z).</p>")
     if best:
         test = best["test"]
-        parts += ["<h2>Best configuration</h2>", _table([{**best["hyperparameters"], "retrain epochs": best["retrain_epochs"],
-                                                          "precision": best.get("precision")}])]
+        delivered = {"epochs": best["retrain_epochs"], "delivered": best.get("delivered") or "retrained", "precision": best.get("precision")}
+        parts += ["<h2>Best configuration</h2>", _table([{**best["hyperparameters"], **delivered}])]
         if test.get("labeled"):
             parts.append(_table([{"test images": test["count"], "top-1 accuracy": test["accuracy"], "top-5 accuracy": test["top5_accuracy"],
                                   "macro precision": test["macro_precision"], "macro recall": test["macro_recall"], "macro F1": test["macro_f1"]}]))
@@ -96,6 +96,10 @@ def render_html(numbers: dict[str, Any], extras: dict[str, Any]) -> str:
     return f'<!doctype html><html><head><meta charset="utf-8"><title>carclf report</title><style>{style}</style></head><body>{"".join(parts)}</body></html>\n'
 
 
+DELIVERED = {"retrained": "the winner retrained on train + validation for {epochs} epoch(s)",
+             "trial": "the winning trial's own model, at its best epoch ({epochs})"}
+
+
 def headline(numbers: dict[str, Any]) -> str:
     """The first screen: the winner and its validation score, the delivered model's test score, the comparison with
     the start and the transfer verdict."""
@@ -111,10 +115,13 @@ def headline(numbers: dict[str, Any]) -> str:
                      f"{search['validation_size']} validation images" + (f"; {html.escape(settings)}" if settings else ""))
     if best and best["test"].get("labeled"):
         test = best["test"]
-        lines.append(f"<b>Test:</b> the winner retrained on train + validation for {best['retrain_epochs']} epoch(s): top-1 accuracy "
-                     f"{test['accuracy']:.3f} (top-5 {test['top5_accuracy']:.3f}) on {test['count']} test images")
+        delivered = DELIVERED[best.get("delivered") or "retrained"].format(epochs=best["retrain_epochs"])
+        lines.append(f"<b>Test:</b> {html.escape(delivered)}: "
+                     f"top-1 accuracy {test['accuracy']:.3f} (top-5 {test['top5_accuracy']:.3f}) on {test['count']} test images")
     elif best:
         lines.append(f"<b>Test:</b> {html.escape(best['test'].get('note', 'no test metrics'))}")
+    if best and best.get("reason"):
+        lines.append(f"<b>Delivered:</b> {html.escape(best['reason'])}")
     if numbers["against_start"]:
         lines.append(f"<b>Against the starting configuration:</b> {html.escape(numbers['against_start']['statement'].rstrip('.'))}")
     if numbers["transfer"]:

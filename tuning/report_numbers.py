@@ -3,8 +3,8 @@
 `read_run` reads those files once (`RunFiles`); `report_numbers` makes report.json of them, and
 `tuning.report_figures` the figures of the same files. A damaged file is a `RunFolderError` naming it.
 
-report.json schema (version 5):
-  schema_version: 5
+report.json schema (version 6):
+  schema_version: 6
   experiment: the experiment document (tables data, model, train, search, scheduler, resources, run)
   dataset: {classes, rows_by_split: {train, val, test}}
   search: {trials, finished, stopped_early, diverged, failed, interrupted, never_started, wall_time_s, metric, mode,
@@ -24,8 +24,11 @@ report.json schema (version 5):
   parameter_importance: {hyperparameter: importance 0..1} (Optuna fANOVA on the trials' scores; {} below
                         IMPORTANCE_MIN_TRIALS scored trials)
   parameter_importance_note: how far to trust it
-  best: {hyperparameters, retrain_epochs, precision, test: carclf.evaluate metrics (loss, accuracy, top5_accuracy,
-         macro_precision, macro_recall, macro_f1, per_class [...], most_confused [...])} or null
+  best: {hyperparameters, retrain_epochs, precision, delivered ("retrained" or "trial": the winning trial's own model),
+         reason (why, in plain words), trial {trial_id, metric, score, best_epoch}, reproduction (tuning.deliver's check:
+         {images, trial_accuracy, retrained_accuracy, difference, standard_error, verdict, statement}, null when not run),
+         test: carclf.evaluate metrics (loss, accuracy, top5_accuracy, macro_precision, macro_recall, macro_f1,
+         per_class [...], most_confused [...])} or null (version 6 added delivered, reason, trial and reproduction)
   worst_classes: the 20 classes with the lowest test accuracy [{class_name, accuracy, support, ...}]
   advice: [{key, advice}] what to change for the next run, each naming one experiment key (tuning.advice; version 5)
 """
@@ -51,18 +54,18 @@ from tuning.search_space import SearchSpace
 from tuning.trials import STATUSES, Selection, against_start, top_trials, trial_summaries, within_noise
 
 logger = logging.getLogger(__name__)
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 IMPORTANCE_MIN_TRIALS = 10  # fewer scored trials: importances are withheld
 IMPORTANCE_RELIABLE_TRIALS = 30  # fewer: shown, marked unreliable
 SELECTION_RULE = ("each trial is scored by its best epoch's {metric}; that score ranks the trials, Optuna learns it, "
-                  "ASHA compares it, and the winner is retrained for that epoch count")
+                  "ASHA compares it, and the winner's model is delivered at that epoch count")
 WORST_CLASSES = 20
 
 
 
 @dataclass(frozen=True)
 class RunFiles:
-    """What the report reads from a run folder; `best_*` are None for a run not retrained."""
+    """What the report reads from a run folder; `best_*` are None for a run that delivered no model."""
 
     run_dir: Path
     document: dict[str, Any]  # experiment.json as saved (report.json repeats it)
@@ -129,8 +132,9 @@ def report_numbers(run: RunFiles) -> dict[str, Any]:
     }
     if run.best_metrics is not None:
         test = {key: value for key, value in run.best_metrics["test"].items() if key != "confusion_matrix"}  # a figure
+        delivery = {key: run.best_metrics.get(key) for key in ("delivered", "reason", "trial", "reproduction")}
         numbers["best"] = {"hyperparameters": run.best_config["hyperparameters"], "retrain_epochs": run.best_metrics["retrain_epochs"],
-                           "precision": run.best_config.get("precision"), "test": test}
+                           "precision": run.best_config.get("precision"), **delivery, "test": test}
         if test.get("labeled"):
             numbers["worst_classes"] = sorted(test["per_class"], key=lambda c: (c["accuracy"], -c["support"]))[:WORST_CLASSES]
     numbers["advice"] = advise(numbers, run.experiment)

@@ -9,7 +9,7 @@
       searcher-state-*.pkl  the searcher's saved state, which Ray saves and restores (JSON, tuning.search_state)
       trials.parquet     every reported epoch of every trial (tuning.trials)
       search.json        the search's timing, sampler and validation size
-      best/              the retrained model (carclf.model_folder), metrics.json, test_predictions.parquet
+      best/              the delivered model (carclf.model_folder, tuning.deliver), metrics.json, test_predictions.parquet
                          (and test_predictions.txt for an unlabeled test split)
       report.html, report.json
       status.json        the stage reached: started, searched, finished

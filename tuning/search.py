@@ -5,8 +5,9 @@ plan (`tuning.plan`), the dataset indexed and decoded once before Ray starts (`t
 every checkable mistake stops the run here, and `--dry-run` stops after it), the cluster
 (`tuning.cluster`), the backbone weights, the transfer probe and the cached head features as
 whole-node tasks (`tuning.driver_tasks`), the trials (`tuning.tuner`: Optuna with ASHA), every
-reported epoch in `trials.parquet`, then the best configuration retrained on train + validation
-and evaluated on the test split (`tuning.retrain`) and the report (`tuning.report`). Every file
+reported epoch in `trials.parquet`, then the model delivered (the winner retrained on train +
+validation like its trial, or the trial's own model) and evaluated on the test split
+(`tuning.deliver`) and the report (`tuning.report`). Every file
 it writes is named by `tuning.run_folder`. With no arguments it runs the demo.
 """
 
@@ -71,6 +72,7 @@ from ray import tune  # noqa: E402
 from carclf.files import require_free_space, write_json  # noqa: E402
 from carclf.runtime import module_installed  # noqa: E402
 from tuning.cluster import check_cluster_resources, check_local_cluster, start_ray, trial_slots, warn_if_exposed  # noqa: E402
+from tuning.deliver import deliver_model  # noqa: E402
 from tuning.driver_tasks import prepare_head_features, resolve_backbone, transfer_probe, whole_node  # noqa: E402
 from tuning.errors import EXPECTED_ERRORS, SearchError  # noqa: E402
 from tuning.experiment import Experiment  # noqa: E402
@@ -78,7 +80,6 @@ from tuning.plan import describe_plan, describe_weights, summarize, warnings_for
 from tuning.prepare import Prepared, prepare  # noqa: E402
 from tuning.report import write_report  # noqa: E402
 from tuning.resume import check_new_run, resolve_experiment, resolved_values  # noqa: E402
-from tuning.retrain import retrain_and_evaluate  # noqa: E402
 from tuning.run_folder import RunFolder, new_run_id  # noqa: E402
 from tuning.samplers import choose_sampler  # noqa: E402
 from tuning.search_state import export_search_state, read_search_state  # noqa: E402
@@ -91,7 +92,7 @@ CHECKPOINT_BYTES = 320 * 2**20  # ResNet50's weights and momentum (239 MB measur
 
 
 def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namespace) -> Path:
-    """The trials, then retraining, evaluation and the report; returns the run folder."""
+    """The trials, then the delivered model, its evaluation and the report; returns the run folder."""
     folder, resume, started = RunFolder(experiment.run_dir), args.resume is not None, time.time()
     kept = experiment.search.max_concurrent * experiment.run.checkpoints_to_keep + 1  # + the best model
     require_free_space(folder.path, kept * CHECKPOINT_BYTES, f"{kept - 1} trial checkpoint(s) and the best model")
@@ -110,14 +111,15 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
             search_trials(resolved, prepared, folder, run_id, resume, started, backbone_s, args.ray_verbose)
         trials = folder.read_trials()
         print(summarize(trials, resolved, prepared.validation_size), flush=True)
-        if not resolved.run.retrain:
+        if resolved.run.delivery == "none":
             folder.mark("finished")
             return folder.path
-        metrics = retrain_best(resolved, prepared, folder, trials)
+        metrics = deliver_best(resolved, prepared, folder, trials)
     finally:
         ray.shutdown()
     advice = write_report(folder.path)[2]["advice"]
     folder.mark("finished")
+    print(f"delivered: {metrics['reason']}", flush=True)
     test = metrics["test"]
     if test.get("labeled"):
         print(f"test accuracy {test['accuracy']:.4f}, top-5 {test['top5_accuracy']:.4f}, macro F1 {test['macro_f1']:.4f} "
@@ -158,19 +160,21 @@ def search_trials(experiment: Experiment, prepared: Prepared, folder: RunFolder,
     folder.mark("searched")
 
 
-def retrain_best(experiment: Experiment, prepared: Prepared, folder: RunFolder, trials: pd.DataFrame) -> dict:
-    """The best trial's configuration, retrained for its best epoch count as a whole-node task; its test metrics."""
+def deliver_best(experiment: Experiment, prepared: Prepared, folder: RunFolder, trials: pd.DataFrame) -> dict:
+    """The winner's model, as `run.retrain` chooses (`tuning.deliver`), made and tested as a whole-node task; its `metrics.json`."""
     selection = Selection.of(experiment.search)
     best = best_trial(trials, selection, list(experiment.search.space))
     if best is None:
         errors = trials["error"].dropna() if "error" in trials else pd.Series(dtype=str)
         cause = f"; the first trial's error: {errors.iloc[0]}" if len(errors) else ""
         raise SearchError(f"no trial scored {selection.metric} (see {folder.trials_file}){cause}")
-    config, epochs = best
-    print(f"retraining the best configuration for its best epoch count ({epochs}) on train + val: {config}", flush=True)
+    if experiment.run.delivery == "train+val":
+        print(f"retraining the best trial ({best.trial_id}) on train + val as it trained, for its best epoch count "
+              f"({best.best_epoch}): {best.hyperparameters}", flush=True)
     options = whole_node(experiment)
-    task = ray.remote(**options)(retrain_and_evaluate)
-    return ray.get(task.remote(prepared.index, prepared.store, experiment.settings, config, epochs, folder, options["num_cpus"]))
+    task = ray.remote(**options)(deliver_model)
+    return ray.get(task.remote(prepared.index, prepared.store, experiment.settings, best, experiment.run.delivery, folder,
+                               selection.metric, options["num_cpus"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         raise
     print(f"done: results in {run_dir} ("
-          + ("best/model.keras, trials.parquet, report.html, report.json" if experiment.run.retrain else "trials.parquet") + ")")
+          + ("best/model.keras, trials.parquet, report.html, report.json" if experiment.run.delivery != "none" else "trials.parquet") + ")")
     viewer = "" if module_installed("tensorboard") else " (pip install -e \".[viz]\" first)"
     print(f"every trial's curves: tensorboard --logdir {run_dir}{viewer}")
     return 0

@@ -185,14 +185,31 @@ def against_start(trials: pd.DataFrame, start: list[dict], selection: Selection,
             "within_noise": bool(noisy or best_id == start_id), "statement": statement}
 
 
-def best_trial(trials: pd.DataFrame, selection: Selection, space_keys: list[str]) -> tuple[dict[str, Any], int] | None:
-    """The winner's hyperparameters and the epochs to retrain it for (its best epoch); None if no trial scored."""
+@dataclass(frozen=True)
+class Winner:
+    """The best trial: its hyperparameters, its best epoch (the epochs its model is delivered at) and its score."""
+
+    trial_id: str
+    hyperparameters: dict[str, Any]
+    best_epoch: int
+    score: float
+    folder_name: str  # the trial's folder in the run folder, which holds its checkpoints
+
+    def summary(self, metric: str) -> dict[str, Any]:
+        return {"trial_id": self.trial_id, "metric": metric, "score": self.score, "best_epoch": self.best_epoch}
+
+
+def best_trial(trials: pd.DataFrame, selection: Selection, space_keys: list[str]) -> Winner | None:
+    """The winner (`Winner`); None if no trial scored."""
     rows = trial_summaries(trials, selection)
     scored = rows[rows[selection.objective].notna() & np.isfinite(rows[selection.objective].astype(float))]
     if scored.empty:
         return None
-    best = scored.iloc[0]
-    return {key: plain_value(best[key]) for key in space_keys}, int(best["best_epoch"])
+    trial_id, best = scored.index[0], scored.iloc[0]
+    paths = trials.loc[trials["trial_id"] == trial_id, "trial_path"] if "trial_path" in trials else pd.Series(dtype=str)
+    return Winner(trial_id=str(trial_id), hyperparameters={key: plain_value(best[key]) for key in space_keys},
+                  best_epoch=int(best["best_epoch"]), score=float(best[selection.objective]),
+                  folder_name=Path(str(paths.iloc[0])).name if len(paths) else "")
 
 
 def useful_fraction(trials: pd.DataFrame, trials_seconds: float, slots: int) -> float | None:

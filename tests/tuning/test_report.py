@@ -34,7 +34,7 @@ FIRST_SCREEN = (1200, 900)
 def test_report_json_has_the_documented_numbers(finished_run):
     run_dir, _ = finished_run
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["schema_version"] == 5
+    assert report["schema_version"] == 6
     assert report["dataset"] == {"classes": 4, "rows_by_split": {"train": 32, "test": 12, "val": 8}}
     search = report["search"]
     assert search["trials"] == 6 and search["stopped_early"] >= 1 and search["failed"] == 0 and search["diverged"] == 0
@@ -48,6 +48,8 @@ def test_report_json_has_the_documented_numbers(finished_run):
     assert set(report["parameter_importance"]) <= {"batch_size", "learning_rate", "lr_decay", "unfreeze_depth", "head_epochs"}
     best = report["best"]
     assert best["test"]["count"] == 12 and 0 <= best["test"]["macro_f1"] <= 1
+    assert best["delivered"] in ("retrained", "trial") and best["trial"]["trial_id"] == top[0]["trial_id"]
+    assert best["reproduction"]["verdict"] in ("reproduced", "departed") and best["reason"]
     assert len(report["worst_classes"]) == 4
     accuracies = [c["accuracy"] for c in report["worst_classes"]]
     assert accuracies == sorted(accuracies)
@@ -171,6 +173,22 @@ def test_a_hand_made_run_reports_its_gain_over_the_start_and_counts_each_ending_
     assert "<b>Winner:</b> trial w, best val_accuracy 0.875 at epoch 2" in headline and "on 8 validation images" in headline
     assert "<b>Against the starting configuration:</b>" in headline
     assert ">diverged at epoch 1, best 0.25 at epoch 1</td>" in page  # not -inf with nothing said
+
+    # The winning trial's own model was delivered, its retraining having departed: the first screen says which and why.
+    reason = "the retraining did not train like its trial (...); the trial's own model is delivered instead"
+    metrics = {"retrain_epochs": 2, "delivered": "trial", "reason": reason, "trial": {"trial_id": "w", "score": 0.875},
+               "reproduction": {"verdict": "departed"}, "test": {"labeled": True, "count": 12, "accuracy": 0.5, "top5_accuracy": 1.0,
+                                                                 "per_class": [], "most_confused": [], "macro_precision": 0.5,
+                                                                 "macro_recall": 0.5, "macro_f1": 0.5}}
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "best" / "config.json").write_text(json.dumps({"hyperparameters": {"batch_size": 16}, "precision": "float32"}))
+    numbers, extras = build_report(tmp_path)
+    assert numbers["best"]["delivered"] == "trial" and numbers["best"]["reproduction"] == {"verdict": "departed"}
+    page = render_html(numbers, extras)
+    headline = page[page.index('<div class="headline">'):page.index("<h2>Experiment and data</h2>")]
+    assert "<b>Test:</b> the winning trial&#x27;s own model, at its best epoch (2): top-1 accuracy 0.500" in headline
+    assert "<b>Delivered:</b> the retraining did not train like its trial" in headline
 
 
 def test_a_diverged_trial_is_marked_in_no_trial_colour_and_in_its_own_shape():

@@ -110,7 +110,7 @@ def test_two_phase_trials_are_judged_only_after_their_warm_up(finished_run):
 
 
 @pytest.mark.slow
-def test_one_rule_ranks_trials_teaches_optuna_and_sets_the_retrained_epochs(finished_run):
+def test_one_rule_ranks_trials_teaches_optuna_and_sets_the_delivered_epochs(finished_run):
     run_dir, _ = finished_run
     trials = pd.read_parquet(run_dir / "trials.parquet")
     last = trials.sort_values("epoch").groupby("trial_id").last()
@@ -121,7 +121,11 @@ def test_one_rule_ranks_trials_teaches_optuna_and_sets_the_retrained_epochs(fini
     winner = last.sort_values("best_val_loss").iloc[0]
     config = json.loads((run_dir / "best" / "config.json").read_text())["hyperparameters"]
     assert config["learning_rate"] == pytest.approx(winner["config/learning_rate"])
-    assert json.loads((run_dir / "best" / "metrics.json").read_text())["retrain_epochs"] == winner["best_epoch"]
+    metrics = json.loads((run_dir / "best" / "metrics.json").read_text())
+    assert metrics["retrain_epochs"] == winner["best_epoch"] and metrics["trial"]["trial_id"] == winner.name
+    # The winner finished, so its final checkpoint holds its best epoch: the retraining was checked against it.
+    assert metrics["reproduction"]["verdict"] in ("reproduced", "departed") and metrics["reproduction"]["images"] == 32
+    assert metrics["delivered"] == ("retrained" if metrics["reproduction"]["verdict"] == "reproduced" else "trial")
 
     study = optuna.load_study(study_name="carclf", storage=f"sqlite:///{run_dir / 'study.db'}")
     states = [trial.state for trial in study.trials]

@@ -1,0 +1,184 @@
+"""The model a run delivers, checked against the trial that won, and its one evaluation on the test split.
+
+`run.retrain` chooses the model (`tuning.experiment.DELIVERIES`):
+- "train+val" (the default; `true` means it): the winner's configuration retrained on train +
+  validation, following its trial (`following`): the trial's seed, phases and best epoch count;
+  each epoch larger by the validation images' share (train + validation over train, so every image
+  is seen as often as the trial saw each training image), and the decay per step smaller by the same
+  factor, so the learning rate at the end of every epoch is the trial's.
+- "trial": the winning trial's own model, its best epoch's weights (kept by the trial, written into
+  its final checkpoint: `carclf.checkpoints.BEST_EPOCH_FILE`), trained on the training split only.
+- "none" (`false`): no model and no test evaluation.
+
+The reproduction check compares like with like: the retrained model and the trial's own model
+predict the training split, clean (no augmentation), images both trained on. A retraining that
+trained like its trial fits them about as well; one that falls short by more than `REPRODUCTION_Z`
+paired standard errors plus `REPRODUCTION_MARGIN` took another path (training from random weights
+at high rates is unstable: one retraining is one draw), and the trial's own model is delivered
+instead, whose validation score the search measured. Without the trial's own model (a winner with
+no final checkpoint, or one written before trials kept their best epoch) the retrained model is
+delivered unchecked, and the run says so.
+
+Writes the model folder `best/` (`model.keras`, `labels.json`, `config.json` with the winning
+hyperparameters, through `carclf.model_folder`), then `best/metrics.json` (which model was delivered,
+why, and the check) and `best/test_predictions.parquet` (plus `best/test_predictions.txt`, the
+evaluation server's format, when the test split is unlabeled). Only the delivered model meets the
+test split, so nothing is chosen on it. Seeded and, on a CPU, deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from carclf.checkpoints import read_best_epoch, read_checkpoint_state
+from carclf.config import RunSettings
+from carclf.data.batches import epoch_images
+from carclf.data.store import open_image_store
+from carclf.data.table import class_names, rows_for
+from carclf.evaluate import NOISE_Z, evaluate, write_server_predictions
+from carclf.files import atomic_path, write_json
+from carclf.model import build_classifier, compile_classifier, set_layer_weights
+from carclf.model_folder import ModelFolder
+from carclf.runtime import configure_process, resolve_precision
+from carclf.train import EVALUATION_BATCH, TrainingData, train_classifier
+from tuning.run_folder import RunFolder
+from tuning.trials import Winner
+
+logger = logging.getLogger(__name__)
+REPRODUCTION_Z = NOISE_Z
+REPRODUCTION_MARGIN = 0.02  # a retrained model also fits the validation images: it may fit the training split a little less
+
+
+def deliver_model(index: pd.DataFrame, store: str | Path, settings: RunSettings, winner: Winner, choice: str, folder: RunFolder,
+                  metric: str, cpus: int | None = None) -> dict[str, Any]:
+    """The model `choice` names for `winner` (see the module docstring), saved in `best/` and tested; returns `metrics.json`."""
+    settings = settings.with_hyperparameters(winner.hyperparameters).with_train(epochs=winner.best_epoch)
+    configure_process(cpus, settings.train.seed)
+    names, train_rows = class_names(index), rows_for(index, "train")
+    pixels = open_image_store(store, settings.data.image_size)
+    trial_model = trial_own_model(folder.path / winner.folder_name, winner.best_epoch, len(names), settings)
+    metrics: dict[str, Any] = {"choice": choice, "trial": winner.summary(metric), "retrain_epochs": winner.best_epoch,
+                               "reproduction": None}
+    delivered_settings = settings
+    if choice == "trial" and trial_model is not None:
+        model, metrics["delivered"] = trial_model, "trial"
+        metrics["reason"] = "run.retrain is 'trial': the winning trial's own model, at its best epoch"
+    else:
+        logger.info("retraining the best configuration on train + val for %d epoch(s), as its trial trained: %s",
+                    winner.best_epoch, winner.hyperparameters)
+        history, started = EpochLog(), time.perf_counter()
+        retraining = following(settings, len(train_rows), len(rows_for(index, "train", "val")))
+        model = train_classifier(TrainingData(index, Path(store)), retraining, splits=("train", "val"), validate=False, verbose=2,
+                                 callbacks=[history])
+        metrics["retrain_recipe"] = {key: getattr(retraining.train, key) for key in ("epochs", "epoch_images", "lr_decay")}
+        metrics.update(retrain_history=history.epochs, retrain_s=time.perf_counter() - started, delivered="retrained")
+        delivered_settings = retraining
+        if trial_model is None:
+            metrics["reason"] = ("retrained on train + validation, unchecked: the winning trial's own model was not saved "
+                                 "(it has no final checkpoint with its best epoch)")
+        else:
+            check = reproduction(correct(trial_model, train_rows, pixels, names), correct(model, train_rows, pixels, names))
+            metrics["reproduction"] = check
+            if check["verdict"] == "reproduced":
+                metrics["reason"] = "retrained on train + validation; it trained like its trial (" + check["statement"] + ")"
+            else:
+                model, metrics["delivered"], delivered_settings = trial_model, "trial", settings
+                metrics["reason"] = ("the retraining did not train like its trial (" + check["statement"] + "); "
+                                     "the trial's own model is delivered instead")
+    ModelFolder(folder.best).save(model, names, delivered_settings, hyperparameters=winner.hyperparameters)
+    started = time.perf_counter()
+    metrics["test"] = evaluate_on_test(model, index, pixels, names, folder)
+    metrics["evaluate_s"] = time.perf_counter() - started
+    write_json(folder.metrics_file, metrics)
+    return metrics
+
+
+def following(settings: RunSettings, train_rows: int, pooled_rows: int) -> RunSettings:
+    """The trial's settings scaled for a retraining on `pooled_rows` images (train + validation) where the trial had
+    `train_rows`: images per epoch times pooled / train (whole batches), the decay per step divided by the same factor."""
+    train = settings.train
+    trial_images = train.epoch_images or epoch_images(train_rows, [train.batch_size])
+    images = max(1, round(trial_images * pooled_rows / train_rows / train.batch_size)) * train.batch_size
+    return settings.with_train(epoch_images=images, lr_decay=train.lr_decay * trial_images / images)
+
+
+def final_checkpoint(trial_folder: Path) -> Path | None:
+    """The trial's newest checkpoint folder (Ray names them `checkpoint_000003`); None without one."""
+    folders = sorted(trial_folder.glob("checkpoint_*")) if trial_folder.is_dir() else []
+    return folders[-1] if folders else None
+
+
+def trial_own_model(trial_folder: Path, best_epoch: int, num_classes: int, settings: RunSettings) -> keras.Model | None:
+    """The trial's model at its best epoch, rebuilt from its final checkpoint; None when the checkpoint does not hold it."""
+    checkpoint = final_checkpoint(trial_folder)
+    if checkpoint is None or read_checkpoint_state(checkpoint).get("best_epoch") != best_epoch:
+        return None
+    weights = read_best_epoch(checkpoint)
+    if weights is None:
+        return None
+    train = settings.train
+    model = build_classifier(num_classes, settings.data, settings.model, train.unfreeze_depth, train.seed,
+                             resolve_precision(train.precision))
+    set_layer_weights(compile_classifier(model, train), weights)
+    return model
+
+
+def correct(model: keras.Model, rows: pd.DataFrame, pixels: np.ndarray, names: list[str]) -> np.ndarray:
+    """Whether the model gets each row right, predicted clean (no augmentation)."""
+    return evaluate(model, rows, pixels, names, EVALUATION_BATCH).predicted == rows["label"].to_numpy(dtype=np.int64)
+
+
+def reproduction(trial_right: np.ndarray, retrained_right: np.ndarray) -> dict[str, Any]:
+    """The reproduction check on the same images: the accuracies, their paired difference and its standard error,
+    and the verdict, "reproduced" or "departed" (see the module docstring)."""
+    count = len(trial_right)
+    trial, retrained = float(np.mean(trial_right)), float(np.mean(retrained_right))
+    differences = retrained_right.astype(float) - trial_right.astype(float)
+    error = float(np.std(differences, ddof=1) / math.sqrt(count)) if count > 1 else math.inf
+    departed = retrained - trial < -(REPRODUCTION_Z * error + REPRODUCTION_MARGIN)
+    statement = (f"on the {count} training images, clean: retrained {retrained:.3f} against the trial's model {trial:.3f}, "
+                 f"{retrained - trial:+.3f} ± {error:.3f}")
+    return {"images": count, "trial_accuracy": trial, "retrained_accuracy": retrained, "difference": retrained - trial,
+            "standard_error": error, "verdict": "departed" if departed else "reproduced", "statement": statement}
+
+
+def evaluate_on_test(model: keras.Model, index: pd.DataFrame, pixels: np.ndarray, names: list[str], folder: RunFolder) -> dict[str, Any]:
+    """The delivered model's test metrics; its predictions in the run folder (the server's format when unlabeled)."""
+    test_rows = rows_for(index, "test")
+    if len(test_rows) == 0:
+        return {"labeled": False, "count": 0, "note": "the dataset has no test split"}
+    evaluation = evaluate(model, test_rows, pixels, names, EVALUATION_BATCH)
+    metrics = evaluation.metrics()
+    predictions = pd.DataFrame({
+        "path": test_rows["path"].to_numpy(),
+        "label": test_rows["label"].to_numpy(),
+        "predicted": evaluation.predicted,
+        "confidence": evaluation.probabilities.max(axis=1),
+    })
+    with atomic_path(folder.predictions_file) as partial:
+        predictions.to_parquet(partial, index=False)
+    if evaluation.labels is None:
+        write_server_predictions(evaluation, folder.server_predictions_file)
+        metrics["note"] = "the test split is unlabeled: no accuracy computed; predictions in test_predictions.txt"
+    else:
+        metrics["confusion_matrix"] = evaluation.confusion().tolist()
+    return metrics
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Collects each epoch's logs as plain floats, for `metrics.json`."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs: list[dict[str, float]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append({"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()}})
