@@ -33,5 +33,17 @@ def test_each_name_is_its_optuna_sampler(name, kind):
         pytest.skip("Optuna's GPSampler needs PyTorch: pip install -e \".[gp]\" (CI installs it)")
     sampler = make_sampler(name, startup_trials=3, parallel=True, seed=1)
     assert isinstance(sampler, kind)
-    if name != "random":
-        assert sampler._n_startup_trials == 3  # the search's start-up trials, not Optuna's default
+    if name != "random":  # the search's 3 random start-up trials, then the model: not Optuna's default count
+        ours, random_only = proposals(sampler, 4), proposals(make_sampler(name, startup_trials=100, parallel=True, seed=1), 4)
+        assert ours[:3] == random_only[:3] and ours[3] != random_only[3]
+
+
+def proposals(sampler: optuna.samplers.BaseSampler, count: int) -> list[float]:
+    """The points `sampler` proposes, one after another, on (x - 0.3)^2 over [0, 1]."""
+    study = optuna.create_study(sampler=sampler)
+    points = []
+    for _ in range(count):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
+        study.tell(trial, (trial.params["x"] - 0.3) ** 2)
+        points.append(trial.params["x"])
+    return points
