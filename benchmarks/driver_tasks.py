@@ -31,7 +31,7 @@ from tuning.driver_tasks import whole_node
 from tuning.experiment import load_experiment
 from tuning.prepare import prepare
 from tuning.run_folder import RunFolder
-from tuning.trials import Winner
+from tuning.trials import DeliveredTrial
 
 RESULTS = Path(__file__).parent / "results" / "driver_tasks.json"
 
@@ -73,7 +73,7 @@ def main() -> None:
         folder = RunFolder(root / "runs" / arm.replace(" ", "-"))
         folder.path.mkdir(parents=True)
         config = {"batch_size": 32, "learning_rate": 0.005, "lr_decay": 1e-4, "unfreeze_depth": 0, "head_epochs": 0}
-        winner = Winner("start", config, best_epoch=1, score=0.0, folder_name="")  # no trial folder: retrained, unchecked
+        winner = DeliveredTrial("start", config, best_epoch=1, score=0.0, folder_name="")  # no trial folder: retrained, unchecked
         cpus = int(options["num_cpus"])
         figures.setdefault("retraining (1 epoch) and test", {})[arm] = ray.get(
             run.remote(deliver_model, prepared.index, prepared.store, settings, winner, "train+val", folder, "val_accuracy", cpus))

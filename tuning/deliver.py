@@ -19,11 +19,15 @@ instead, whose validation score the search measured. Without the trial's own mod
 no final checkpoint, or one written before trials kept their best epoch) the retrained model is
 delivered unchecked, and the run says so.
 
+The first `[[search.start]]` configuration, when it is not the winner, is delivered the same way and
+tested beside it: the test split's answer to "did tuning help?", as a paired difference with its
+standard error (the search's own answer is on validation).
+
 Writes the model folder `best/` (`model.keras`, `labels.json`, `config.json` with the winning
 hyperparameters, through `carclf.model_folder`), then `best/metrics.json` (which model was delivered,
 why, and the check) and `best/test_predictions.parquet` (plus `best/test_predictions.txt`, the
-evaluation server's format, when the test split is unlabeled). Only the delivered model meets the
-test split, so nothing is chosen on it. Seeded and, on a CPU, deterministic.
+evaluation server's format, when the test split is unlabeled). Only the delivered models meet the
+test split, and nothing is chosen on it. Seeded and, on a CPU, deterministic.
 """
 
 from __future__ import annotations
@@ -50,55 +54,82 @@ from carclf.model_folder import ModelFolder
 from carclf.runtime import configure_process, resolve_precision
 from carclf.train import EVALUATION_BATCH, TrainingData, train_classifier
 from tuning.run_folder import RunFolder
-from tuning.trials import Winner
+from tuning.trials import DeliveredTrial
 
 logger = logging.getLogger(__name__)
 REPRODUCTION_Z = NOISE_Z
 REPRODUCTION_MARGIN = 0.02  # a retrained model also fits the validation images: it may fit the training split a little less
 
 
-def deliver_model(index: pd.DataFrame, store: str | Path, settings: RunSettings, winner: Winner, choice: str, folder: RunFolder,
-                  metric: str, cpus: int | None = None) -> dict[str, Any]:
-    """The model `choice` names for `winner` (see the module docstring), saved in `best/` and tested; returns `metrics.json`."""
-    settings = settings.with_hyperparameters(winner.hyperparameters).with_train(epochs=winner.best_epoch)
+def deliver_model(index: pd.DataFrame, store: str | Path, settings: RunSettings, winner: DeliveredTrial, choice: str, folder: RunFolder,
+                  metric: str, cpus: int | None = None, start: DeliveredTrial | None = None) -> dict[str, Any]:
+    """The model `choice` names for `winner` (see the module docstring), saved in `best/` and tested; returns `metrics.json`.
+    With the starting configuration's trial (`start`, when it is not the winner), the start is delivered the same way
+    and tested beside the winner (`metrics["start"]`): did tuning help, on test."""
     configure_process(cpus, settings.train.seed)
-    names, train_rows = class_names(index), rows_for(index, "train")
-    pixels = open_image_store(store, settings.data.image_size)
-    trial_model = trial_own_model(folder.path / winner.folder_name, winner.best_epoch, len(names), settings)
-    metrics: dict[str, Any] = {"choice": choice, "trial": winner.summary(metric), "retrain_epochs": winner.best_epoch,
-                               "reproduction": None}
-    delivered_settings = settings
-    if choice == "trial" and trial_model is not None:
-        model, metrics["delivered"] = trial_model, "trial"
-        metrics["reason"] = "run.retrain is 'trial': the winning trial's own model, at its best epoch"
-    else:
-        logger.info("retraining the best configuration on train + val for %d epoch(s), as its trial trained: %s",
-                    winner.best_epoch, winner.hyperparameters)
-        history, started = EpochLog(), time.perf_counter()
-        retraining = following(settings, len(train_rows), len(rows_for(index, "train", "val")))
-        model = train_classifier(TrainingData(index, Path(store)), retraining, splits=("train", "val"), validate=False, verbose=2,
-                                 callbacks=[history])
-        metrics["retrain_recipe"] = {key: getattr(retraining.train, key) for key in ("epochs", "epoch_images", "lr_decay")}
-        metrics.update(retrain_history=history.epochs, retrain_s=time.perf_counter() - started, delivered="retrained")
-        delivered_settings = retraining
-        if trial_model is None:
-            metrics["reason"] = ("retrained on train + validation, unchecked: the winning trial's own model was not saved "
-                                 "(it has no final checkpoint with its best epoch)")
-        else:
-            check = reproduction(correct(trial_model, train_rows, pixels, names), correct(model, train_rows, pixels, names))
-            metrics["reproduction"] = check
-            if check["verdict"] == "reproduced":
-                metrics["reason"] = "retrained on train + validation; it trained like its trial (" + check["statement"] + ")"
-            else:
-                model, metrics["delivered"], delivered_settings = trial_model, "trial", settings
-                metrics["reason"] = ("the retraining did not train like its trial (" + check["statement"] + "); "
-                                     "the trial's own model is delivered instead")
-    ModelFolder(folder.best).save(model, names, delivered_settings, hyperparameters=winner.hyperparameters)
+    names, pixels = class_names(index), open_image_store(store, settings.data.image_size)
+    model, trained, metrics = make_model(index, store, settings, winner, choice, folder, pixels)
+    metrics["trial"] = winner.summary(metric)
+    ModelFolder(folder.best).save(model, names, trained, hyperparameters=winner.hyperparameters)
     started = time.perf_counter()
     metrics["test"] = evaluate_on_test(model, index, pixels, names, folder)
     metrics["evaluate_s"] = time.perf_counter() - started
+    if start is not None and start.trial_id != winner.trial_id and metrics["test"].get("labeled"):
+        start_model, _, start_metrics = make_model(index, store, settings, start, choice, folder, pixels)
+        test_rows = rows_for(index, "test")
+        metrics["start"] = {"trial": start.summary(metric), **start_metrics,
+                            **against_start_on_test(correct(model, test_rows, pixels, names), correct(start_model, test_rows, pixels, names))}
     write_json(folder.metrics_file, metrics)
     return metrics
+
+
+def make_model(index: pd.DataFrame, store: str | Path, settings: RunSettings, trial: DeliveredTrial, choice: str, folder: RunFolder,
+               pixels: np.ndarray) -> tuple[keras.Model, RunSettings, dict[str, Any]]:
+    """The model `choice` names for `trial`, the settings it trained with, and what to record: which model
+    (`delivered`), why (`reason`), the reproduction check, and the retraining's recipe and epochs."""
+    settings = settings.with_hyperparameters(trial.hyperparameters).with_train(epochs=trial.best_epoch)
+    names, train_rows = class_names(index), rows_for(index, "train")
+    trial_model = trial_own_model(folder.path / trial.folder_name, trial.best_epoch, len(names), settings)
+    facts: dict[str, Any] = {"choice": choice, "retrain_epochs": trial.best_epoch, "reproduction": None}
+    if choice == "trial" and trial_model is not None:
+        facts.update(delivered="trial", reason="run.retrain is 'trial': the trial's own model, at its best epoch")
+        return trial_model, settings, facts
+    logger.info("retraining trial %s's configuration on train + val for %d epoch(s), as its trial trained: %s",
+                trial.trial_id, trial.best_epoch, trial.hyperparameters)
+    history, started = EpochLog(), time.perf_counter()
+    retraining = following(settings, len(train_rows), len(rows_for(index, "train", "val")))
+    model = train_classifier(TrainingData(index, Path(store)), retraining, splits=("train", "val"), validate=False, verbose=2,
+                             callbacks=[history])
+    facts.update(delivered="retrained", retrain_history=history.epochs, retrain_s=time.perf_counter() - started,
+                 retrain_recipe={key: getattr(retraining.train, key) for key in ("epochs", "epoch_images", "lr_decay")})
+    if trial_model is None:
+        facts["reason"] = ("retrained on train + validation, unchecked: the trial's own model was not saved "
+                           "(it has no final checkpoint with its best epoch)")
+        return model, retraining, facts
+    check = reproduction(correct(trial_model, train_rows, pixels, names), correct(model, train_rows, pixels, names))
+    facts["reproduction"] = check
+    if check["verdict"] == "reproduced":
+        facts["reason"] = "retrained on train + validation; it trained like its trial (" + check["statement"] + ")"
+        return model, retraining, facts
+    facts.update(delivered="trial", reason="the retraining did not train like its trial (" + check["statement"] + "); "
+                                           "the trial's own model is delivered instead")
+    return trial_model, settings, facts
+
+
+def against_start_on_test(winner_right: np.ndarray, start_right: np.ndarray) -> dict[str, Any]:
+    """The delivered winner against the delivered start on the same test images: the difference, its paired standard
+    error and the answer in plain words."""
+    count = len(winner_right)
+    differences = winner_right.astype(float) - start_right.astype(float)
+    gain = float(differences.mean())
+    error = float(differences.std(ddof=1) / math.sqrt(count)) if count > 1 else math.inf
+    if gain > NOISE_Z * error:
+        statement = f"tuning helped on test: the winner's model beats the start's by {gain:+.3f} ± {error:.3f}"
+    elif gain < -NOISE_Z * error:
+        statement = f"tuning did not help on test: the start's model beats the winner's by {-gain:.3f} ± {error:.3f}"
+    else:
+        statement = f"tuning did not beat the start on test: {gain:+.3f} ± {error:.3f}, within noise"
+    return {"test_accuracy": float(start_right.mean()), "gain": gain, "standard_error": error, "statement": statement}
 
 
 def following(settings: RunSettings, train_rows: int, pooled_rows: int) -> RunSettings:

@@ -122,6 +122,10 @@ def headline(numbers: dict[str, Any]) -> str:
         lines.append(f"<b>Test:</b> {html.escape(best['test'].get('note', 'no test metrics'))}")
     if best and best.get("reason"):
         lines.append(f"<b>Delivered:</b> {html.escape(best['reason'])}")
+    if best and best.get("start"):
+        start = best["start"]
+        lines.append(f"<b>Against the start, on test:</b> the starting configuration delivered the same way tests "
+                     f"{start['test_accuracy']:.3f}: {html.escape(start['statement'])}")
     if numbers["against_start"]:
         lines.append(f"<b>Against the starting configuration:</b> {html.escape(numbers['against_start']['statement'].rstrip('.'))}")
     if numbers["transfer"]:

@@ -28,7 +28,10 @@ report.json schema (version 6):
          reason (why, in plain words), trial {trial_id, metric, score, best_epoch}, reproduction (tuning.deliver's check:
          {images, trial_accuracy, retrained_accuracy, difference, standard_error, verdict, statement}, null when not run),
          test: carclf.evaluate metrics (loss, accuracy, top5_accuracy, macro_precision, macro_recall, macro_f1,
-         per_class [...], most_confused [...])} or null (version 6 added delivered, reason, trial and reproduction)
+         per_class [...], most_confused [...]), start: the first [[search.start]] configuration's trial delivered the same
+         way (its delivered, reason, reproduction and trial, test_accuracy, gain: the winner's test accuracy minus the
+         start's, standard_error (paired), statement), null when the start won, did not score or no test split is
+         labeled} or null (version 6 added delivered, reason, trial, reproduction and start)
   worst_classes: the 20 classes with the lowest test accuracy [{class_name, accuracy, support, ...}]
   advice: [{key, advice}] what to change for the next run, each naming one experiment key (tuning.advice; version 5)
 """
@@ -133,6 +136,8 @@ def report_numbers(run: RunFiles) -> dict[str, Any]:
     if run.best_metrics is not None:
         test = {key: value for key, value in run.best_metrics["test"].items() if key != "confusion_matrix"}  # a figure
         delivery = {key: run.best_metrics.get(key) for key in ("delivered", "reason", "trial", "reproduction")}
+        start = run.best_metrics.get("start")
+        delivery["start"] = {key: start.get(key) for key in (*delivery, "test_accuracy", "gain", "standard_error", "statement")} if start else None
         numbers["best"] = {"hyperparameters": run.best_config["hyperparameters"], "retrain_epochs": run.best_metrics["retrain_epochs"],
                            "precision": run.best_config.get("precision"), **delivery, "test": test}
         if test.get("labeled"):

@@ -83,7 +83,7 @@ from tuning.resume import check_new_run, resolve_experiment, resolved_values  # 
 from tuning.run_folder import RunFolder, new_run_id  # noqa: E402
 from tuning.samplers import choose_sampler  # noqa: E402
 from tuning.search_state import export_search_state, read_search_state  # noqa: E402
-from tuning.trials import Selection, best_trial, trials_table, useful_fraction  # noqa: E402
+from tuning.trials import Selection, best_trial, start_trial, trials_table, useful_fraction  # noqa: E402
 from tuning.tuner import make_tuner, search_interrupted  # noqa: E402
 
 logger = logging.getLogger("tuning.search")
@@ -126,6 +126,9 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
               f"on {test['count']} images", flush=True)
     else:
         print(test.get("note", "no test metrics"), flush=True)
+    if "start" in metrics:
+        print(f"the starting configuration's model tests {metrics['start']['test_accuracy']:.4f}: {metrics['start']['statement']}",
+              flush=True)
     if advice:
         print("for the next run:\n" + "\n".join(f"  {item['key']}: {item['advice']}" for item in advice), flush=True)
     return folder.path
@@ -161,20 +164,23 @@ def search_trials(experiment: Experiment, prepared: Prepared, folder: RunFolder,
 
 
 def deliver_best(experiment: Experiment, prepared: Prepared, folder: RunFolder, trials: pd.DataFrame) -> dict:
-    """The winner's model, as `run.retrain` chooses (`tuning.deliver`), made and tested as a whole-node task; its `metrics.json`."""
-    selection = Selection.of(experiment.search)
-    best = best_trial(trials, selection, list(experiment.search.space))
+    """The winner's model, as `run.retrain` chooses (`tuning.deliver`), made and tested as a whole-node task, with the
+    starting configuration's delivered the same way beside it; its `metrics.json`."""
+    selection, space = Selection.of(experiment.search), list(experiment.search.space)
+    best = best_trial(trials, selection, space)
     if best is None:
         errors = trials["error"].dropna() if "error" in trials else pd.Series(dtype=str)
         cause = f"; the first trial's error: {errors.iloc[0]}" if len(errors) else ""
         raise SearchError(f"no trial scored {selection.metric} (see {folder.trials_file}){cause}")
+    start = start_trial(trials, experiment.search.start, selection, space)
     if experiment.run.delivery == "train+val":
+        also = f", then the starting configuration's (trial {start.trial_id}) the same way" if start and start != best else ""
         print(f"retraining the best trial ({best.trial_id}) on train + val as it trained, for its best epoch count "
-              f"({best.best_epoch}): {best.hyperparameters}", flush=True)
+              f"({best.best_epoch}): {best.hyperparameters}{also}", flush=True)
     options = whole_node(experiment)
     task = ray.remote(**options)(deliver_model)
     return ray.get(task.remote(prepared.index, prepared.store, experiment.settings, best, experiment.run.delivery, folder,
-                               selection.metric, options["num_cpus"]))
+                               selection.metric, options["num_cpus"], start))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

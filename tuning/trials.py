@@ -156,17 +156,24 @@ def within_noise(top: list[dict[str, Any]], objective: str) -> list[str]:
     return close
 
 
+def start_trial_id(summaries: pd.DataFrame, start: list[dict]) -> str | None:
+    """The trial of the first `[[search.start]]` point (`trial_summaries` rows), or None."""
+    if not start:
+        return None
+    matches = [trial_id for trial_id, row in summaries.iterrows() if all(plain_value(row.get(key)) == value for key, value in start[0].items())]
+    return matches[0] if matches else None
+
+
 def against_start(trials: pd.DataFrame, start: list[dict], selection: Selection, validation_size: int) -> dict[str, Any] | None:
     """The best trial against the starting configuration (the first `[[search.start]]` trial), in numbers and plain words."""
     summaries = trial_summaries(trials, selection)
     scored = summaries[summaries[selection.objective].notna()]
     if not start or scored.empty:
         return None
-    point = start[0]
-    matches = summaries[[all(plain_value(row.get(key)) == value for key, value in point.items()) for _, row in summaries.iterrows()]]
-    if matches.empty or pd.isna(matches[selection.objective].iloc[0]):
+    start_id = start_trial_id(summaries, start)
+    if start_id is None or pd.isna(summaries.loc[start_id, selection.objective]):
         return None
-    start_id, start_score = matches.index[0], float(matches[selection.objective].iloc[0])
+    start_score = float(summaries.loc[start_id, selection.objective])
     best_id, best_score = scored.index[0], float(scored[selection.objective].iloc[0])
     gain = (best_score - start_score) * (1 if selection.mode == "max" else -1)
     errors = [standard_error(v, selection.metric, validation_size) for v in (best_score, start_score)]
@@ -186,8 +193,9 @@ def against_start(trials: pd.DataFrame, start: list[dict], selection: Selection,
 
 
 @dataclass(frozen=True)
-class Winner:
-    """The best trial: its hyperparameters, its best epoch (the epochs its model is delivered at) and its score."""
+class DeliveredTrial:
+    """A trial whose model a run delivers (the winner, or the start beside it): its hyperparameters, its best epoch (the
+    epochs its model is delivered at) and its score."""
 
     trial_id: str
     hyperparameters: dict[str, Any]
@@ -199,16 +207,27 @@ class Winner:
         return {"trial_id": self.trial_id, "metric": metric, "score": self.score, "best_epoch": self.best_epoch}
 
 
-def best_trial(trials: pd.DataFrame, selection: Selection, space_keys: list[str]) -> Winner | None:
-    """The winner (`Winner`); None if no trial scored."""
+def best_trial(trials: pd.DataFrame, selection: Selection, space_keys: list[str]) -> DeliveredTrial | None:
+    """The winner (`DeliveredTrial`); None if no trial scored."""
     rows = trial_summaries(trials, selection)
     scored = rows[rows[selection.objective].notna() & np.isfinite(rows[selection.objective].astype(float))]
-    if scored.empty:
+    return None if scored.empty else delivered_trial(trials, scored, scored.index[0], space_keys, selection)
+
+
+def start_trial(trials: pd.DataFrame, start: list[dict], selection: Selection, space_keys: list[str]) -> DeliveredTrial | None:
+    """The first `[[search.start]]` point's trial, in the winner's terms, to deliver the same way; None if it did not score."""
+    rows = trial_summaries(trials, selection)
+    trial_id = start_trial_id(rows, start)
+    if trial_id is None or not np.isfinite(float(rows.loc[trial_id, selection.objective])):
         return None
-    trial_id, best = scored.index[0], scored.iloc[0]
+    return delivered_trial(trials, rows, trial_id, space_keys, selection)
+
+
+def delivered_trial(trials: pd.DataFrame, summaries: pd.DataFrame, trial_id: str, space_keys: list[str], selection: Selection) -> DeliveredTrial:
+    row = summaries.loc[trial_id]
     paths = trials.loc[trials["trial_id"] == trial_id, "trial_path"] if "trial_path" in trials else pd.Series(dtype=str)
-    return Winner(trial_id=str(trial_id), hyperparameters={key: plain_value(best[key]) for key in space_keys},
-                  best_epoch=int(best["best_epoch"]), score=float(best[selection.objective]),
+    return DeliveredTrial(trial_id=str(trial_id), hyperparameters={key: plain_value(row[key]) for key in space_keys},
+                  best_epoch=int(row["best_epoch"]), score=float(row[selection.objective]),
                   folder_name=Path(str(paths.iloc[0])).name if len(paths) else "")
 
 

@@ -16,31 +16,36 @@ from carclf.data.table import rows_for
 from carclf.model import layer_weights
 from carclf.runtime import configure_process
 from carclf.train import TrainingData, TrainingRun
-from tuning.deliver import REPRODUCTION_MARGIN, deliver_model, following, reproduction
+from tuning.deliver import REPRODUCTION_MARGIN, correct, deliver_model, following, reproduction, trial_own_model
 from tuning.run_folder import RunFolder
-from tuning.trials import Winner
+from tuning.trials import DeliveredTrial
 
 TRIAL_EPOCHS = 4
 
 
 @pytest.fixture(scope="module")
 def trial_run(tiny_dataset, tiny_settings, tmp_path_factory):
-    """A run folder holding one finished trial ("t"): 4 epochs on the training split, the final checkpoint with its
-    best epoch (the last) as the trainable writes it; returns the folder, the trial's settings and its model."""
+    """A run folder holding a finished trial ("t"): 4 epochs on the training split, the final checkpoint with its best
+    epoch (the last) as the trainable writes it, and a start trial ("s") of 1 epoch; returns the folder, the trial's
+    settings and its model."""
     configure_process(2, seed=0)
     settings = tiny_settings.with_train(epochs=TRIAL_EPOCHS)
     run = TrainingRun(TrainingData(tiny_dataset.index, tiny_dataset.store), settings)
+    folder = RunFolder(tmp_path_factory.mktemp("run"))
+    run.train_epoch()  # a start trial "s" that ended here, at its best epoch, 1
+    start = folder.path / "CarClassifierTrainable_s_2" / "checkpoint_000000"
+    save_checkpoint(run.final_model, start, {"phase": "fine_tune", "best": 0.25, "best_epoch": 1, "epoch": 1})
+    save_best_epoch(layer_weights(run.final_model), start)
     while not run.finished:
         run.train_epoch()
-    folder = RunFolder(tmp_path_factory.mktemp("run"))
     checkpoint = folder.path / "CarClassifierTrainable_t_1" / f"checkpoint_{TRIAL_EPOCHS - 1:06d}"
     save_checkpoint(run.final_model, checkpoint, {"phase": "fine_tune", "best": 0.5, "best_epoch": TRIAL_EPOCHS, "epoch": TRIAL_EPOCHS})
     save_best_epoch(layer_weights(run.final_model), checkpoint)
     return folder, settings, run.final_model
 
 
-def winner(**hyperparameters) -> Winner:
-    return Winner("t", {"learning_rate": 0.001, **hyperparameters}, best_epoch=TRIAL_EPOCHS, score=0.5,
+def winner(**hyperparameters) -> DeliveredTrial:
+    return DeliveredTrial("t", {"learning_rate": 0.001, **hyperparameters}, best_epoch=TRIAL_EPOCHS, score=0.5,
                   folder_name="CarClassifierTrainable_t_1")
 
 
@@ -70,7 +75,7 @@ def test_choice_trial_delivers_the_trials_own_model_without_retraining(trial_run
 
 def test_without_the_trials_own_model_the_retrained_model_is_delivered_unchecked(trial_run, tiny_dataset):
     folder, settings, _ = trial_run
-    lost = Winner("u", {"learning_rate": 0.001}, best_epoch=2, score=0.5, folder_name="CarClassifierTrainable_u_2")
+    lost = DeliveredTrial("u", {"learning_rate": 0.001}, best_epoch=2, score=0.5, folder_name="CarClassifierTrainable_u_2")
     metrics = deliver_model(tiny_dataset.index, tiny_dataset.store, settings, lost, "trial", folder, "val_accuracy", cpus=2)
     assert metrics["delivered"] == "retrained" and metrics["reproduction"] is None and "unchecked" in metrics["reason"]
     assert len(metrics["retrain_history"]) == 2
@@ -101,3 +106,21 @@ def test_the_retraining_sees_each_image_as_often_as_its_trial_at_the_trials_lear
     for epoch in range(1, 5):  # the learning rate at each epoch's end: lr / (1 + decay * steps so far)
         assert 1 + retraining.lr_decay * epoch * (expected // 8) == pytest.approx(1 + 1e-3 * epoch * trial_steps)
     assert (retraining.epochs, retraining.seed, retraining.learning_rate) == (4, trial.train.seed, trial.train.learning_rate)
+
+
+def test_the_start_is_delivered_the_same_way_and_tested_beside_the_winner(trial_run, tiny_dataset):
+    folder, settings, trial_model = trial_run
+    start = DeliveredTrial("s", {"learning_rate": 0.001}, best_epoch=1, score=0.25, folder_name="CarClassifierTrainable_s_2")
+    metrics = deliver_model(tiny_dataset.index, tiny_dataset.store, settings, winner(), "trial", folder, "val_accuracy", cpus=2,
+                            start=start)
+    against = metrics["start"]
+    assert against["delivered"] == "trial" and against["trial"]["trial_id"] == "s" and "retrain_s" not in against
+    test = rows_for(tiny_dataset.index, "test")
+    start_model = trial_own_model(folder.path / start.folder_name, 1, 4, settings.with_train(epochs=1))
+    start_right = correct(start_model, test, open_image_store(tiny_dataset.store, 32), ["a", "b", "c", "d"])
+    assert against["test_accuracy"] == start_right.mean()
+    assert against["gain"] == pytest.approx(metrics["test"]["accuracy"] - start_right.mean())
+    beats = against["gain"] > 1.96 * against["standard_error"]
+    assert against["statement"].startswith("tuning helped on test" if beats else "tuning did")
+    assert deliver_model(tiny_dataset.index, tiny_dataset.store, settings, winner(), "trial", folder, "val_accuracy", cpus=2,
+                         start=winner()).get("start") is None  # the start won: nothing to compare

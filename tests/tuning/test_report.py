@@ -177,7 +177,10 @@ def test_a_hand_made_run_reports_its_gain_over_the_start_and_counts_each_ending_
     # The winning trial's own model was delivered, its retraining having departed: the first screen says which and why.
     reason = "the retraining did not train like its trial (...); the trial's own model is delivered instead"
     metrics = {"retrain_epochs": 2, "delivered": "trial", "reason": reason, "trial": {"trial_id": "w", "score": 0.875},
-               "reproduction": {"verdict": "departed"}, "test": {"labeled": True, "count": 12, "accuracy": 0.5, "top5_accuracy": 1.0,
+               "reproduction": {"verdict": "departed"},
+               "start": {"delivered": "retrained", "test_accuracy": 0.25, "gain": 0.25, "standard_error": 0.13, "retrain_history": [],
+                         "statement": "tuning did not beat the start on test: +0.250 ± 0.130, within noise"},
+               "test": {"labeled": True, "count": 12, "accuracy": 0.5, "top5_accuracy": 1.0,
                                                                  "per_class": [], "most_confused": [], "macro_precision": 0.5,
                                                                  "macro_recall": 0.5, "macro_f1": 0.5}}
     (tmp_path / "best").mkdir()
@@ -189,6 +192,8 @@ def test_a_hand_made_run_reports_its_gain_over_the_start_and_counts_each_ending_
     headline = page[page.index('<div class="headline">'):page.index("<h2>Experiment and data</h2>")]
     assert "<b>Test:</b> the winning trial&#x27;s own model, at its best epoch (2): top-1 accuracy 0.500" in headline
     assert "<b>Delivered:</b> the retraining did not train like its trial" in headline
+    assert "<b>Against the start, on test:</b> the starting configuration delivered the same way tests 0.250: tuning did not beat" in headline
+    assert numbers["best"]["start"]["gain"] == 0.25 and "retrain_history" not in numbers["best"]["start"]
 
 
 def test_a_diverged_trial_is_marked_in_no_trial_colour_and_in_its_own_shape():

@@ -21,6 +21,7 @@ from tests.tuning.helpers import START_POINT, e2e_flags, must_stop_one, run, sea
 from tuning.report import write_report
 from tuning.samplers import choose_sampler, gp_available
 from tuning.search_state import sqlite_url
+from tuning.trials import Selection, start_trial_id, trial_summaries
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -126,6 +127,12 @@ def test_one_rule_ranks_trials_teaches_optuna_and_sets_the_delivered_epochs(fini
     # The winner finished, so its final checkpoint holds its best epoch: the retraining was checked against it.
     assert metrics["reproduction"]["verdict"] in ("reproduced", "departed") and metrics["reproduction"]["images"] == 32
     assert metrics["delivered"] == ("retrained" if metrics["reproduction"]["verdict"] == "reproduced" else "trial")
+    # The first start point's trial, unless it won, was delivered the same way and tested beside the winner.
+    start = json.loads((run_dir / "experiment.json").read_text())["search"]["start"]
+    start_id = start_trial_id(trial_summaries(trials, Selection("val_loss", "min")), start)
+    assert ("start" in metrics) == (start_id != winner.name)
+    if "start" in metrics:
+        assert metrics["start"]["trial"]["trial_id"] == start_id and metrics["start"]["delivered"] in ("retrained", "trial")
 
     study = optuna.load_study(study_name="carclf", storage=f"sqlite:///{run_dir / 'study.db'}")
     states = [trial.state for trial in study.trials]

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from tuning.trials import Selection, Winner, against_start, best_trial, trial_summaries, trials_table
+from tuning.trials import DeliveredTrial, Selection, against_start, best_trial, trial_summaries, trials_table
 
 SELECTION = Selection("val_accuracy", "max")
 SPACE = ["learning_rate"]
@@ -39,7 +39,7 @@ def test_ties_go_to_fewer_images_then_the_earlier_trial_whatever_the_row_order()
     for seed in range(20):
         shuffled = table.sample(frac=1.0, random_state=seed)
         assert list(trial_summaries(shuffled, SELECTION).index) == ["first", "second", "late", "worse"]
-        assert best_trial(shuffled, SELECTION, SPACE) == Winner("first", {"learning_rate": 0.01}, 2, 0.5,
+        assert best_trial(shuffled, SELECTION, SPACE) == DeliveredTrial("first", {"learning_rate": 0.01}, 2, 0.5,
                                                                  "CarClassifierTrainable_first_4_learning_rate=0.01")
 
 
