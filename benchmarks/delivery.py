@@ -43,7 +43,7 @@ from carclf.data.store import open_image_store
 from carclf.data.table import class_names, rows_for
 from carclf.runtime import configure_process
 from carclf.train import TrainingData, train_classifier
-from tuning.deliver import correct, following, reproduction, trial_own_model
+from tuning.deliver import correct, following, paired_difference, reproduction, trial_own_model
 from tuning.experiment import DEMO_EXPERIMENT, experiment_from_document
 from tuning.prepare import prepare
 from tuning.run_folder import RunFolder
@@ -86,8 +86,8 @@ def summary(right: np.ndarray) -> dict:
 
 def paired(a: np.ndarray, b: np.ndarray) -> dict:
     """a − b on the same images, with the standard error of the paired difference."""
-    differences = a.astype(float) - b.astype(float)
-    return {"difference": float(differences.mean()), "standard_error": float(differences.std(ddof=1) / math.sqrt(len(differences)))}
+    difference, error = paired_difference(a, b)
+    return {"difference": difference, "standard_error": error}
 
 
 def measure(folder: RunFolder) -> dict:

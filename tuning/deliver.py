@@ -116,13 +116,17 @@ def make_model(index: pd.DataFrame, store: str | Path, settings: RunSettings, tr
     return trial_model, settings, facts
 
 
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """mean(a) - mean(b) over the same images (right or wrong on each), and the standard error of that paired difference."""
+    differences = a.astype(float) - b.astype(float)
+    error = float(differences.std(ddof=1) / math.sqrt(len(differences))) if len(differences) > 1 else math.inf
+    return float(differences.mean()), error
+
+
 def against_start_on_test(winner_right: np.ndarray, start_right: np.ndarray) -> dict[str, Any]:
     """The delivered winner against the delivered start on the same test images: the difference, its paired standard
     error and the answer in plain words."""
-    count = len(winner_right)
-    differences = winner_right.astype(float) - start_right.astype(float)
-    gain = float(differences.mean())
-    error = float(differences.std(ddof=1) / math.sqrt(count)) if count > 1 else math.inf
+    gain, error = paired_difference(winner_right, start_right)
     if gain > NOISE_Z * error:
         statement = f"tuning helped on test: the winner's model beats the start's by {gain:+.3f} ± {error:.3f}"
     elif gain < -NOISE_Z * error:
@@ -172,8 +176,7 @@ def reproduction(trial_right: np.ndarray, retrained_right: np.ndarray) -> dict[s
     and the verdict, "reproduced" or "departed" (see the module docstring)."""
     count = len(trial_right)
     trial, retrained = float(np.mean(trial_right)), float(np.mean(retrained_right))
-    differences = retrained_right.astype(float) - trial_right.astype(float)
-    error = float(np.std(differences, ddof=1) / math.sqrt(count)) if count > 1 else math.inf
+    error = paired_difference(retrained_right, trial_right)[1]
     departed = retrained - trial < -(REPRODUCTION_Z * error + REPRODUCTION_MARGIN)
     statement = (f"on the {count} training images, clean: retrained {retrained:.3f} against the trial's model {trial:.3f}, "
                  f"{retrained - trial:+.3f} ± {error:.3f}")
