@@ -278,21 +278,24 @@ def run_folder_at(ctx: Context, stage: str, files: tuple[str, ...], status: str 
 
 
 def kept_run(ctx: Context, *edits: str, state: str = "this", study: str | None = None, rungs: str | None = None,
-             experiment_json: str | None = None) -> list[str]:
+             experiment_json: str | None = None, storage: str = "") -> list[str]:
     """`--resume` of a run folder of the base experiment that stopped after it started (experiment.json with its run
     id, the dataset, status.json), holding the searcher's saved state of `state` ("this" run, "another" run of the
     same experiment, or "none"), a study.db exported from the state of `study` (likewise, "damaged", or None), `rungs` as
-    rungs.jsonl, and experiment.json edited by `edits` (`table.key=value`) or replaced by `experiment_json`."""
+    rungs.jsonl, and experiment.json edited by `edits` (`table.key=value`) or replaced by `experiment_json`; the study is
+    written to `storage` (`search.storage`) when one is given."""
     from ray.tune.search import Searcher
 
     from carclf.config import apply_overrides
     from tuning.experiment import load_experiment
     from tuning.run_folder import RunFolder
     from tuning.search_state import STATE_VERSION, experiment_fingerprint, export_search_state, write_state
+    from tuning.study_storage import StudyPlace
 
     folder = RunFolder(ctx.runs / "kept")
     folder.path.mkdir(parents=True)
-    experiment = load_experiment(experiment_file(ctx, EXPERIMENT), [f"data.root='{ctx.cars}'", f"run.storage_path='{ctx.runs}'"])
+    experiment = load_experiment(experiment_file(ctx, EXPERIMENT), [f"data.root='{ctx.cars}'", f"run.storage_path='{ctx.runs}'",
+                                                                     f"search.storage='{storage}'"])
     document = experiment.to_dict()
 
     def saved_state(run: str) -> dict:
@@ -305,7 +308,8 @@ def kept_run(ctx: Context, *edits: str, state: str = "this", study: str | None =
     if study == "damaged":
         folder.study_file.write_bytes(b"not a database\n" * 64)
     elif study is not None:
-        export_search_state(folder.path, saved_state(study), experiment.search.space.optuna_distributions())
+        export_search_state(StudyPlace(folder.path, experiment.search.storage), saved_state(study),
+                            experiment.search.space.optuna_distributions())
     folder.write_experiment(apply_overrides(document, list(edits), "test"), {}, "0123456789ab")
     if experiment_json is not None:
         folder.experiment_file.write_text(experiment_json)
@@ -598,6 +602,12 @@ CASES = [
     pytest.param(lambda ctx: search_experiment(ctx, EXPERIMENT, "--set", "run.retrain='best'"), SEARCH_ERROR,
                  r"\[run\]: key retrain must be one of \('train\+val', 'trial', 'none'\) \(or true, false\), got 'best'",
                  id="experiment-retrain-unknown-choice"),
+    pytest.param(lambda ctx: search_experiment(ctx, EXPERIMENT, "--set", "search.storage='sqlite://'"), SEARCH_ERROR,
+                 r"\[search\]: key storage: 'sqlite://' names no SQLite file; an in-memory study would be lost",
+                 id="experiment-study-storage-in-memory"),
+    pytest.param(lambda ctx: search_experiment(ctx, EXPERIMENT, "--set", "search.storage='postgresql+nodriver://carclf:secret@db/runs'"),
+                 SEARCH_ERROR, r"search\.storage postgresql\+nodriver://carclf:\*\*\*@db/runs: cannot be used \(Can't load plugin: "
+                 r"sqlalchemy\.dialects:postgresql\.nodriver\); check the URL", id="experiment-study-storage-cannot-be-used"),
     pytest.param(lambda ctx: search_experiment(ctx, edited("choice = [8, 16]", "choice = [8, 8, 16]")), SEARCH_ERROR,
                  r"experiment\.toml \[search\.space\] batch_size: choice lists 8 more than once", id="experiment-choice-repeated"),
     pytest.param(lambda ctx: search_experiment(ctx, edited("[search.space]\n", "[search.space]\nhead_epochs = { choice = [0, 2] }\n")
@@ -657,6 +667,9 @@ CASES = [
     pytest.param(lambda ctx: kept_run(ctx, "search.num_samples=9"), SEARCH_ERROR,
                  r"kept/experiment\.json: changed since the run started: it no longer reads as the experiment its searcher-state-\S+ was made for",
                  id="resume-experiment-json-edited-after-the-start"),
+    pytest.param(lambda ctx: kept_run(ctx, "search.num_samples=9", state="none", study="this", storage=str(ctx.tmp / "studies.log")),
+                 SEARCH_ERROR, r"kept/experiment\.json: changed since the run started: it no longer reads as the experiment its study "
+                 r"\(search\.storage \S+/studies\.log\) was made for", id="resume-experiment-json-edited-after-its-study-in-a-journal"),
     pytest.param(lambda ctx: kept_run(ctx, experiment_json='{"run_id": "0123456789ab", "data": {"form'), SEARCH_ERROR,
                  r"kept/experiment\.json: damaged \(.*\); restore it from a copy of the run folder", id="resume-experiment-json-truncated"),
     pytest.param(lambda ctx: kept_run(ctx, rungs=RUNG + "garbage\n"), SEARCH_ERROR,

@@ -11,7 +11,7 @@ from carclf.data.table import DatasetError
 from carclf.features import FeatureCacheError
 from carclf.model import WeightsError
 from tuning.run_folder import RunFolderError, RunInUseError
-from tuning.search_state import StudyError
+from tuning.study_storage import StudyError
 
 
 class SearchError(RuntimeError):

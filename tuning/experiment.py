@@ -27,6 +27,7 @@ from carclf.config import (
 )
 from carclf.files import absolute_path
 from tuning.search_space import SearchSpace, check_start_points, parse_space
+from tuning.study_storage import check_storage_setting, resolved_storage
 
 EXPERIMENTS = Path(str(importlib.resources.files("tuning.experiments")))
 DEMO_EXPERIMENT = EXPERIMENTS / "demo.toml"
@@ -49,6 +50,7 @@ class SearchConfig:
     time_budget_s: float = 0.0  # 0: no budget
     space: SearchSpace = SearchSpace()
     start: list = field(default_factory=list)
+    storage: str = ""  # where the study is written: an Optuna storage URL or a journal file; empty: study.db in the run folder
 
     def check(self) -> None:
         if self.algorithm == "optuna":
@@ -70,6 +72,10 @@ class SearchConfig:
             raise ConfigError(f"time_budget_s must be >= 0, got {self.time_budget_s}")
         if not self.space:
             raise ConfigError("space must name at least one hyperparameter ([search.space])")
+        try:
+            check_storage_setting(self.storage)
+        except ValueError as error:
+            raise ConfigError(f"storage: {error}") from None
 
     @property
     def direction(self) -> str:
@@ -254,6 +260,7 @@ def experiment_from_document(document: dict[str, Any], where: str) -> Experiment
     sections = {name: parse_section(cls, tables[name], f"{where} [{name}]") for name, cls in SEARCH_SECTIONS.items()}
     storage = sections["run"].storage_path  # made absolute once, as the settings' paths (a URI stays as it is)
     sections["run"] = dataclasses.replace(sections["run"], storage_path=storage if "://" in storage else str(absolute_path(storage)))
+    sections["search"] = dataclasses.replace(sections["search"], storage=resolved_storage(sections["search"].storage))
     experiment = Experiment(source=source, settings=settings, **sections)
     check_start_points(experiment.search.space, experiment.search.start, experiment.trial_settings(), experiment.search.num_samples,
                        where)

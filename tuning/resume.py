@@ -23,7 +23,8 @@ from carclf.files import absolute_path
 from tuning.errors import SearchError
 from tuning.experiment import DEMO_EXPERIMENT, Experiment, experiment_from_document, load_experiment
 from tuning.run_folder import RESTORE, RunFolder, RunFolderError, SavedExperiment
-from tuning.search_state import experiment_fingerprint, newest_state_file, read_search_state, study_identity
+from tuning.search_state import experiment_fingerprint, newest_state_file, read_search_state
+from tuning.study_storage import StudyPlace, check_usable, study_identity
 
 logger = logging.getLogger("tuning.search")
 # Flags that set experiment values; on --resume each may only repeat what the run saved.
@@ -86,8 +87,9 @@ def check_resumable(folder: RunFolder, saved: SavedExperiment) -> None:
     """Before Ray starts, refuse a run folder that is not one run, naming the file at fault.
 
     Its stage's files must be there and whole (each read through `tuning.run_folder.read_run_file`).
-    Once trials ran, the searcher's saved state (`tuning.search_state`) must be there. It, `study.db`
-    and every line of `rungs.jsonl` must carry this run's id and, the first two, the fingerprint of
+    Once trials ran, the searcher's saved state (`tuning.search_state`) must be there. It, the study
+    (`study.db`, or the run's study in `search.storage`: `tuning.study_storage`) and every line of
+    `rungs.jsonl` must carry this run's id and, the first two, the fingerprint of
     `experiment.json` as it reads now: another run's file is named as such, and an experiment.json
     changed since the start as that. `trials.parquet` may hold only trials Ray ran in this folder.
     A folder moved since its start while trials are still to be created is refused too
@@ -100,10 +102,12 @@ def check_resumable(folder: RunFolder, saved: SavedExperiment) -> None:
         raise RunFolderError(f"{folder.path}: Ray's trials are here but not the searcher's saved state "
                              f"({Searcher.CKPT_FILE_TMPL.format('*')}), the study they belong to: {RESTORE}")
     if state is not None:
-        check_identity(newest_state_file(folder.path), state["identity"], saved)
-    study = study_identity(folder.path)
+        path = newest_state_file(folder.path)
+        check_identity(folder, str(path), path.name, state["identity"], saved)
+    place = StudyPlace(folder.path, saved.document["search"].get("storage", ""))
+    study = study_identity(place, saved.run_id)
     if study is not None:
-        check_identity(folder.study_file, study, saved)
+        check_identity(folder, place.where, f"study ({place.where})" if place.storage else folder.study_file.name, study, saved)
     for number, decision in enumerate(folder.read_rung_decisions(), start=1):
         if saved.run_id and decision.get("run_id") != saved.run_id:
             raise RunFolderError(f"{folder.rungs_file}: decision {number} belongs to another run (run id {decision.get('run_id')}, "
@@ -118,16 +122,16 @@ def check_resumable(folder: RunFolder, saved: SavedExperiment) -> None:
         check_not_moved(folder, saved, len(state["trials"]))
 
 
-def check_identity(path: Path, identity: dict[str, Any], saved: SavedExperiment) -> None:
-    """`path`, a file recording the run it belongs to, must name this run and its experiment as experiment.json reads now."""
+def check_identity(folder: RunFolder, where: str, what: str, identity: dict[str, Any], saved: SavedExperiment) -> None:
+    """`what` (at `where`: the searcher's state or the study), recording the run it belongs to, must name this run and its
+    experiment as the folder's experiment.json reads now."""
     if saved.run_id and identity.get("run_id") != saved.run_id:
-        raise RunFolderError(f"{path}: belongs to another run (run id {identity.get('run_id')}, from {identity.get('source')}), "
+        raise RunFolderError(f"{where}: belongs to another run (run id {identity.get('run_id')}, from {identity.get('source')}), "
                              f"not to this one ({saved.run_id}): {RESTORE}")
     fingerprint = experiment_fingerprint(saved.document)
     if identity.get("fingerprint") != fingerprint:
-        raise RunFolderError(f"{RunFolder(path.parent).experiment_file}: changed since the run started: it no longer reads as the "
-                             f"experiment its {path.name} was made for (fingerprint {identity.get('fingerprint')}, now {fingerprint}); "
-                             f"{RESTORE}")
+        raise RunFolderError(f"{folder.experiment_file}: changed since the run started: it no longer reads as the experiment its "
+                             f"{what} was made for (fingerprint {identity.get('fingerprint')}, now {fingerprint}); {RESTORE}")
 
 
 def check_not_moved(folder: RunFolder, saved: SavedExperiment, asked: int) -> None:
@@ -190,7 +194,7 @@ def check_new_run(experiment: Experiment) -> None:
     A run that stopped before its first trial (Ray did not start, no node had the GPUs asked for)
     holds nothing to keep: its name is free again, so the same command, or the one its error
     advises, starts it afresh. What it wrote before the trials (the study, the transfer probe) is
-    removed, since the new run may differ.
+    removed, since the new run may differ. A `search.storage` that cannot be used is refused here.
     """
     folder = RunFolder(experiment.run_dir)
     stage = folder.stage()
@@ -200,3 +204,4 @@ def check_new_run(experiment: Experiment) -> None:
         logger.info("%s: the run of this name stopped before its first trial; starting it again", folder.path)
         for path in (folder.study_file, folder.transfer_file):
             path.unlink(missing_ok=True)
+    check_usable(StudyPlace(folder.path, experiment.search.storage))  # a storage that fails is said before the first trial

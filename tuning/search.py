@@ -83,6 +83,7 @@ from tuning.resume import check_new_run, resolve_experiment, resolved_values  # 
 from tuning.run_folder import RunFolder, new_run_id  # noqa: E402
 from tuning.samplers import choose_sampler  # noqa: E402
 from tuning.search_state import export_search_state, read_search_state  # noqa: E402
+from tuning.study_storage import StudyPlace, check_usable  # noqa: E402
 from tuning.trials import Selection, best_trial, start_trial, trials_table, useful_fraction  # noqa: E402
 from tuning.tuner import make_tuner, search_interrupted  # noqa: E402
 
@@ -145,9 +146,11 @@ def search_trials(experiment: Experiment, prepared: Prepared, folder: RunFolder,
     fit_started = time.time()
     restore = resume and tune.Tuner.can_restore(str(folder.path))
     results = make_tuner(experiment, prepared, features, run_id, restore, ray_verbose).fit()
-    state = read_search_state(folder.path)  # the newest Ray saved, as the trials stopped: study.db and rungs.jsonl from it
+    state = read_search_state(folder.path)  # the newest Ray saved, as the trials stopped: the study and rungs.jsonl from it
     if state is not None:
-        export_search_state(folder.path, state, experiment.search.space.optuna_distributions())
+        place = StudyPlace(folder.path, experiment.search.storage)
+        name = export_search_state(place, state, experiment.search.space.optuna_distributions())
+        logger.info("the study %r is written; to see it: %s", name, place.dashboard_command)
     stopped = {d["trial_id"] for d in folder.read_rung_decisions() if d["decision"] == "stopped"}
     trials = trials_table(results, experiment.scheduler.max_epochs, stopped)
     folder.write_trials(trials)
@@ -195,11 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             check_local_cluster(args, experiment)
             prepared = prepare(experiment, resume=False)
+            check_usable(StudyPlace(experiment.run_dir, experiment.search.storage))
             print(f"weights      {describe_weights(experiment)}")
             print(f"epochs       {prepared.experiment.settings.train.epoch_images} training images each, at every batch size")
             for note in warnings_for(prepared):
                 print(f"warning: {note}")
-            print("dry run: the experiment, the data and the weights are valid; nothing was started")
+            print("dry run: the experiment, the data, the weights and the study's storage are valid; nothing was started")
             return 0
         with folder.hold():
             if args.resume is not None and folder.stage() == "finished":

@@ -12,8 +12,9 @@ and the searcher's restore refills it in place.
 The state holds no path, so a run folder that moved restores as it was; and it is saved in the
 same snapshot as Ray's trial states, so the two never disagree (no trial asked for after the last
 snapshot survives a kill in one and not the other). Once the trials stop, the driver reads the
-newest saved state from the run folder (`read_search_state`) and writes `study.db`, the study for
-optuna-dashboard, and `rungs.jsonl`, the log the report reads (`export_search_state`).
+newest saved state from the run folder (`read_search_state`) and writes the study, for
+optuna-dashboard (`study.db`, or `search.storage`: `tuning.study_storage`), and `rungs.jsonl`, the
+log the report reads (`export_search_state`).
 
 The file is JSON (Ray names it `.pkl`); infinite scores (a diverged trial's) are written as the
 strings "inf" and "-inf", so it stays strict JSON.
@@ -21,34 +22,28 @@ strings "inf" and "-inf", so it stays strict JSON.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
-import sqlalchemy.engine
-import sqlalchemy.exc
 from ray.tune.search import Searcher
 
-from carclf.files import atomic_path, write_text
-from tuning.run_folder import RESTORE, RunFolder, read_run_file
+from carclf.files import write_text
+from tuning.run_folder import RunFolder, read_run_file
+from tuning.study_storage import StudyPlace, write_study
 
 STATE_VERSION = 1
-STUDY_NAME = "carclf"
-IDENTITY_ATTRIBUTE = "carclf_experiment"  # the study's user attribute: fingerprint, source and run id
 RAY_TRIAL_ATTRIBUTE = "ray_trial_id"
 
 
-class StudyError(RuntimeError):
-    """`study.db` cannot be read: damaged, or not carclf's."""
-
-
 def experiment_fingerprint(document: dict[str, Any]) -> str:
-    """What makes trials of two runs comparable: the data, model, train, search and scheduler tables."""
+    """What makes trials of two runs comparable: the data, model, train, search and scheduler tables (where the
+    study is written, `search.storage`, aside)."""
     kept = {key: document[key] for key in ("data", "model", "train", "search", "scheduler")}
+    kept["search"] = {key: value for key, value in kept["search"].items() if key != "storage"}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -127,45 +122,11 @@ def write_state(path: str | Path, state: dict[str, Any]) -> None:
     write_text(path, json.dumps(state, allow_nan=False) + "\n")
 
 
-def export_search_state(run_dir: Path, state: dict[str, Any], distributions: dict[str, Any]) -> None:
-    """Write `study.db` (the study, for optuna-dashboard) and `rungs.jsonl` (ASHA's log) from a saved search state.
-
-    The study is written to a new file and renamed into place, so a reader never sees half of it."""
-    folder = RunFolder(Path(run_dir))
-    with atomic_path(folder.study_file) as partial:
-        storage = optuna.storages.RDBStorage(sqlite_url(partial))
-        study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=state["identity"]["direction"])
-        study.set_user_attr(IDENTITY_ATTRIBUTE, {key: state["identity"][key] for key in ("fingerprint", "source", "run_id")})
-        study.add_trials([frozen_trial(saved, distributions) for saved in state["trials"]])  # an interrupted one as RUNNING
-        storage.engine.dispose()  # closed before the file is renamed: nothing writes to the partial name afterwards
-    write_text(folder.rungs_file, "".join(json.dumps(decision) + "\n" for decision in state["rungs"]))
-
-
-def sqlite_url(path: Path) -> str:
-    """The SQLAlchemy URL of a SQLite file, its path escaped: a run named `run?x=1` is a folder, not a query."""
-    return sqlalchemy.engine.URL.create("sqlite", database=str(Path(path).resolve())).render_as_string()
-
-
-@contextlib.contextmanager
-def readable_study(path: Path) -> Iterator[None]:
-    """Turn SQLAlchemy's and Optuna's errors on a damaged study file into a `StudyError` naming the file and
-    what to do (a truncated copy, a disk error, another program's file under the name)."""
-    try:
-        yield
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
-        reason = str(error).splitlines()[0]
-        raise StudyError(f"{path}: damaged, or not an Optuna study ({reason}); {RESTORE}") from None
-
-
-def study_identity(run_dir: Path) -> dict[str, Any] | None:
-    """What `RUN_DIR/study.db` says it was written for (the experiment's fingerprint and source, the run's id);
-    None without the file. A file that holds no carclf study is a `StudyError`."""
-    path = RunFolder(Path(run_dir)).study_file
-    if not path.is_file():
-        return None
-    with readable_study(path):
-        storage = optuna.storages.RDBStorage(sqlite_url(path))
-        names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
-        if STUDY_NAME not in names:
-            raise StudyError(f"{path}: holds no carclf study (it has {names or 'none'}); {RESTORE}")
-        return optuna.load_study(study_name=STUDY_NAME, storage=storage).user_attrs.get(IDENTITY_ATTRIBUTE, {})
+def export_search_state(place: StudyPlace, state: dict[str, Any], distributions: dict[str, Any]) -> str:
+    """Write the study (for optuna-dashboard: `place`, the run folder's study.db or `search.storage`) and `rungs.jsonl`
+    (ASHA's log) from a saved search state; returns the study's name."""
+    identity = {key: state["identity"][key] for key in ("fingerprint", "source", "run_id")}
+    trials = [frozen_trial(saved, distributions) for saved in state["trials"]]  # an interrupted one as RUNNING
+    name = write_study(place, identity, state["identity"]["direction"], trials)
+    write_text(RunFolder(place.run_dir).rungs_file, "".join(json.dumps(decision) + "\n" for decision in state["rungs"]))
+    return name

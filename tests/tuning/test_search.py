@@ -20,7 +20,7 @@ from carclf.runtime import module_installed
 from tests.tuning.helpers import START_POINT, e2e_flags, must_stop_one, run, search_command
 from tuning.report import write_report
 from tuning.samplers import choose_sampler, gp_available
-from tuning.search_state import sqlite_url
+from tuning.study_storage import sqlite_url
 from tuning.trials import Selection, start_trial_id, trial_summaries
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -284,6 +284,38 @@ def test_an_interrupted_search_resumes_where_it_is_now_without_rerunning_finishe
     states = [trial.state for trial in study.trials]
     assert len(states) - states.count(optuna.trial.TrialState.FAIL) == 3  # one study, continued
     assert optuna.trial.TrialState.RUNNING not in states  # a trial asked for just before a kill is closed
+
+
+@pytest.mark.slow
+def test_a_search_keeps_its_study_in_the_users_journal_and_resumes_from_it(tiny_cars, tmp_path):
+    """`search.storage` as a journal file outside the run folder: a search interrupted after its first trial writes its
+    study there, --resume checks it and finishes, and the journal then holds one study, named after the run, with each
+    trial once; the run folder has no study.db, and the console says how to see the study."""
+    journal = tmp_path / "studies" / "carclf.log"
+    journal.parent.mkdir()
+    command = search_command(tiny_cars, tmp_path, "journal", "--num-samples", "2", "--max-concurrent", "1", "--no-retrain",
+                             "--set", "scheduler.max_epochs=2", "--set", "scheduler.grace_period=2",
+                             "--set", "search.space.head_epochs={ choice = [0, 1] }", "--set", f"search.storage='{journal}'",
+                             cache=tmp_path / "cache")
+    run_dir = tmp_path / "journal"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(run_dir, 1, process)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=180)
+    assert process.returncode != 0
+
+    def study() -> optuna.Study:
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        assert [summary.study_name for summary in optuna.get_all_study_summaries(storage)] == ["journal"]
+        return optuna.load_study(study_name="journal", storage=storage)
+
+    assert len(study().trials) >= 1  # written when the search was interrupted
+    result = run([*command, "--resume"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    states = [trial.state for trial in study().trials]
+    assert len(states) - states.count(optuna.trial.TrialState.FAIL) == 2 and optuna.trial.TrialState.RUNNING not in states
+    assert not (run_dir / "study.db").exists()
+    assert f"the study 'journal' is written; to see it: optuna-dashboard {journal}" in result.stderr
 
 
 @pytest.mark.slow

@@ -18,17 +18,9 @@ from ray.tune.search import Searcher
 from carclf.config import RunSettings
 from tuning.samplers import gp_available
 from tuning.search_space import parse_space
-from tuning.search_state import (
-    IDENTITY_ATTRIBUTE,
-    STUDY_NAME,
-    RungLog,
-    StudyError,
-    export_search_state,
-    read_search_state,
-    sqlite_url,
-    study_identity,
-)
+from tuning.search_state import RungLog, export_search_state, read_search_state
 from tuning.searcher import StudySearcher
+from tuning.study_storage import IDENTITY_ATTRIBUTE, STUDY_NAME, StudyError, StudyPlace, sqlite_url, study_identity
 
 SPACE = parse_space({"batch_size": {"choice": [8, 16]}, "learning_rate": {"loguniform": [1e-3, 1e-1]},
                      "unfreeze_depth": {"randint": [0, 3]}}, RunSettings(), "exp.toml")
@@ -142,9 +134,9 @@ def test_the_state_exports_to_the_study_optuna_dashboard_reads(tmp_path):
     json.loads((tmp_path / "searcher-state-2026-01-01_00-00-00.pkl").read_text(), parse_constant=pytest.fail)
 
     state = read_search_state(tmp_path)
-    export_search_state(tmp_path, state, SPACE.optuna_distributions())
+    export_search_state(StudyPlace(tmp_path), state, SPACE.optuna_distributions())
     study = optuna.load_study(study_name=STUDY_NAME, storage=sqlite_url(tmp_path / "study.db"))
-    assert study.user_attrs[IDENTITY_ATTRIBUTE] == IDENTITY == study_identity(tmp_path)
+    assert study.user_attrs[IDENTITY_ATTRIBUTE] == IDENTITY == study_identity(StudyPlace(tmp_path), "run-1")
     assert [(t.number, t.state, t.params, t.value, t.intermediate_values) for t in study.trials] == [
         (t.number, t.state, t.params, t.value, t.intermediate_values) for t in search.study.trials]
     assert [json.loads(line)["trial_id"] for line in (tmp_path / "rungs.jsonl").read_text().splitlines()] == ["b"]
@@ -154,7 +146,57 @@ def test_the_state_exports_to_the_study_optuna_dashboard_reads(tmp_path):
 def test_a_damaged_study_is_named_with_what_to_do(tmp_path, content):
     (tmp_path / "study.db").write_bytes(content)
     with pytest.raises(StudyError, match=rf"{tmp_path}/study\.db: damaged, or not an Optuna study \(.*\); restore it from a copy"):
-        study_identity(tmp_path)
+        study_identity(StudyPlace(tmp_path), "run-1")
+
+
+def trained_state(run_id: str) -> dict:
+    """The saved state of a search whose two trials ran (one finished, one diverged), as run `run_id`."""
+    search = searcher(sampler="random")
+    search.identity["run_id"] = run_id
+    for trial_id in ("a", "b"):
+        search.suggest(trial_id)
+    train(search, "a", [0.5, 0.6, 0.7])
+    train(search, "b", [0.4, 0.3], diverged=True)
+    return search.saved_state()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_the_study_goes_to_the_users_own_storage_and_is_found_by_its_run(tmp_path, kind):
+    """`search.storage` as a second SQLite file's URL and as a journal file, each shared by two runs named alike: each
+    run's study is there under the run's name (the second, whose name is taken, as NAME-RUNID), readable with Optuna's
+    own storages, found again by its run id, and replaced, not doubled, when a resumed search writes it again. The run
+    folders get no study.db."""
+    setting = sqlite_url(tmp_path / "studies.db") if kind == "sqlite" else str(tmp_path / "studies.log")
+    storage = setting if kind == "sqlite" else optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(setting))
+    first, second = StudyPlace(tmp_path / "a" / "demo", setting), StudyPlace(tmp_path / "b" / "demo", setting)
+    for place in (first, second):
+        place.run_dir.mkdir(parents=True)
+    state = trained_state("run-1")
+    assert study_identity(first, "run-1") is None
+    assert export_search_state(first, state, SPACE.optuna_distributions()) == "demo"
+    assert export_search_state(second, trained_state("run-2"), SPACE.optuna_distributions()) == "demo-run-2"
+    assert export_search_state(first, state, SPACE.optuna_distributions()) == "demo"  # a resumed search writes it again
+
+    assert sorted(summary.study_name for summary in optuna.get_all_study_summaries(storage)) == ["demo", "demo-run-2"]
+    study = optuna.load_study(study_name="demo", storage=storage)
+    assert [(t.state, t.params, t.value) for t in study.trials] == [
+        (TrialState.COMPLETE, saved["params"], saved["value"] if isinstance(saved["value"], float) else -math.inf)
+        for saved in state["trials"]]
+    assert study_identity(first, "run-1") == study.user_attrs[IDENTITY_ATTRIBUTE] == {**IDENTITY, "run_id": "run-1"}
+    assert study_identity(second, "run-2")["run_id"] == "run-2" and study_identity(first, "run-3") is None
+    assert not (first.run_dir / "study.db").exists() and (first.run_dir / "rungs.jsonl").is_file()
+
+
+@pytest.mark.parametrize("setting, reason", [
+    ("nosuchdialect://host/db", r"Can't load plugin: sqlalchemy\.dialects:nosuchdialect"),
+    ("missing/studies.log", r"No such file or directory"),
+])
+def test_a_storage_that_cannot_be_used_is_named_without_its_password(tmp_path, setting, reason):
+    setting = setting.replace("host", "user:secret@host") if "://" in setting else str(tmp_path / setting)
+    with pytest.raises(StudyError, match=rf"search\.storage (\S+): cannot be used \({reason}.*\); check the URL") as raised:
+        study_identity(StudyPlace(tmp_path / "demo", setting), "run-1")
+    assert "secret" not in str(raised.value)
 
 
 GRID = parse_space({"batch_size": {"choice": [8, 16]}, "unfreeze_depth": {"randint": [0, 3]}, "head_epochs": {"choice": [0, 1]}},
