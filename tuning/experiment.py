@@ -182,6 +182,12 @@ class Experiment:
 
     @property
     def run_dir(self) -> Path:
+        """The run folder; a URI (`s3://...`) is refused here, where the setting becomes a folder, rather than written
+        to as a local folder named after it."""
+        if "://" in self.run.storage_path:
+            raise ConfigError(f"run.storage_path {self.run.storage_path!r}: carclf does not keep runs on object storage yet; "
+                              "give a folder: a local one on one machine, or one every node mounts at the same path on a cluster "
+                              "(NFS, EFS, Lustre)")
         return Path(self.run.storage_path).expanduser().resolve() / self.name
 
     def with_settings(self, settings: RunSettings) -> Experiment:
