@@ -1,7 +1,8 @@
 """The Ray cluster a search runs on: a local one of its own, or one it joins with `--address`.
 
 Resources are checked against the live cluster before any long work, so a trial that no node can
-host is an error at once instead of a trial pending forever.
+host is an error at once instead of a trial pending forever; and on a cluster of several nodes,
+every node must see the run folder and the cache where the driver does (`check_shared_folders`).
 """
 
 from __future__ import annotations
@@ -9,9 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import uuid
+from pathlib import Path
 
 import keras
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from carclf.files import cache_folder
 from carclf.runtime import trial_environment
@@ -87,6 +91,53 @@ def check_cluster_resources(experiment: Experiment) -> None:
     if resources.cpus_per_trial > most_cpus:
         raise SearchError(f"resources.cpus_per_trial is {resources.cpus_per_trial} but the largest node has {most_cpus} CPUs; "
                           "lower --cpus-per-trial")
+
+
+def check_shared_folders(folders: dict[str, Path], seconds: float = 300) -> None:
+    """On a cluster of several nodes, refuse before the first trial a folder that some node does not see.
+
+    Trials and the work done once open the run folder and the cache by the driver's paths, on
+    whichever node they land. Each folder (`folders`: the experiment key that sets it → the folder)
+    gets a marker file holding a fresh token, and a task pinned to every live node reads the markers
+    back; a node that cannot is named with the key and the way out. One node: nothing to check."""
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if len(nodes) < 2:
+        return
+    token = uuid.uuid4().hex
+    markers = {key: str(folder / f".carclf-node-check-{token}") for key, folder in folders.items()}
+    for marker in markers.values():
+        Path(marker).write_text(token)
+    try:
+        probe = ray.remote(num_cpus=0)(unseen_markers)
+        probes = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+            markers, token) for node in nodes]
+        unseen = [ray.get(reference, timeout=seconds) for reference in probes]
+    finally:
+        for marker in markers.values():
+            Path(marker).unlink(missing_ok=True)
+    for node, keys in zip(nodes, unseen):
+        if keys:
+            key = keys[0]
+            raise SearchError(
+                f"{key} {folders[key]}: the node at {node['NodeManagerAddress']} (node id {node['NodeID'][:8]}) does not see the "
+                "files this machine writes there, and trials "
+                f"open it by this path on every node of the cluster. Put it on a filesystem that every node mounts at the "
+                f"same path (NFS, EFS, Lustre: for example --storage-path /shared/runs and --set data.cache_dir='/shared/cache'), "
+                "or run on one machine without --address; carclf does not keep runs on object storage yet. No trial ran: "
+                "the same command starts the run again")
+
+
+def unseen_markers(markers: dict[str, str], token: str) -> list[str]:
+    """Run on one node: the keys whose marker file is missing there or does not hold `token`."""
+    unseen = []
+    for key, marker in markers.items():
+        try:
+            seen = Path(marker).read_text() == token
+        except OSError:
+            seen = False
+        if not seen:
+            unseen.append(key)
+    return unseen
 
 
 def live_nodes() -> list[dict[str, float]]:

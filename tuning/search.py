@@ -71,7 +71,14 @@ from ray import tune  # noqa: E402
 
 from carclf.files import require_free_space, write_json  # noqa: E402
 from carclf.runtime import module_installed  # noqa: E402
-from tuning.cluster import check_cluster_resources, check_local_cluster, start_ray, trial_slots, warn_if_exposed  # noqa: E402
+from tuning.cluster import (  # noqa: E402
+    check_cluster_resources,
+    check_local_cluster,
+    check_shared_folders,
+    start_ray,
+    trial_slots,
+    warn_if_exposed,
+)
 from tuning.deliver import deliver_model  # noqa: E402
 from tuning.driver_tasks import prepare_head_features, resolve_backbone, transfer_probe, whole_node  # noqa: E402
 from tuning.errors import EXPECTED_ERRORS, SearchError  # noqa: E402
@@ -102,6 +109,7 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
     start_ray(args, experiment)
     try:
         check_cluster_resources(experiment)  # before any long preparation: a search must fail at once
+        check_shared_folders({"run.storage_path": folder.path, "data.cache_dir": Path(experiment.settings.data.cache_dir)})
         backbone_started = time.time()
         resolved = resolve_backbone(prepared.experiment)  # what the trials run with, and what experiment.json records
         backbone_s = time.time() - backbone_started

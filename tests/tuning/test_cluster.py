@@ -1,8 +1,10 @@
-"""A real two-node Ray cluster on this machine, joined by the search with `--address`."""
+"""A real two-node Ray cluster on this machine, joined by the search with `--address`: one whose nodes see the same
+files, and one whose second node sees none of the test's files (its own mount namespace)."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,10 +30,14 @@ def _free_port() -> int:
 CLUSTER_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_AUTH_MODE": "token"}
 
 
-def _start(arguments: list[str], log: Path) -> subprocess.Popen:
-    """`ray start ... --block`: the node lives as long as this process, which stops only its own Ray processes."""
-    return subprocess.Popen([RAY, "start", *arguments, "--block"], stdout=log.open("w"), stderr=subprocess.STDOUT, env=CLUSTER_ENV,
-                            start_new_session=True)
+def _start(arguments: list[str], log: Path, hidden: Path | None = None) -> subprocess.Popen:
+    """`ray start ... --block`: the node lives as long as this process, which stops only its own Ray processes. With
+    `hidden`, the node runs in its own mount namespace with an empty tmpfs over that folder, so it sees none of its files."""
+    command = [RAY, "start", *arguments, "--block"]
+    if hidden is not None:
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs hidden "$0" && exec "$@"',
+                   str(hidden), *command]
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=CLUSTER_ENV, start_new_session=True)
 
 
 def _wait_for_nodes(address: str, count: int, timeout: float = 120) -> None:
@@ -46,8 +52,7 @@ def _wait_for_nodes(address: str, count: int, timeout: float = 120) -> None:
     raise AssertionError(f"the {count}-node cluster at {address} did not come up")
 
 
-@pytest.fixture
-def two_node_cluster(tmp_path):
+def _cluster(tmp_path: Path, hidden: Path | None = None):
     """A head node with 1 CPU and a second node with its own CPU, started here and stopped here only.
 
     Never `ray stop`: that would stop every Ray cluster of this user, not just this test's.
@@ -57,7 +62,7 @@ def two_node_cluster(tmp_path):
     nodes = [_start(["--head", f"--port={address.split(':')[1]}", "--include-dashboard=false", *common], tmp_path / "head.log")]
     try:
         _wait_for_nodes(address, 1)
-        nodes.append(_start([f"--address={address}", *common], tmp_path / "worker.log"))
+        nodes.append(_start([f"--address={address}", *common], tmp_path / "worker.log", hidden))
         _wait_for_nodes(address, 2)
         yield address
     finally:
@@ -68,6 +73,23 @@ def two_node_cluster(tmp_path):
                 node.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    yield from _cluster(tmp_path)
+
+
+@pytest.fixture
+def cluster_with_a_node_that_sees_no_test_file(tmp_path, tmp_path_factory):
+    """The second node cannot see pytest's temporary folders (the dataset, the cache, the runs): it stands for a cloud
+    node with its own disk. Needs root and `unshare --mount`, as in CI; skipped, saying so, without them."""
+    hidden = tmp_path_factory.getbasetemp()
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", f"mount -t tmpfs hidden {hidden}"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"a node that sees no file of the test needs root and a mount namespace (unshare --mount): {probe.stderr.strip()}")
+    yield from _cluster(tmp_path, hidden)
 
 
 @pytest.mark.slow
@@ -83,3 +105,20 @@ def test_search_runs_trials_on_both_nodes_into_one_storage_path(two_node_cluster
     for path in trials["trial_path"].unique():
         assert Path(path).parent == tmp_path / "cluster"  # one storage path for every trial
         assert list(Path(path).glob("checkpoint_*"))
+
+
+@pytest.mark.slow
+def test_a_node_that_does_not_see_the_run_folder_is_refused_before_the_first_trial(cluster_with_a_node_that_sees_no_test_file,
+                                                                                  tiny_cars, tmp_path):
+    """The run folder is on this machine's disk, which the second node does not see: the search is refused before any
+    trial, naming the key and the way out, and the same command would start the run again (nothing of Ray's is there)."""
+    result = run(search_command(tiny_cars, tmp_path, "unshared", "--address", cluster_with_a_node_that_sees_no_test_file,
+                                "--num-samples", "2", "--cpus-per-trial", "1", "--set", "scheduler.max_epochs=2",
+                                "--set", "scheduler.grace_period=2", "--set", "search.space.head_epochs={ choice = [0, 1] }",
+                                "--no-retrain"), env=CLUSTER_ENV)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(rf"error: run\.storage_path {tmp_path / 'unshared'}: the node at \S+ \(node id \w+\) does not see "
+                     "the files this machine writes there", result.stderr), result.stderr[-3000:]
+    assert "NFS" in result.stderr and "No trial ran: the same command starts the run again" in result.stderr
+    assert not list((tmp_path / "unshared").glob("CarClassifierTrainable_*")) and not list(tmp_path.rglob(".carclf-node-check-*"))
+
