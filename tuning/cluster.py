@@ -2,7 +2,8 @@
 
 Resources are checked against the live cluster before any long work, so a trial that no node can
 host is an error at once instead of a trial pending forever; and on a cluster of several nodes,
-every node must see the run folder and the cache where the driver does (`check_shared_folders`).
+every node must see the run folder where the driver does (`check_shared_folders`); the cache
+reaches them through Ray (`tuning.shipping`).
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ def check_cluster_resources(experiment: Experiment) -> None:
 def check_shared_folders(folders: dict[str, Path], seconds: float = 300) -> None:
     """On a cluster of several nodes, refuse before the first trial a folder that some node does not see.
 
-    Trials and the work done once open the run folder and the cache by the driver's paths, on
-    whichever node they land. Each folder (`folders`: the experiment key that sets it → the folder)
+    Trials and the retraining write into the run folder by the driver's path, on whichever node they
+    land (Ray's checkpoints, the best model). Each folder (`folders`: the experiment key that sets it → the folder)
     gets a marker file holding a fresh token, and a task pinned to every live node reads the markers
     back; a node that cannot is named with the key and the way out. One node: nothing to check."""
     nodes = [node for node in ray.nodes() if node.get("Alive")]

@@ -2,7 +2,9 @@
 
 The driver never touches a GPU (docs/gpus-and-backends.md): pretraining carclf's synthetic backbone, computing
 the cached head features and probing whether the pretrained backbone helps run as Ray tasks,
-while the driver prints their progress (`tuning.progress`).
+while the driver prints their progress (`tuning.progress`). Each task gets the driver's files it
+reads through Ray where its node does not share the driver's disk, and returns the cache entry it
+built the same way (`tuning.shipping`).
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ from typing import Any
 import pandas as pd
 import ray
 
-from carclf.features import build_head_features, cached_head_features, can_cache_features
+from carclf.features import build_head_features, cached_head_features, can_cache_features, feature_entry
 from carclf.files import read_json, write_json
-from carclf.pretrained import build_synthetic_backbone
-from carclf.probe import cached_probe, probe_transfer_cached
+from carclf.pretrained import backbone_entry, build_synthetic_backbone
+from carclf.probe import cached_probe, probe_entry, probe_transfer_cached
 from carclf.weights import resolve_weights
 from tuning.cluster import whole_node_cpus
 from tuning.experiment import Experiment
 from tuning.progress import wait_with_progress
 from tuning.run_folder import RunFolder
+from tuning.shipping import Shipment, driver_node, on_node, returned
 
 logger = logging.getLogger("tuning.search")
 
@@ -50,7 +53,9 @@ def resolve_backbone(experiment: Experiment) -> Experiment:
 
     def build(settings):
         print("pretraining carclf's synthetic backbone once (it is cached for later searches) ...", flush=True)
-        return wait_with_progress(whole_node_task(build_synthetic_backbone, experiment).remote(settings, None, progress), progress)
+        task = whole_node_task(on_node, experiment).remote(build_synthetic_backbone, Shipment(), backbone_entry(settings).folder,
+                                                           driver_node(), settings, None, progress)
+        return returned(wait_with_progress(task, progress))
 
     return experiment.with_settings(resolve_weights(experiment.settings, build))
 
@@ -60,8 +65,9 @@ def head_epochs_possible(experiment: Experiment) -> bool:
     return 0 in experiment.possible_values("unfreeze_depth") or any(v > 0 for v in experiment.possible_values("head_epochs"))
 
 
-def prepare_head_features(experiment: Experiment, index: pd.DataFrame, store: Path) -> str | None:
-    """The cached frozen features for head-only epochs, computed once (None when no trial can use them)."""
+def prepare_head_features(experiment: Experiment, index: pd.DataFrame, store: Path, inputs: Shipment) -> str | None:
+    """The cached frozen features for head-only epochs, computed once (None when no trial can use them); `inputs`
+    ships the store and the weights to the task's node."""
     settings = experiment.trial_settings()
     if not can_cache_features(settings) or not head_epochs_possible(experiment):
         return None
@@ -70,14 +76,15 @@ def prepare_head_features(experiment: Experiment, index: pd.DataFrame, store: Pa
         return str(cached)
     print(f"computing frozen backbone features once ({settings.train.feature_views} augmented views) for head-only epochs ...", flush=True)
     progress = RunFolder(experiment.run_dir).progress_file
-    task = whole_node_task(build_head_features, experiment).remote(index, store, settings, progress)
-    return str(wait_with_progress(task, progress))
+    task = whole_node_task(on_node, experiment).remote(build_head_features, inputs, feature_entry(index, store, settings).folder,
+                                                       driver_node(), index, store, settings, progress)
+    return str(returned(wait_with_progress(task, progress)))
 
 
-def transfer_probe(experiment: Experiment, index: pd.DataFrame, store: Path) -> dict[str, Any] | None:
+def transfer_probe(experiment: Experiment, index: pd.DataFrame, store: Path, inputs: Shipment) -> dict[str, Any] | None:
     """The linear probe of the pretrained backbone against random weights (`carclf.probe`), computed once per run
     (`transfer.json`) and said on the console, with a warning when the pretrained features are not clearly better
-    than random ones; None for random weights."""
+    than random ones; None for random weights. `inputs` ships the store and the weights to the task's node."""
     if not experiment.settings.model.pretrained:
         return None
     saved = RunFolder(experiment.run_dir).transfer_file
@@ -87,7 +94,9 @@ def transfer_probe(experiment: Experiment, index: pd.DataFrame, store: Path) -> 
     probe = cached_probe(index, store, settings)  # checked here: no task, no Keras
     if probe is None:
         print("probing the pretrained backbone's frozen features against random weights ...", flush=True)
-        probe = ray.get(whole_node_task(probe_transfer_cached, experiment).remote(index, store, settings))
+        task = whole_node_task(on_node, experiment).remote(probe_transfer_cached, inputs, probe_entry(index, store, settings).folder,
+                                                           driver_node(), index, store, settings)
+        probe = returned(ray.get(task))
     print(probe.describe(), flush=True)
     if probe.verdict != "better":
         logger.warning("model.weights = %r: the pretrained backbone's frozen features are %s than random weights' on this data (%s); "

@@ -90,6 +90,7 @@ from tuning.resume import check_new_run, resolve_experiment, resolved_values  # 
 from tuning.run_folder import RunFolder, new_run_id  # noqa: E402
 from tuning.samplers import choose_sampler  # noqa: E402
 from tuning.search_state import export_search_state, read_search_state  # noqa: E402
+from tuning.shipping import Shipment, driver_node, on_node, returned, ship, weights_entry  # noqa: E402
 from tuning.study_storage import StudyPlace, check_usable  # noqa: E402
 from tuning.trials import Selection, best_trial, start_trial, trials_table, useful_fraction  # noqa: E402
 from tuning.tuner import make_tuner, search_interrupted  # noqa: E402
@@ -109,21 +110,22 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
     start_ray(args, experiment)
     try:
         check_cluster_resources(experiment)  # before any long preparation: a search must fail at once
-        check_shared_folders({"run.storage_path": folder.path, "data.cache_dir": Path(experiment.settings.data.cache_dir)})
+        check_shared_folders({"run.storage_path": folder.path})
         backbone_started = time.time()
         resolved = resolve_backbone(prepared.experiment)  # what the trials run with, and what experiment.json records
         backbone_s = time.time() - backbone_started
+        inputs = ship([Path(prepared.store).parent, weights_entry(resolved.settings.model.weights)])  # for nodes without the cache
         run_id = folder.read_experiment().run_id if resume else new_run_id()
         if not resume:
             folder.write_experiment(resolved.to_dict(), resolved_values(resolved, experiment), run_id)
         if folder.stage() != "searched":
-            search_trials(resolved, prepared, folder, run_id, resume, started, backbone_s, args.ray_verbose)
+            search_trials(resolved, prepared, inputs, folder, run_id, resume, started, backbone_s, args.ray_verbose)
         trials = folder.read_trials()
         print(summarize(trials, resolved, prepared.validation_size), flush=True)
         if resolved.run.delivery == "none":
             folder.mark("finished")
             return folder.path
-        metrics = deliver_best(resolved, prepared, folder, trials)
+        metrics = deliver_best(resolved, prepared, inputs, folder, trials)
     finally:
         ray.shutdown()
     advice = write_report(folder.path)[2]["advice"]
@@ -143,17 +145,18 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
     return folder.path
 
 
-def search_trials(experiment: Experiment, prepared: Prepared, folder: RunFolder, run_id: str | None, resume: bool,
+def search_trials(experiment: Experiment, prepared: Prepared, inputs: Shipment, folder: RunFolder, run_id: str | None, resume: bool,
                   started: float, backbone_s: float, ray_verbose: int = 0) -> None:
     """The transfer probe, the head features and the trials; every reported epoch lands in `trials.parquet`.
     `search.json` times them, from `started` (the cluster's start), with the `backbone_s` that resolving the
     weights took (building carclf's synthetic backbone on a first run, fetching ImageNet's)."""
     features_started = time.time()
-    transfer = transfer_probe(experiment, prepared.index, prepared.store)
-    features = prepare_head_features(experiment, prepared.index, prepared.store)
+    transfer = transfer_probe(experiment, prepared.index, prepared.store, inputs)
+    features = prepare_head_features(experiment, prepared.index, prepared.store, inputs)
     fit_started = time.time()
     restore = resume and tune.Tuner.can_restore(str(folder.path))
-    results = make_tuner(experiment, prepared, features, run_id, restore, ray_verbose).fit()
+    shipment = inputs + ship([Path(features) if features else None])
+    results = make_tuner(experiment, prepared, features, shipment, run_id, restore, ray_verbose).fit()
     state = read_search_state(folder.path)  # the newest Ray saved, as the trials stopped: the study and rungs.jsonl from it
     if state is not None:
         place = StudyPlace(folder.path, experiment.search.storage)
@@ -174,7 +177,7 @@ def search_trials(experiment: Experiment, prepared: Prepared, folder: RunFolder,
     folder.mark("searched")
 
 
-def deliver_best(experiment: Experiment, prepared: Prepared, folder: RunFolder, trials: pd.DataFrame) -> dict:
+def deliver_best(experiment: Experiment, prepared: Prepared, inputs: Shipment, folder: RunFolder, trials: pd.DataFrame) -> dict:
     """The winner's model, as `run.retrain` chooses (`tuning.deliver`), made and tested as a whole-node task, with the
     starting configuration's delivered the same way beside it; its `metrics.json`."""
     selection, space = Selection.of(experiment.search), list(experiment.search.space)
@@ -189,9 +192,10 @@ def deliver_best(experiment: Experiment, prepared: Prepared, folder: RunFolder, 
         print(f"retraining the best trial ({best.trial_id}) on train + val as it trained, for its best epoch count "
               f"({best.best_epoch}): {best.hyperparameters}{also}", flush=True)
     options = whole_node(experiment)
-    task = ray.remote(**options)(deliver_model)
-    return ray.get(task.remote(prepared.index, prepared.store, experiment.settings, best, experiment.run.delivery, folder,
-                               selection.metric, options["num_cpus"], start))
+    task = ray.remote(**options)(on_node)
+    return returned(ray.get(task.remote(deliver_model, inputs, None, driver_node(), prepared.index, prepared.store,
+                                        experiment.settings, best, experiment.run.delivery, folder, selection.metric,
+                                        options["num_cpus"], start)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,6 +50,7 @@ from carclf.model import layer_weights  # noqa: E402
 from carclf.phases import final_phase_epochs  # noqa: E402
 from carclf.runtime import configure_process  # noqa: E402
 from carclf.train import TrainingData, TrainingRun  # noqa: E402
+from tuning.shipping import Shipment  # noqa: E402
 from tuning.trials import Selection  # noqa: E402
 
 OUT_OF_MEMORY_SIGNS = ("RESOURCE_EXHAUSTED", "out of memory", "OOM when allocating")
@@ -70,11 +71,14 @@ class CarClassifierTrainable(tune.Trainable):
 
     `index` (the dataset table), `settings` (with `model.weights` already a file), `store` (the
     decoded pixels) and `features` (cached frozen features, or None) arrive through
-    `tune.with_parameters`, so the table travels once through Ray's object store.
+    `tune.with_parameters`, so the table travels once through Ray's object store; so does
+    `shipment`, the store, features and weights themselves for a node that does not share the
+    driver's disk (`tuning.shipping`), unpacked at those paths before they are opened.
     """
 
     def setup(self, config: dict[str, Any], index: pd.DataFrame, settings: RunSettings, store: str, features: str | None = None,
-              selection: Selection = Selection(), checkpoint_minutes: float = 10.0) -> None:
+              selection: Selection = Selection(), checkpoint_minutes: float = 10.0, shipment: Shipment = Shipment()) -> None:
+        shipment.unpack()
         self.index, self.base_settings, self.selection = index, settings, selection
         self.data = TrainingData(index, Path(store), Path(features) if features else None)
         self.checkpoint_minutes = checkpoint_minutes

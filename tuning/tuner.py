@@ -18,17 +18,19 @@ from tuning.samplers import choose_sampler
 from tuning.scheduler import NoiseAwareASHA
 from tuning.search_state import RungLog, experiment_fingerprint
 from tuning.searcher import StudySearcher
+from tuning.shipping import Shipment
 from tuning.trainable import CarClassifierTrainable
 from tuning.trials import Selection
 
 
-def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None, run_id: str | None, resume: bool,
-               ray_verbose: int = 0) -> tune.Tuner:
+def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None, shipment: Shipment, run_id: str | None,
+               resume: bool, ray_verbose: int = 0) -> tune.Tuner:
     """The `Tuner`: carclf's Optuna searcher behind a concurrency limit, ASHA on final-phase epochs, sharing one rung log,
     which the console's trial events read (`tuning.console`); Ray's own tables at `ray_verbose` 1 and above.
 
     A resumed search is restored by Ray from the run folder, wherever it is now: the searcher and the
     scheduler come back from Ray's saved state (`tuning.search_state`), the trials from their checkpoints.
+    `shipment` carries the store, the features and the weights to nodes that do not share the driver's disk.
     """
     search, run_dir = experiment.search, experiment.run_dir
     if ray_verbose == 0:  # Ray's newer console prints its banner and a TensorBoard hint at a temporary folder even when silent
@@ -39,7 +41,7 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
     selection = Selection.of(experiment.search)
     trainable = tune.with_parameters(CarClassifierTrainable, index=prepared.index, settings=experiment.trial_settings(),
                                      store=str(prepared.store), features=features, selection=selection,
-                                     checkpoint_minutes=experiment.run.checkpoint_minutes)
+                                     checkpoint_minutes=experiment.run.checkpoint_minutes, shipment=shipment)
     trainable = tune.with_resources(trainable, {"cpu": experiment.resources.cpus_per_trial, "gpu": experiment.resources.gpus_per_trial})
     if resume:
         return tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=True)
