@@ -72,13 +72,12 @@ def deliver_model(index: pd.DataFrame, store: str | Path, settings: RunSettings,
     metrics["trial"] = winner.summary(metric)
     ModelFolder(folder.best).save(model, names, trained, hyperparameters=winner.hyperparameters)
     started = time.perf_counter()
-    metrics["test"] = evaluate_on_test(model, index, pixels, names, folder)
+    metrics["test"], right = evaluate_on_test(model, index, pixels, names, folder)
     metrics["evaluate_s"] = time.perf_counter() - started
-    if start is not None and start.trial_id != winner.trial_id and metrics["test"].get("labeled"):
+    if start is not None and start.trial_id != winner.trial_id and right is not None:
         start_model, _, start_metrics = make_model(index, store, settings, start, choice, folder, pixels)
-        test_rows = rows_for(index, "test")
         metrics["start"] = {"trial": start.summary(metric), **start_metrics,
-                            **against_start_on_test(correct(model, test_rows, pixels, names), correct(start_model, test_rows, pixels, names))}
+                            **against_start_on_test(right, correct(start_model, rows_for(index, "test"), pixels, names))}
     write_json(folder.metrics_file, metrics)
     return metrics
 
@@ -184,11 +183,14 @@ def reproduction(trial_right: np.ndarray, retrained_right: np.ndarray) -> dict[s
             "standard_error": error, "verdict": "departed" if departed else "reproduced", "statement": statement}
 
 
-def evaluate_on_test(model: keras.Model, index: pd.DataFrame, pixels: np.ndarray, names: list[str], folder: RunFolder) -> dict[str, Any]:
-    """The delivered model's test metrics; its predictions in the run folder (the server's format when unlabeled)."""
+def evaluate_on_test(model: keras.Model, index: pd.DataFrame, pixels: np.ndarray, names: list[str],
+                     folder: RunFolder) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The delivered model's test metrics, and whether it got each test image right (None when the split has no labels,
+    or no images), for the comparison with the start; its predictions in the run folder (the server's format when
+    unlabeled)."""
     test_rows = rows_for(index, "test")
     if len(test_rows) == 0:
-        return {"labeled": False, "count": 0, "note": "the dataset has no test split"}
+        return {"labeled": False, "count": 0, "note": "the dataset has no test split"}, None
     evaluation = evaluate(model, test_rows, pixels, names, EVALUATION_BATCH)
     metrics = evaluation.metrics()
     predictions = pd.DataFrame({
@@ -202,9 +204,9 @@ def evaluate_on_test(model: keras.Model, index: pd.DataFrame, pixels: np.ndarray
     if evaluation.labels is None:
         write_server_predictions(evaluation, folder.server_predictions_file)
         metrics["note"] = "the test split is unlabeled: no accuracy computed; predictions in test_predictions.txt"
-    else:
-        metrics["confusion_matrix"] = evaluation.confusion().tolist()
-    return metrics
+        return metrics, None
+    metrics["confusion_matrix"] = evaluation.confusion().tolist()
+    return metrics, evaluation.predicted == evaluation.labels
 
 
 class EpochLog(keras.callbacks.Callback):
