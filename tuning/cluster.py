@@ -2,8 +2,8 @@
 
 Resources are checked against the live cluster before any long work, so a trial that no node can
 host is an error at once instead of a trial pending forever; and on a cluster of several nodes,
-every node must see the run folder where the driver does (`check_shared_folders`); the cache
-reaches them through Ray (`tuning.shipping`).
+every node must see the run folder where the driver does (`nodes_not_seeing`, `require_seen`);
+the cache reaches the nodes that do not see it through Ray (`tuning.shipping`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import math
 import uuid
 from pathlib import Path
+from typing import Any
 
 import keras
 import ray
@@ -94,16 +95,15 @@ def check_cluster_resources(experiment: Experiment) -> None:
                           "lower --cpus-per-trial")
 
 
-def check_shared_folders(folders: dict[str, Path], seconds: float = 300) -> None:
-    """On a cluster of several nodes, refuse before the first trial a folder that some node does not see.
+def nodes_not_seeing(folders: dict[str, Path], seconds: float = 300) -> dict[str, list[dict[str, Any]]]:
+    """For each folder (`folders`: the experiment key that sets it → the folder), the live nodes that do not see the
+    files this machine writes there; on one node, none.
 
-    Trials and the retraining write into the run folder by the driver's path, on whichever node they
-    land (Ray's checkpoints, the best model). Each folder (`folders`: the experiment key that sets it → the folder)
-    gets a marker file holding a fresh token, and a task pinned to every live node reads the markers
-    back; a node that cannot is named with the key and the way out. One node: nothing to check."""
+    Each folder gets a marker file holding a fresh token, and a task pinned to every live node reads
+    the markers back; the markers are removed."""
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     if len(nodes) < 2:
-        return
+        return {key: [] for key in folders}
     token = uuid.uuid4().hex
     markers = {key: str(folder / f".carclf-node-check-{token}") for key, folder in folders.items()}
     for marker in markers.values():
@@ -116,16 +116,21 @@ def check_shared_folders(folders: dict[str, Path], seconds: float = 300) -> None
     finally:
         for marker in markers.values():
             Path(marker).unlink(missing_ok=True)
-    for node, keys in zip(nodes, unseen):
-        if keys:
-            key = keys[0]
-            raise SearchError(
-                f"{key} {folders[key]}: the node at {node['NodeManagerAddress']} (node id {node['NodeID'][:8]}) does not see the "
-                "files this machine writes there, and trials "
-                f"open it by this path on every node of the cluster. Put it on a filesystem that every node mounts at the "
-                f"same path (NFS, EFS, Lustre: for example --storage-path /shared/runs and --set data.cache_dir='/shared/cache'), "
-                "or run on one machine without --address; carclf does not keep runs on object storage yet. No trial ran: "
-                "the same command starts the run again")
+    return {key: [node for node, keys in zip(nodes, unseen) if key in keys] for key in folders}
+
+
+def require_seen(key: str, folder: Path, unseen: list[dict[str, Any]]) -> None:
+    """Refuse, before the first trial, a run folder that some node does not see (`unseen`, from `nodes_not_seeing`):
+    trials and the retraining write into it by the driver's path, on whichever node they land (Ray's checkpoints,
+    the best model)."""
+    if unseen:
+        node = unseen[0]
+        raise SearchError(
+            f"{key} {folder}: the node at {node['NodeManagerAddress']} (node id {node['NodeID'][:8]}) does not see the files "
+            "this machine writes there, and trials open it by this path on every node of the cluster. Put it on a filesystem "
+            "that every node mounts at the same path (NFS, EFS, Lustre: for example --storage-path /shared/runs), or run on "
+            "one machine without --address; carclf does not keep runs on object storage yet. No trial ran: the same command "
+            "starts the run again")
 
 
 def unseen_markers(markers: dict[str, str], token: str) -> list[str]:

@@ -25,7 +25,7 @@ from tuning.cluster import whole_node_cpus
 from tuning.experiment import Experiment
 from tuning.progress import wait_with_progress
 from tuning.run_folder import RunFolder
-from tuning.shipping import Shipment, driver_node, on_node, returned
+from tuning.shipping import Shipment, on_node, returned
 
 logger = logging.getLogger("tuning.search")
 
@@ -47,14 +47,15 @@ def whole_node_task(function, experiment: Experiment):
     return ray.remote(**whole_node(experiment))(function)
 
 
-def resolve_backbone(experiment: Experiment) -> Experiment:
-    """The experiment with `model.weights` as a file: ImageNet fetched here, the synthetic backbone built as a task."""
+def resolve_backbone(experiment: Experiment, shipment: Shipment) -> Experiment:
+    """The experiment with `model.weights` as a file: ImageNet fetched here, the synthetic backbone built as a task (and
+    brought back into the driver's cache where `shipment` says the driver does not see the task's)."""
     progress = RunFolder(experiment.run_dir).progress_file
 
     def build(settings):
         print("pretraining carclf's synthetic backbone once (it is cached for later searches) ...", flush=True)
-        task = whole_node_task(on_node, experiment).remote(build_synthetic_backbone, Shipment(), backbone_entry(settings).folder,
-                                                           driver_node(), settings, None, progress)
+        task = whole_node_task(on_node, experiment).remote(build_synthetic_backbone, shipment, backbone_entry(settings).folder,
+                                                           settings, None, progress)
         return returned(wait_with_progress(task, progress))
 
     return experiment.with_settings(resolve_weights(experiment.settings, build))
@@ -77,7 +78,7 @@ def prepare_head_features(experiment: Experiment, index: pd.DataFrame, store: Pa
     print(f"computing frozen backbone features once ({settings.train.feature_views} augmented views) for head-only epochs ...", flush=True)
     progress = RunFolder(experiment.run_dir).progress_file
     task = whole_node_task(on_node, experiment).remote(build_head_features, inputs, feature_entry(index, store, settings).folder,
-                                                       driver_node(), index, store, settings, progress)
+                                                       index, store, settings, progress)
     return str(returned(wait_with_progress(task, progress)))
 
 
@@ -95,7 +96,7 @@ def transfer_probe(experiment: Experiment, index: pd.DataFrame, store: Path, inp
     if probe is None:
         print("probing the pretrained backbone's frozen features against random weights ...", flush=True)
         task = whole_node_task(on_node, experiment).remote(probe_transfer_cached, inputs, probe_entry(index, store, settings).folder,
-                                                           driver_node(), index, store, settings)
+                                                           index, store, settings)
         probe = returned(ray.get(task))
     print(probe.describe(), flush=True)
     if probe.verdict != "better":

@@ -74,7 +74,8 @@ from carclf.runtime import module_installed  # noqa: E402
 from tuning.cluster import (  # noqa: E402
     check_cluster_resources,
     check_local_cluster,
-    check_shared_folders,
+    nodes_not_seeing,
+    require_seen,
     start_ray,
     trial_slots,
     warn_if_exposed,
@@ -90,7 +91,7 @@ from tuning.resume import check_new_run, resolve_experiment, resolved_values  # 
 from tuning.run_folder import RunFolder, new_run_id  # noqa: E402
 from tuning.samplers import choose_sampler  # noqa: E402
 from tuning.search_state import export_search_state, read_search_state  # noqa: E402
-from tuning.shipping import Shipment, driver_node, on_node, returned, ship, weights_entry  # noqa: E402
+from tuning.shipping import Shipment, on_node, returned, weights_entry  # noqa: E402
 from tuning.study_storage import StudyPlace, check_usable  # noqa: E402
 from tuning.trials import Selection, best_trial, start_trial, trials_table, useful_fraction  # noqa: E402
 from tuning.tuner import make_tuner, search_interrupted  # noqa: E402
@@ -110,11 +111,13 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
     start_ray(args, experiment)
     try:
         check_cluster_resources(experiment)  # before any long preparation: a search must fail at once
-        check_shared_folders({"run.storage_path": folder.path})
+        unseen = nodes_not_seeing({"run.storage_path": folder.path, "data.cache_dir": Path(experiment.settings.data.cache_dir)})
+        require_seen("run.storage_path", folder.path, unseen["run.storage_path"])
+        shipment = Shipment.to_nodes(needed=bool(unseen["data.cache_dir"]))  # the cache, through Ray to nodes that lack it
         backbone_started = time.time()
-        resolved = resolve_backbone(prepared.experiment)  # what the trials run with, and what experiment.json records
+        resolved = resolve_backbone(prepared.experiment, shipment)  # what the trials run with, and what experiment.json records
         backbone_s = time.time() - backbone_started
-        inputs = ship([Path(prepared.store).parent, weights_entry(resolved.settings.model.weights)])  # for nodes without the cache
+        inputs = shipment.adding([Path(prepared.store).parent, weights_entry(resolved.settings.model.weights)])
         run_id = folder.read_experiment().run_id if resume else new_run_id()
         if not resume:
             folder.write_experiment(resolved.to_dict(), resolved_values(resolved, experiment), run_id)
@@ -155,7 +158,7 @@ def search_trials(experiment: Experiment, prepared: Prepared, inputs: Shipment, 
     features = prepare_head_features(experiment, prepared.index, prepared.store, inputs)
     fit_started = time.time()
     restore = resume and tune.Tuner.can_restore(str(folder.path))
-    shipment = inputs + ship([Path(features) if features else None])
+    shipment = inputs.adding([Path(features) if features else None])
     results = make_tuner(experiment, prepared, features, shipment, run_id, restore, ray_verbose).fit()
     state = read_search_state(folder.path)  # the newest Ray saved, as the trials stopped: the study and rungs.jsonl from it
     if state is not None:
@@ -193,7 +196,7 @@ def deliver_best(experiment: Experiment, prepared: Prepared, inputs: Shipment, f
               f"({best.best_epoch}): {best.hyperparameters}{also}", flush=True)
     options = whole_node(experiment)
     task = ray.remote(**options)(on_node)
-    return returned(ray.get(task.remote(deliver_model, inputs, None, driver_node(), prepared.index, prepared.store,
+    return returned(ray.get(task.remote(deliver_model, inputs, None, prepared.index, prepared.store,
                                         experiment.settings, best, experiment.run.delivery, folder, selection.metric,
                                         options["num_cpus"], start)))
 

@@ -12,7 +12,8 @@ The other way, a task that builds an entry (the synthetic backbone, the cached f
 transfer probe) on a node other than the driver's returns the entry's files with its result
 (`on_node`), and the driver writes them into its own cache (`keep`).
 
-On a one-node cluster nothing is shipped or returned.
+Nothing is shipped or returned where every node sees the driver's cache (one node, a shared
+filesystem: `tuning.cluster.nodes_not_seeing` tells).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import Any, Callable
 import ray
 
 from carclf.files import atomic_path, partial_path
-from tuning.cluster import live_nodes
 
 
 @dataclass(frozen=True)
@@ -79,25 +79,29 @@ def keep(packed: Packed) -> None:
 
 @dataclass(frozen=True)
 class Shipment:
-    """Cache entries and files of the driver's, each as an object reference to its `Packed` form."""
+    """Cache entries and files of the driver's, each as an object reference to its `Packed` form, for the nodes that
+    do not see the driver's cache; `home` is the driver's node, None where every node sees its cache (nothing shipped)."""
 
+    home: str | None = None
     entries: tuple[ray.ObjectRef, ...] = ()
+
+    @classmethod
+    def to_nodes(cls, needed: bool) -> Shipment:
+        """An empty shipment from this driver's node, or none at all where no node `needed` the driver's cache."""
+        return cls(ray.get_runtime_context().get_node_id() if needed else None)
+
+    def adding(self, paths: list[Path | None]) -> Shipment:
+        """The shipment with the entries (folders) and files at `paths` put into Ray's object store (None and missing
+        paths left out); itself where nothing is shipped."""
+        if self.home is None:
+            return self
+        return Shipment(self.home, self.entries + tuple(ray.put(pack(Path(path))) for path in paths
+                                                        if path is not None and Path(path).exists()))
 
     def unpack(self) -> None:
         """Put every shipped entry at its path on this node (where it is missing)."""
         for reference in self.entries:
             keep(ray.get(reference))
-
-    def __add__(self, other: Shipment) -> Shipment:
-        return Shipment(self.entries + other.entries)
-
-
-def ship(paths: list[Path | None]) -> Shipment:
-    """The entries (folders) and files at `paths` (None and missing ones left out) through Ray's object store, on a
-    cluster of several nodes; an empty shipment on one node, where every task sees the driver's disk."""
-    if len(live_nodes()) < 2:
-        return Shipment()
-    return Shipment(tuple(ray.put(pack(Path(path))) for path in paths if path is not None and Path(path).exists()))
 
 
 def weights_entry(weights: str) -> Path | None:
@@ -109,17 +113,13 @@ def weights_entry(weights: str) -> Path | None:
     return path.parent if (path.parent / "manifest.json").is_file() else path
 
 
-def driver_node() -> str:
-    return ray.get_runtime_context().get_node_id()
-
-
-def on_node(function: Callable[..., Any], shipment: Shipment, product: Path | None, driver: str, *args: Any) -> tuple[Any, Packed | None]:
+def on_node(function: Callable[..., Any], shipment: Shipment, product: Path | None, *args: Any) -> tuple[Any, Packed | None]:
     """Run as a Ray task: `function(*args)` after the shipment is unpacked here; with its result, the cache entry it
-    built (`product`) packed for the driver when this node is not the driver's (`driver`), else None."""
+    built (`product`) packed for the driver when the driver does not see this node's cache, else None."""
     shipment.unpack()
     result = function(*args)
-    elsewhere = product is not None and driver_node() != driver and Path(product).exists()
-    return result, pack(product) if elsewhere else None
+    elsewhere = shipment.home not in (None, ray.get_runtime_context().get_node_id())
+    return result, pack(product) if elsewhere and product is not None and Path(product).exists() else None
 
 
 def returned(result: tuple[Any, Packed | None]) -> Any:
