@@ -29,43 +29,33 @@ import ray
 from carclf.files import atomic_path, partial_path
 
 
-@dataclass(frozen=True)
-class Packed:
-    """One cache entry folder (or one file) as its files: relative name → bytes."""
-
-    path: str
-    folder: bool
-    files: dict[str, bytes]
-
-
-def pack(path: Path) -> Packed:
+def pack(path: Path) -> dict[str, bytes]:
+    """A cache entry folder's files (relative name → bytes), or a file's bytes under the name ""."""
     path = Path(path)
     if path.is_dir():
-        return Packed(str(path), True, {str(file.relative_to(path)): file.read_bytes()
-                                        for file in sorted(path.rglob("*")) if file.is_file()})
-    return Packed(str(path), False, {"": path.read_bytes()})
+        return {str(file.relative_to(path)): file.read_bytes() for file in sorted(path.rglob("*")) if file.is_file()}
+    return {"": path.read_bytes()}
 
 
-def present(packed: Packed) -> bool:
-    """Whether the entry (or file) is already at its path on this node, each file of the size shipped."""
-    root = Path(packed.path)
-    return all((root / name if name else root).is_file() and (root / name if name else root).stat().st_size == len(data)
-               for name, data in packed.files.items())
+def present(path: str | Path, sizes: dict[str, int]) -> bool:
+    """Whether the entry (or file) is already at `path` on this node, each file of the size given."""
+    files = {name: Path(path) / name if name else Path(path) for name in sizes}
+    return all(file.is_file() and file.stat().st_size == sizes[name] for name, file in files.items())
 
 
-def keep(packed: Packed) -> None:
-    """Write a packed entry (or file) at its path on this node, unless it is there: a folder built beside it and
-    renamed into place whole, as `carclf.cache` builds one; a file through `atomic_path`."""
-    if present(packed):
+def keep(path: str | Path, files: dict[str, bytes]) -> None:
+    """Write a packed entry (or file) at `path` on this node, unless it is there: a folder built beside it and renamed
+    into place whole, as `carclf.cache` builds one; a file through `atomic_path`."""
+    root = Path(path)
+    if present(root, {name: len(data) for name, data in files.items()}):
         return
-    root = Path(packed.path)
-    if not packed.folder:
+    if "" in files:
         with atomic_path(root) as partial:
-            partial.write_bytes(packed.files[""])
+            partial.write_bytes(files[""])
         return
     partial = partial_path(root)
     shutil.rmtree(partial, ignore_errors=True)
-    for name, data in packed.files.items():
+    for name, data in files.items():
         (partial / name).parent.mkdir(parents=True, exist_ok=True)
         (partial / name).write_bytes(data)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -73,17 +63,26 @@ def keep(packed: Packed) -> None:
         os.rename(partial, root)
     except OSError:  # another process of this node put the same entry in place first
         shutil.rmtree(partial, ignore_errors=True)
-        if not present(packed):
+        if not present(root, {name: len(data) for name, data in files.items()}):
             raise
 
 
 @dataclass(frozen=True)
+class Shipped:
+    """One entry (or file) of the driver's: its path, its files' sizes, and its files in Ray's object store."""
+
+    path: str
+    sizes: dict[str, int]
+    files: ray.ObjectRef
+
+
+@dataclass(frozen=True)
 class Shipment:
-    """Cache entries and files of the driver's, each as an object reference to its `Packed` form, for the nodes that
-    do not see the driver's cache; `home` is the driver's node, None where every node sees its cache (nothing shipped)."""
+    """Cache entries and files of the driver's for the nodes that do not see its cache; `home` is the driver's node,
+    None where every node sees its cache (nothing is shipped)."""
 
     home: str | None = None
-    entries: tuple[ray.ObjectRef, ...] = ()
+    entries: tuple[Shipped, ...] = ()
 
     @classmethod
     def to_nodes(cls, needed: bool) -> Shipment:
@@ -95,13 +94,15 @@ class Shipment:
         paths left out); itself where nothing is shipped."""
         if self.home is None:
             return self
-        return Shipment(self.home, self.entries + tuple(ray.put(pack(Path(path))) for path in paths
-                                                        if path is not None and Path(path).exists()))
+        packed = {str(path): pack(Path(path)) for path in paths if path is not None and Path(path).exists()}
+        return Shipment(self.home, self.entries + tuple(Shipped(path, {name: len(data) for name, data in files.items()},
+                                                                ray.put(files)) for path, files in packed.items()))
 
     def unpack(self) -> None:
-        """Put every shipped entry at its path on this node (where it is missing)."""
-        for reference in self.entries:
-            keep(ray.get(reference))
+        """Put every shipped entry at its path on this node where it is missing; one already there is not fetched."""
+        for entry in self.entries:
+            if not present(entry.path, entry.sizes):
+                keep(entry.path, ray.get(entry.files))
 
 
 def weights_entry(weights: str) -> Path | None:
@@ -113,18 +114,20 @@ def weights_entry(weights: str) -> Path | None:
     return path.parent if (path.parent / "manifest.json").is_file() else path
 
 
-def on_node(function: Callable[..., Any], shipment: Shipment, product: Path | None, *args: Any) -> tuple[Any, Packed | None]:
+def on_node(function: Callable[..., Any], shipment: Shipment, product: Path | None,
+            *args: Any) -> tuple[Any, tuple[str, dict[str, bytes]] | None]:
     """Run as a Ray task: `function(*args)` after the shipment is unpacked here; with its result, the cache entry it
     built (`product`) packed for the driver when the driver does not see this node's cache, else None."""
     shipment.unpack()
     result = function(*args)
     elsewhere = shipment.home not in (None, ray.get_runtime_context().get_node_id())
-    return result, pack(product) if elsewhere and product is not None and Path(product).exists() else None
+    built = elsewhere and product is not None and Path(product).exists()
+    return result, (str(product), pack(product)) if built else None
 
 
-def returned(result: tuple[Any, Packed | None]) -> Any:
+def returned(result: tuple[Any, tuple[str, dict[str, bytes]] | None]) -> Any:
     """The result of an `on_node` task, its product written into the driver's cache first."""
     value, product = result
     if product is not None:
-        keep(product)
+        keep(*product)
     return value
