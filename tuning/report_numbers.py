@@ -54,6 +54,7 @@ from tuning.advice import advise
 from tuning.experiment import Experiment, experiment_from_document
 from tuning.run_folder import RunFolder, read_run_file
 from tuning.search_space import SearchSpace
+from tuning.study_storage import quiet_study
 from tuning.trials import STATUSES, Selection, against_start, top_trials, trial_summaries, within_noise
 
 logger = logging.getLogger(__name__)
@@ -148,8 +149,7 @@ def report_numbers(run: RunFiles) -> dict[str, Any]:
 
 def parameter_importance(trials: pd.DataFrame, space: SearchSpace, selection: Selection) -> dict[str, float]:
     """Optuna's fANOVA importances from a study rebuilt from each trial's score (the selection rule)."""
-    # Named, so Optuna's "new study created in memory" line is not mistaken for the run's study.db.
-    study = optuna.create_study(study_name="report-parameter-importance", direction="maximize" if selection.mode == "max" else "minimize")
+    study = quiet_study(study_name="report-parameter-importance", direction="maximize" if selection.mode == "max" else "minimize")
     distributions = space.optuna_distributions()
     for _, row in trial_summaries(trials, selection).iterrows():
         params = {key: plain_value(row.get(key)) for key in space}

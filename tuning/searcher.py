@@ -52,6 +52,7 @@ from tuning.search_state import (
     trial_state,
     write_state,
 )
+from tuning.study_storage import quiet_study
 
 WAITING = optuna.trial.TrialState.WAITING
 PROPOSAL_TRIES = 5  # the sampler's proposals before a repeat is replaced by a random point
@@ -82,7 +83,7 @@ class StudySearcher(Searcher):
         asked = state["trials"]
         settings = self.sampler_settings
         sampler = make_sampler(settings["name"], settings["startup_trials"], settings["parallel"], settings["seed"] + len(asked))
-        self.study = scratch_study(direction=self.identity["direction"], sampler=sampler)
+        self.study = quiet_study(direction=self.identity["direction"], sampler=sampler)
         self.running: dict[str, optuna.Trial] = {}  # Ray's trial id → the study's trial, until it is told
         for saved in asked:
             if saved["state"] != "RUNNING":
@@ -114,13 +115,13 @@ class StudySearcher(Searcher):
         """The sampler's next point that repeats no trial asked for, a random one after `PROPOSAL_TRIES` repeats, or None
         when the space holds no other point (see the module docstring)."""
         asked = self.study.get_trials(deepcopy=False)  # none WAITING: `suggest` proposes only when no start point is left
-        scratch = scratch_study(direction=self.identity["direction"], sampler=self.study.sampler)
+        scratch = quiet_study(direction=self.identity["direction"], sampler=self.study.sampler)
         scratch.add_trials(asked)
         for _ in range(PROPOSAL_TRIES):
             point = scratch.ask(self.distributions).params  # left RUNNING in the scratch study: the next ask avoids it
             if not self.repeats_a_trial(point, asked):
                 return point
-        draws = scratch_study(sampler=optuna.samplers.RandomSampler(seed=self.sampler_settings["seed"] + len(asked)))
+        draws = quiet_study(sampler=optuna.samplers.RandomSampler(seed=self.sampler_settings["seed"] + len(asked)))
         for _ in range(RANDOM_TRIES):
             point = draws.ask(self.distributions).params
             if not self.repeats_a_trial(point, asked):
@@ -173,14 +174,3 @@ class StudySearcher(Searcher):
         saved = state.pop("saved")
         self.__dict__.update(state)
         self.open(saved)
-
-
-def scratch_study(**options) -> optuna.Study:
-    """An in-memory study, made without Optuna's "A new study created in memory" line: the searcher makes one per
-    proposal, which would otherwise print among the trial events (`study.db` is written from the saved state)."""
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.create_study(**options)
-    finally:
-        optuna.logging.set_verbosity(level)

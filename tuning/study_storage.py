@@ -185,8 +185,20 @@ def write_study(place: StudyPlace, identity: dict[str, Any], direction: str, tri
     return name
 
 
+def quiet_study(**options: Any) -> optuna.Study:
+    """`optuna.create_study` without Optuna's "A new study created in ..." line: the searcher makes an in-memory study
+    per proposal and the report one for parameter importances, which would print among carclf's lines, and the search
+    names the study it writes itself."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.create_study(**options)
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
 def add_study(storage: optuna.storages.BaseStorage, name: str, identity: dict[str, Any], direction: str,
               trials: list[optuna.trial.FrozenTrial]) -> None:
-    study = optuna.create_study(storage=storage, study_name=name, direction=direction)
+    study = quiet_study(storage=storage, study_name=name, direction=direction)
     study.set_user_attr(IDENTITY_ATTRIBUTE, identity)
     study.add_trials(trials)
