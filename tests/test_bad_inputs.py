@@ -838,7 +838,9 @@ def test_predict_with_a_model_trained_on_whole_pictures_ignores_a_box_and_says_s
     assert answers.returncode == 0 and answers.stderr.count(note) == 1, answers.stderr
     first, whole, again = (json.loads(line) for line in answers.stdout.splitlines())
     assert (first["input"], first["box"], whole["box"]) == (boxed, None, None)
-    assert first["top"] == whole["top"] == again["top"]
+    for answer in (whole, again):  # the same answer, up to the float rounding of a picture's place in the batch
+        assert [t["class_name"] for t in answer["top"]] == [t["class_name"] for t in first["top"]]
+        assert [t["probability"] for t in answer["top"]] == pytest.approx([t["probability"] for t in first["top"]], rel=1e-4, abs=1e-9)
     text = run(predict(ctx, boxed, model=whole_pictures))
     assert text.returncode == 0 and text.stderr.count(note) == 1 and text.stdout.startswith(f"{boxed}\n  1. "), text.stderr
     cropping = [json.loads(line) for line in run(predict(ctx, "--json", "--top-k", "4", boxed, image)).stdout.splitlines()]
