@@ -38,6 +38,7 @@ import numpy as np
 from carclf.config import DataConfig
 from carclf.data.images import ImageError, load_crop
 from carclf.model_folder import ModelFolder, ModelFolderError
+from carclf.object_storage import ObjectStorageError, fetch_folder, is_uri
 
 if TYPE_CHECKING:
     import keras
@@ -117,9 +118,18 @@ def classify(predictor: Predictor, requests: Sequence[ImageRequest], top_k: int)
     return results
 
 
+def local_model(model: str) -> str:
+    """`--model` as a local file: a model on object storage (`s3://.../best/model.keras`) is fetched with its folder first."""
+    if not is_uri(model):
+        return model
+    folder, name = model.rstrip("/").rsplit("/", 1)
+    return str(fetch_folder(folder) / name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m carclf.predict", description="Classify car photos with a trained model.")
-    parser.add_argument("--model", required=True, help="a .keras model with labels.json beside it (e.g. runs/demo/best/model.keras)")
+    parser.add_argument("--model", required=True, help="a .keras model with labels.json beside it (e.g. runs/demo/best/model.keras, or "
+                                                          "s3://bucket/runs/demo/best/model.keras)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image file, optionally IMAGE@x1,y1,x2,y2 for a bounding box")
     parser.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
@@ -134,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = argument.rpartition("@")[0]
             entries.append({"image": path, "box": None, "error": str(error).removeprefix(f"{path}: ")})
     try:
-        predictor = load_predictor(args.model)
-    except (PredictorError, ModelFolderError) as error:
+        predictor = load_predictor(local_model(args.model))
+    except (PredictorError, ModelFolderError, ObjectStorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     requests = [entry for entry in entries if isinstance(entry, ImageRequest)]

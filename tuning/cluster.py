@@ -2,7 +2,8 @@
 
 Resources are checked against the live cluster before any long work, so a trial that no node can
 host is an error at once instead of a trial pending forever; and on a cluster of several nodes,
-every node must see the run folder where the driver does (`nodes_not_seeing`, `require_seen`);
+every node must see a local run folder where the driver does (`nodes_not_seeing`, `require_seen`;
+a run on object storage reaches every node through Ray: `tuning.run_storage`);
 the cache reaches the nodes that do not see it through Ray (`tuning.shipping`).
 """
 
@@ -129,8 +130,8 @@ def require_seen(key: str, folder: Path, unseen: list[dict[str, Any]]) -> None:
             f"{key} {folder}: the node at {node['NodeManagerAddress']} (node id {node['NodeID'][:8]}) does not see the files "
             "this machine writes there, and trials open it by this path on every node of the cluster. Put it on a filesystem "
             "that every node mounts at the same path (NFS, EFS, Lustre: for example --storage-path /shared/runs), or run on "
-            "one machine without --address; carclf does not keep runs on object storage yet. No trial ran: the same command "
-            "starts the run again")
+            "one machine without --address; or keep the run on object storage (--storage-path s3://bucket/runs, docs/clusters.md). "
+            "No trial ran: the same command starts the run again")
 
 
 def unseen_markers(markers: dict[str, str], token: str) -> list[str]:

@@ -10,6 +10,7 @@ from carclf.data.store import StoreError
 from carclf.data.table import DatasetError
 from carclf.features import FeatureCacheError
 from carclf.model import WeightsError
+from carclf.object_storage import ObjectStorageError
 from tuning.run_folder import RunFolderError, RunInUseError
 from tuning.study_storage import StudyError
 
@@ -19,4 +20,4 @@ class SearchError(RuntimeError):
 
 
 EXPECTED_ERRORS = (SearchError, ConfigError, DatasetError, StoreError, FeatureCacheError, WeightsError, StudyError,
-                   RunInUseError, RunFolderError)
+                   RunInUseError, RunFolderError, ObjectStorageError)

@@ -26,6 +26,8 @@ from carclf.config import (
     read_toml,
 )
 from carclf.files import absolute_path
+from carclf.object_storage import is_uri
+from tuning.run_storage import RunPlace, run_location
 from tuning.search_space import SearchSpace, check_start_points, parse_space
 from tuning.study_storage import check_storage_setting, resolved_storage
 
@@ -182,13 +184,14 @@ class Experiment:
 
     @property
     def run_dir(self) -> Path:
-        """The run folder; a URI (`s3://...`) is refused here, where the setting becomes a folder, rather than written
-        to as a local folder named after it."""
-        if "://" in self.run.storage_path:
-            raise ConfigError(f"run.storage_path {self.run.storage_path!r}: carclf does not keep runs on object storage yet; "
-                              "give a folder: a local one on one machine, or one every node mounts at the same path on a cluster "
-                              "(NFS, EFS, Lustre)")
-        return Path(self.run.storage_path).expanduser().resolve() / self.name
+        """The run's folder on this machine: the run itself, or the mirror of a run kept on object storage (`run_place`)."""
+        return self.run_place.local
+
+    @property
+    def run_place(self) -> RunPlace:
+        """Where the run lives (`tuning.run_storage`): `storage_path/name`, a local folder or a URI."""
+        storage = self.run.storage_path
+        return RunPlace.at(run_location(storage, self.name) if is_uri(storage) else Path(storage).expanduser().resolve() / self.name)
 
     def with_settings(self, settings: RunSettings) -> Experiment:
         """The same experiment with other run settings (the epoch budget, the weights file resolved)."""
@@ -265,7 +268,7 @@ def experiment_from_document(document: dict[str, Any], where: str) -> Experiment
         tables["search"] = {**tables["search"], "space": parse_space(tables["search"]["space"], settings, where)}
     sections = {name: parse_section(cls, tables[name], f"{where} [{name}]") for name, cls in SEARCH_SECTIONS.items()}
     storage = sections["run"].storage_path  # made absolute once, as the settings' paths (a URI stays as it is)
-    sections["run"] = dataclasses.replace(sections["run"], storage_path=storage if "://" in storage else str(absolute_path(storage)))
+    sections["run"] = dataclasses.replace(sections["run"], storage_path=storage if is_uri(storage) else str(absolute_path(storage)))
     sections["search"] = dataclasses.replace(sections["search"], storage=resolved_storage(sections["search"].storage))
     experiment = Experiment(source=source, settings=settings, **sections)
     check_start_points(experiment.search.space, experiment.search.start, experiment.trial_settings(), experiment.search.num_samples,

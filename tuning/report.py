@@ -10,15 +10,18 @@ the page `tuning.report_html`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from carclf.files import write_json, write_text
+from carclf.object_storage import ObjectStorageError, is_uri
 from tuning.report_figures import report_figures
 from tuning.report_html import render_html
 from tuning.report_numbers import read_run, report_numbers
-from tuning.run_folder import RunFolder, RunFolderError
+from tuning.run_folder import RunFolder, RunFolderError, RunInUseError
+from tuning.run_storage import RunPlace
 
 
 def build_report(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -39,21 +42,23 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path, dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tuning.report", description="Regenerate a run's report.html and report.json.")
-    parser.add_argument("run_dir", help="the run folder (e.g. runs/demo)")
+    parser.add_argument("run_dir", help="the run folder (e.g. runs/demo), or its URI on object storage (s3://bucket/runs/demo)")
     args = parser.parse_args(argv)
-    run_dir = Path(args.run_dir)
-    missing = [path.name for path in RunFolder(run_dir).stage_files("searched") if not path.is_file()]
-    if missing:
-        print(f"error: {run_dir}: not a finished run folder (missing {', '.join(missing)})", file=sys.stderr)
-        return 2
+    place = RunPlace.at(args.run_dir if is_uri(args.run_dir) else Path(args.run_dir))
     try:
-        json_path, html_path, _ = write_report(run_dir)
-    except RunFolderError as error:
+        with place.hold() if place.uri else contextlib.nullcontext():  # a local folder is read as it is, and not created
+            place.pull(fresh=True)
+            missing = [path.name for path in place.folder.stage_files("searched") if not path.is_file()]
+            if missing:
+                print(f"error: {place.where}: not a finished run folder (missing {', '.join(missing)})", file=sys.stderr)
+                return 2
+            json_path, html_path, _ = write_report(place.local)
+            place.push()
+    except (RunFolderError, RunInUseError, ObjectStorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {html_path} and {json_path}")
+    print(f"wrote {html_path.name} and {json_path.name} in {place.where}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

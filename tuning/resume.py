@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -20,9 +19,11 @@ from ray.tune.search import Searcher
 
 from carclf.config import apply_overrides
 from carclf.files import absolute_path
+from carclf.object_storage import is_uri
 from tuning.errors import SearchError
 from tuning.experiment import DEMO_EXPERIMENT, Experiment, experiment_from_document, load_experiment
 from tuning.run_folder import RESTORE, RunFolder, RunFolderError, SavedExperiment
+from tuning.run_storage import RunPlace, run_location
 from tuning.search_state import experiment_fingerprint, newest_state_file, read_search_state
 from tuning.study_storage import StudyPlace, check_usable, study_identity
 
@@ -56,14 +57,21 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
         named = args.experiment or any(item.split("=", 1)[0].strip() == "run.name" for item in items)
         return experiment if named else next_demo_run(experiment, items)
     # The folder as named (a link is not followed): a run resumed through a link at its first place continues there.
-    run_dir = absolute_path(args.resume) if args.resume else load_experiment(args.experiment or DEMO_EXPERIMENT, items).run_dir
-    folder = RunFolder(run_dir)
+    if args.resume:
+        place = RunPlace.at(args.resume if is_uri(args.resume) else absolute_path(args.resume))
+    else:
+        place = load_experiment(args.experiment or DEMO_EXPERIMENT, items).run_place
+    if place.uri:  # the mirror of a run on object storage is replaced by what the URI holds, while no one else holds it
+        with place.hold():
+            place.pull(fresh=True)
+    folder = place.folder
     if not folder.experiment_file.is_file():
-        raise SearchError(f"{run_dir}: nothing to resume (no {folder.experiment_file.name}); run without --resume")
+        raise SearchError(f"{place.where}: nothing to resume (no {folder.experiment_file.name}); run without --resume")
     saved_run = folder.read_experiment()
-    check_resumable(folder, saved_run)
+    check_resumable(place, saved_run)
     document = saved_run.document
-    document["run"].update(storage_path=str(run_dir.parent), name=run_dir.name)
+    storage_path, name = place.where.rsplit("/", 1)
+    document["run"].update(storage_path=storage_path, name=name)
     where = str(folder.experiment_file)
     saved = experiment_from_document(document, where)
     given = as_requested(document, saved_run.requested)  # flags and --experiment are compared with what the run was asked
@@ -73,17 +81,17 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
     differing = differences(requested, asked)
     culprits = [flag for flag, item in requests if ".".join(item.split("=", 1)[0].strip().split(".")[:2]) in differing]
     if culprits:
-        raise SearchError(f"{', '.join(culprits)}: --resume continues {run_dir.name} as it was saved ({where}); drop the flag, "
+        raise SearchError(f"{', '.join(culprits)}: --resume continues {name} as it was saved ({where}); drop the flag, "
                           "or start a new run with another --name")
     if args.experiment:
         differing = differences(load_experiment(args.experiment, items), asked)
         if differing:
             raise SearchError(f"--experiment {args.experiment}: differs from the saved run in {', '.join(sorted(differing))}; "
-                              f"--resume continues the run as saved (pass --resume {run_dir} alone)")
+                              f"--resume continues the run as saved (pass --resume {place.where} alone)")
     return saved
 
 
-def check_resumable(folder: RunFolder, saved: SavedExperiment) -> None:
+def check_resumable(place: RunPlace, saved: SavedExperiment) -> None:
     """Before Ray starts, refuse a run folder that is not one run, naming the file at fault.
 
     Its stage's files must be there and whole (each read through `tuning.run_folder.read_run_file`).
@@ -95,6 +103,7 @@ def check_resumable(folder: RunFolder, saved: SavedExperiment) -> None:
     A folder moved since its start while trials are still to be created is refused too
     (`check_not_moved`). Nothing is created or changed here.
     """
+    folder = place.folder
     folder.require_files()
     ray_ran = tune.Tuner.can_restore(str(folder.path))
     state = read_search_state(folder.path)
@@ -104,10 +113,11 @@ def check_resumable(folder: RunFolder, saved: SavedExperiment) -> None:
     if state is not None:
         path = newest_state_file(folder.path)
         check_identity(folder, str(path), path.name, state["identity"], saved)
-    place = StudyPlace(folder.path, saved.document["search"].get("storage", ""))
-    study = study_identity(place, saved.run_id)
+    study_place = StudyPlace(folder.path, saved.document["search"].get("storage", ""))
+    study = study_identity(study_place, saved.run_id)
     if study is not None:
-        check_identity(folder, place.where, f"study ({place.where})" if place.storage else folder.study_file.name, study, saved)
+        where = study_place.where
+        check_identity(folder, where, f"study ({where})" if study_place.storage else folder.study_file.name, study, saved)
     for number, decision in enumerate(folder.read_rung_decisions(), start=1):
         if saved.run_id and decision.get("run_id") != saved.run_id:
             raise RunFolderError(f"{folder.rungs_file}: decision {number} belongs to another run (run id {decision.get('run_id')}, "
@@ -119,7 +129,7 @@ def check_resumable(folder: RunFolder, saved: SavedExperiment) -> None:
             raise RunFolderError(f"{folder.trials_file}: holds trials this run did not run ({', '.join(foreign[:3])}"
                                  f"{' ...' if len(foreign) > 3 else ''}): {RESTORE}")
     if state is not None and ray_ran:
-        check_not_moved(folder, saved, len(state["trials"]))
+        check_not_moved(place, saved, len(state["trials"]))
 
 
 def check_identity(folder: RunFolder, where: str, what: str, identity: dict[str, Any], saved: SavedExperiment) -> None:
@@ -134,19 +144,19 @@ def check_identity(folder: RunFolder, where: str, what: str, identity: dict[str,
                              f"{what} was made for (fingerprint {identity.get('fingerprint')}, now {fingerprint}); {RESTORE}")
 
 
-def check_not_moved(folder: RunFolder, saved: SavedExperiment, asked: int) -> None:
+def check_not_moved(place: RunPlace, saved: SavedExperiment, asked: int) -> None:
     """A run folder moved since its start resumes where it is now, unless trials are still to be created there.
 
     Ray Tune restores a moved experiment's trials where it is now, but creates the trials still to
     come where the experiment was first stored (its search generator's saved state keeps that place,
     checked with Ray 2.60), so their results would be written to the old folder. Such a run is refused
     with the way out: a link at the first place to the folder, resumed through that link."""
-    first = Path(saved.document["run"]["storage_path"]) / saved.document["run"]["name"]
+    first = run_location(saved.document["run"]["storage_path"], saved.document["run"]["name"])
     remaining = saved.document["search"]["num_samples"] - asked
-    if remaining > 0 and os.path.normpath(first) != os.path.normpath(folder.path):
-        raise RunFolderError(f"{folder.path}: this run started at {first}, and Ray Tune writes the trials it creates after a resume "
+    if remaining > 0 and first != (place.uri or os.path.normpath(place.local)):
+        raise RunFolderError(f"{place.where}: this run started at {first}, and Ray Tune writes the trials it creates after a resume "
                              f"where the run started; {remaining} trial(s) are still to come. Put the folder back there, or make "
-                             f"a link there to it (ln -s {folder.path} {first}), and resume it from there: --resume {first}")
+                             f"a link there to it (ln -s {place.local} {first}), and resume it from there: --resume {first}")
 
 
 def as_requested(document: dict[str, Any], resolved_from: dict[str, Any]) -> dict[str, Any]:

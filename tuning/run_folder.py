@@ -168,6 +168,11 @@ class RunFolder:
     def progress_file(self) -> Path:
         return self.path / ".progress.json"
 
+    def own_files(self) -> tuple[Path, ...]:
+        """The files carclf writes into the run (Ray's own files and the trials' folders aside)."""
+        return (self.experiment_file, self.dataset_file, self.transfer_file, self.study_file, self.rungs_file, self.trials_file,
+                self.search_file, self.best, self.report_html, self.report_json, self.status_file)
+
     def stage_files(self, reached: str | None) -> tuple[Path, ...]:
         """The files a run has written once it reached `reached`, which a resume reads back."""
         started = (self.experiment_file, self.dataset_file)

@@ -88,7 +88,8 @@ from tuning.plan import describe_plan, describe_weights, summarize, warnings_for
 from tuning.prepare import Prepared, prepare  # noqa: E402
 from tuning.report import write_report  # noqa: E402
 from tuning.resume import check_new_run, resolve_experiment, resolved_values  # noqa: E402
-from tuning.run_folder import RunFolder, new_run_id  # noqa: E402
+from tuning.run_folder import new_run_id  # noqa: E402
+from tuning.run_storage import RunPlace  # noqa: E402
 from tuning.samplers import choose_sampler  # noqa: E402
 from tuning.search_state import export_search_state, read_search_state  # noqa: E402
 from tuning.shipping import Shipment, on_node, returned, weights_entry  # noqa: E402
@@ -103,7 +104,8 @@ CHECKPOINT_BYTES = 320 * 2**20  # ResNet50's weights and momentum (239 MB measur
 
 def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namespace) -> Path:
     """The trials, then the delivered model, its evaluation and the report; returns the run folder."""
-    folder, resume, started = RunFolder(experiment.run_dir), args.resume is not None, time.time()
+    place, resume, started = experiment.run_place, args.resume is not None, time.time()
+    folder = place.folder
     kept = experiment.search.max_concurrent * experiment.run.checkpoints_to_keep + 1  # + the best model
     require_free_space(folder.path, kept * CHECKPOINT_BYTES, f"{kept - 1} trial checkpoint(s) and the best model")
     if not resume:
@@ -111,8 +113,10 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
     start_ray(args, experiment)
     try:
         check_cluster_resources(experiment)  # before any long preparation: a search must fail at once
-        unseen = nodes_not_seeing({"run.storage_path": folder.path, "data.cache_dir": Path(experiment.settings.data.cache_dir)})
-        require_seen("run.storage_path", folder.path, unseen["run.storage_path"])
+        cache = {"data.cache_dir": Path(experiment.settings.data.cache_dir)}
+        unseen = nodes_not_seeing(cache if place.uri else {**cache, "run.storage_path": folder.path})
+        if place.uri is None:  # on object storage the run reaches every node through Ray and the URI (tuning.run_storage)
+            require_seen("run.storage_path", folder.path, unseen["run.storage_path"])
         shipment = Shipment.to_nodes(needed=bool(unseen["data.cache_dir"]))  # the cache, through Ray to nodes that lack it
         backbone_started = time.time()
         resolved = resolve_backbone(prepared.experiment, shipment)  # what the trials run with, and what experiment.json records
@@ -121,18 +125,21 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
         run_id = folder.read_experiment().run_id if resume else new_run_id()
         if not resume:
             folder.write_experiment(resolved.to_dict(), resolved_values(resolved, experiment), run_id)
+            place.push()
         if folder.stage() != "searched":
-            search_trials(resolved, prepared, inputs, folder, run_id, resume, started, backbone_s, args.ray_verbose)
+            search_trials(resolved, prepared, inputs, place, run_id, resume, started, backbone_s, args.ray_verbose)
         trials = folder.read_trials()
         print(summarize(trials, resolved, prepared.validation_size), flush=True)
         if resolved.run.delivery == "none":
             folder.mark("finished")
+            place.push()
             return folder.path
-        metrics = deliver_best(resolved, prepared, inputs, folder, trials)
+        metrics = deliver_best(resolved, prepared, inputs, place, trials)
     finally:
         ray.shutdown()
     advice = write_report(folder.path)[2]["advice"]
     folder.mark("finished")
+    place.push()
     print(f"delivered: {metrics['reason']}", flush=True)
     test = metrics["test"]
     if test.get("labeled"):
@@ -148,7 +155,7 @@ def run_search(experiment: Experiment, prepared: Prepared, args: argparse.Namesp
     return folder.path
 
 
-def search_trials(experiment: Experiment, prepared: Prepared, inputs: Shipment, folder: RunFolder, run_id: str | None, resume: bool,
+def search_trials(experiment: Experiment, prepared: Prepared, inputs: Shipment, place: RunPlace, run_id: str | None, resume: bool,
                   started: float, backbone_s: float, ray_verbose: int = 0) -> None:
     """The transfer probe, the head features and the trials; every reported epoch lands in `trials.parquet`.
     `search.json` times them, from `started` (the cluster's start), with the `backbone_s` that resolving the
@@ -156,21 +163,23 @@ def search_trials(experiment: Experiment, prepared: Prepared, inputs: Shipment, 
     features_started = time.time()
     transfer = transfer_probe(experiment, prepared.index, prepared.store, inputs)
     features = prepare_head_features(experiment, prepared.index, prepared.store, inputs)
-    fit_started = time.time()
-    restore = resume and tune.Tuner.can_restore(str(folder.path))
+    fit_started, folder = time.time(), place.folder
+    restore = resume and tune.Tuner.can_restore(str(folder.path))  # the mirror of a run on object storage holds Ray's files too
     shipment = inputs.adding([Path(features) if features else None])
     results = make_tuner(experiment, prepared, features, shipment, run_id, restore, ray_verbose).fit()
+    place.pull()  # on object storage, what Ray saved there: the searcher's state, the trials' results
     state = read_search_state(folder.path)  # the newest Ray saved, as the trials stopped: the study and rungs.jsonl from it
     if state is not None:
-        place = StudyPlace(folder.path, experiment.search.storage)
-        name = export_search_state(place, state, experiment.search.space.optuna_distributions())
-        logger.info("the study %r is written; to see it: %s", name, place.dashboard_command)
+        study_place = StudyPlace(folder.path, experiment.search.storage)
+        name = export_search_state(study_place, state, experiment.search.space.optuna_distributions())
+        logger.info("the study %r is written; to see it: %s", name, study_place.dashboard_command)
     stopped = {d["trial_id"] for d in folder.read_rung_decisions() if d["decision"] == "stopped"}
     trials = trials_table(results, experiment.scheduler.max_epochs, stopped)
     folder.write_trials(trials)
     trials_s = time.time() - fit_started
     if search_interrupted(experiment, trials_s):
-        raise SearchError(f"the search was interrupted; continue it with: python -m tuning.search --resume {folder.path}")
+        place.push()
+        raise SearchError(f"the search was interrupted; continue it with: python -m tuning.search --resume {place.where}")
     write_json(folder.search_file, {"wall_time_s": time.time() - started, "finished": time.time(),
                                     "validation_size": prepared.validation_size, "prepare_s": prepared.seconds,
                                     "backbone_s": backbone_s, "features_s": fit_started - features_started, "trials_s": trials_s,
@@ -178,12 +187,14 @@ def search_trials(experiment: Experiment, prepared: Prepared, inputs: Shipment, 
                                     "sampler": choose_sampler(experiment.search.algorithm, experiment.search.num_samples)[0],
                                     "transfer": transfer})
     folder.mark("searched")
+    place.push()
 
 
-def deliver_best(experiment: Experiment, prepared: Prepared, inputs: Shipment, folder: RunFolder, trials: pd.DataFrame) -> dict:
+def deliver_best(experiment: Experiment, prepared: Prepared, inputs: Shipment, place: RunPlace, trials: pd.DataFrame) -> dict:
     """The winner's model, as `run.retrain` chooses (`tuning.deliver`), made and tested as a whole-node task, with the
-    starting configuration's delivered the same way beside it; its `metrics.json`."""
-    selection, space = Selection.of(experiment.search), list(experiment.search.space)
+    starting configuration's delivered the same way beside it; its `metrics.json`. The trials' final checkpoints go to
+    the node with the shipment, and `best/` comes back to the driver from wherever the task ran (`tuning.shipping`)."""
+    selection, space, folder = Selection.of(experiment.search), list(experiment.search.space), place.folder
     best = best_trial(trials, selection, space)
     if best is None:
         errors = trials["error"].dropna() if "error" in trials else pd.Series(dtype=str)
@@ -196,7 +207,8 @@ def deliver_best(experiment: Experiment, prepared: Prepared, inputs: Shipment, f
               f"({best.best_epoch}): {best.hyperparameters}{also}", flush=True)
     options = whole_node(experiment)
     task = ray.remote(**options)(on_node)
-    return returned(ray.get(task.remote(deliver_model, inputs, None, prepared.index, prepared.store,
+    checkpoints = inputs.adding([place.pull_checkpoint(name) for name in {trial.folder_name for trial in (best, start) if trial}])
+    return returned(ray.get(task.remote(deliver_model, checkpoints, folder.best, prepared.index, prepared.store,
                                         experiment.settings, best, experiment.run.delivery, folder, selection.metric,
                                         options["num_cpus"], start)))
 
@@ -204,25 +216,29 @@ def deliver_best(experiment: Experiment, prepared: Prepared, inputs: Shipment, f
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run_dir = None
+    run_dir = folder = None
     try:
         experiment = resolve_experiment(args)
-        folder = RunFolder(run_dir := experiment.run_dir)
+        place = experiment.run_place
+        folder, run_dir = place.folder, place.where
         print(describe_plan(experiment, args), flush=True)
         warn_if_exposed(args)
         if args.dry_run:
             check_local_cluster(args, experiment)
             prepared = prepare(experiment, resume=False)
             check_usable(StudyPlace(experiment.run_dir, experiment.search.storage))
+            place.check()
             print(f"weights      {describe_weights(experiment)}")
             print(f"epochs       {prepared.experiment.settings.train.epoch_images} training images each, at every batch size")
             for note in warnings_for(prepared):
                 print(f"warning: {note}")
-            print("dry run: the experiment, the data, the weights and the study's storage are valid; nothing was started")
+            print("dry run: the experiment, the data, the weights, the study's storage and the run's are valid; nothing was started")
             return 0
-        with folder.hold():
+        with place.hold():
+            if args.resume is None:
+                place.pull(fresh=True)  # on object storage: what the URI holds under this name, which check_new_run reads
             if args.resume is not None and folder.stage() == "finished":
-                print(f"{run_dir}: this run is finished; nothing to do (its report is {folder.report_html})")
+                print(f"{run_dir}: this run is finished; nothing to do (its report is {folder.report_html.name} there)")
                 return 0
             if args.resume is None:
                 check_new_run(experiment)
@@ -243,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error.filename or run_dir}: {error.strerror or error}", file=sys.stderr)
         return 2
     except Exception:
-        if run_dir is not None and run_dir.parent.exists() and shutil.disk_usage(run_dir.parent).free < LOW_DISK_BYTES:
+        if folder is not None and folder.path.parent.exists() and shutil.disk_usage(folder.path.parent).free < LOW_DISK_BYTES:
             print(f"error: {run_dir}: no space left on the device (free some, then continue with --resume {run_dir})", file=sys.stderr)
             return 2
         raise

@@ -26,6 +26,7 @@ import sqlalchemy.exc
 from optuna.storages.journal import JournalFileBackend
 
 from carclf.files import atomic_path
+from carclf.object_storage import is_uri
 from tuning.run_folder import RESTORE, RunFolder
 
 STUDY_NAME = "carclf"  # the study of a run folder's study.db
@@ -36,17 +37,12 @@ class StudyError(RuntimeError):
     """The run's study cannot be read or written: a damaged study.db, another program's file, a storage that fails."""
 
 
-def is_url(storage: str) -> bool:
-    """A `search.storage` value that is an SQLAlchemy URL; any other is a journal file's path."""
-    return "://" in storage
-
-
 def resolved_storage(storage: str) -> str:
     """`search.storage` made independent of the working folder: a journal file's path, or an SQLite URL's file,
     made absolute (a resumed run or a worker elsewhere finds the same study); other URLs as given."""
     if not storage:
         return storage
-    if not is_url(storage):
+    if not is_uri(storage):
         return str(Path(storage).expanduser().absolute())
     url = sqlalchemy.engine.make_url(storage)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
@@ -58,7 +54,7 @@ def check_storage_setting(storage: str) -> None:
     """A ValueError saying what is wrong with a `search.storage` value that cannot name a study's storage."""
     if not storage:
         return
-    if is_url(storage):
+    if is_uri(storage):
         try:
             url = sqlalchemy.engine.make_url(storage)
         except sqlalchemy.exc.ArgumentError:
@@ -72,7 +68,7 @@ def check_storage_setting(storage: str) -> None:
 
 def shown(storage: str) -> str:
     """A storage as messages show it: a URL's password hidden."""
-    if not is_url(storage):
+    if not is_uri(storage):
         return storage
     try:
         return sqlalchemy.engine.make_url(storage).render_as_string(hide_password=True)
@@ -87,7 +83,7 @@ def sqlite_url(path: Path) -> str:
 
 def open_storage(storage: str) -> optuna.storages.BaseStorage:
     """Optuna's storage for a URL (its tables made if new) or a journal file."""
-    if is_url(storage):
+    if is_uri(storage):
         return optuna.storages.RDBStorage(storage)
     return optuna.storages.JournalStorage(JournalFileBackend(storage))
 

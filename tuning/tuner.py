@@ -28,11 +28,11 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
     """The `Tuner`: carclf's Optuna searcher behind a concurrency limit, ASHA on final-phase epochs, sharing one rung log,
     which the console's trial events read (`tuning.console`); Ray's own tables at `ray_verbose` 1 and above.
 
-    A resumed search is restored by Ray from the run folder, wherever it is now: the searcher and the
+    A resumed search is restored by Ray from the run folder (or the URI of a run on object storage), wherever it is now: the searcher and the
     scheduler come back from Ray's saved state (`tuning.search_state`), the trials from their checkpoints.
     `shipment` carries the store, the features and the weights to nodes that do not share the driver's disk.
     """
-    search, run_dir = experiment.search, experiment.run_dir
+    search, place = experiment.search, experiment.run_place
     if ray_verbose == 0:  # Ray's newer console prints its banner and a TensorBoard hint at a temporary folder even when silent
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         # Trials checkpoint every epoch, so Ray snapshots the experiment (the searcher's state with it) each time and warns
@@ -44,7 +44,7 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
                                      checkpoint_minutes=experiment.run.checkpoint_minutes, shipment=shipment)
     trainable = tune.with_resources(trainable, {"cpu": experiment.resources.cpus_per_trial, "gpu": experiment.resources.gpus_per_trial})
     if resume:
-        return tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=True)
+        return tune.Tuner.restore(place.where, trainable=trainable, resume_errored=True)
     rung_log, asha = RungLog(), experiment.scheduler
     document = experiment.to_dict()
     searcher = StudySearcher(search.space, metric=selection.objective, mode=selection.mode, max_epochs=asha.max_epochs,
@@ -67,7 +67,7 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
             scheduler=scheduler, time_budget_s=search.time_budget_s or None, reuse_actors=experiment.run.reuse_workers,
         ),
         run_config=tune.RunConfig(
-            name=run_dir.name, storage_path=str(run_dir.parent),
+            name=experiment.name, storage_path=place.where.rsplit("/", 1)[0],  # a folder, or a URI (tuning.run_storage)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=experiment.run.checkpoints_to_keep),
             failure_config=tune.FailureConfig(max_failures=experiment.run.max_failures),
             callbacks=[events], verbose=ray_verbose,

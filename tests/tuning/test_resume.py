@@ -86,14 +86,15 @@ def test_a_moved_run_with_trials_still_to_create_is_refused_with_the_way_back(tm
     """Ray creates the trials still to come where the run was first stored: a moved run resumes only when none are left,
     or through a link at its first place (the folder as named, not where the link points)."""
     from tuning.resume import check_not_moved
-    from tuning.run_folder import RunFolder, RunFolderError, SavedExperiment
+    from tuning.run_folder import RunFolderError, SavedExperiment
+    from tuning.run_storage import RunPlace
 
     first = tmp_path / "runs" / "demo"
     document = load_experiment(DEMO_EXPERIMENT, [f"run.storage_path='{first.parent}'"]).to_dict()  # 6 trials
     saved = SavedExperiment(document, {}, "0123456789ab")
-    check_not_moved(RunFolder(first), saved, asked=2)  # where it started: fine
-    check_not_moved(RunFolder(tmp_path / "elsewhere" / "demo"), saved, asked=6)  # moved, every trial created: fine
+    check_not_moved(RunPlace(first), saved, asked=2)  # where it started: fine
+    check_not_moved(RunPlace(tmp_path / "elsewhere" / "demo"), saved, asked=6)  # moved, every trial created: fine
     with pytest.raises(RunFolderError, match=rf"elsewhere/demo: this run started at {first}, .* 4 trial\(s\) are still to come\. "
                                              rf"Put the folder back there, or make a link there to it \(ln -s \S+ {first}\), and "
                                              rf"resume it from there: --resume {first}"):
-        check_not_moved(RunFolder(tmp_path / "elsewhere" / "demo"), saved, asked=2)
+        check_not_moved(RunPlace(tmp_path / "elsewhere" / "demo"), saved, asked=2)
