@@ -1,11 +1,14 @@
 """A real two-node Ray cluster on this machine, joined by the search with `--address`: one whose nodes see the same
 files, one whose second node has a cache of its own, and one whose second node sees none of the test's files (each
-hidden folder under an empty tmpfs in the node's own mount namespace)."""
+hidden folder under an empty tmpfs in the node's own mount namespace), refused with a local run folder and run with
+the run on object storage (an S3-compatible server on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,8 +19,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from carclf.object_storage import listing, read_text
 from tests.conftest import BACKBONE_CACHE
 from tests.tuning.helpers import run, search_command
+from tuning.run_storage import RunPlace
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -28,8 +33,10 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-# Ray's `ray start --head` turns token authentication on; whoever joins must use the token too.
-CLUSTER_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_AUTH_MODE": "token"}
+def cluster_env() -> dict[str, str]:
+    """This process's environment as it is now (a test's object-storage settings included), with token authentication,
+    which Ray's `ray start --head` turns on: whoever joins must use the token too."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_AUTH_MODE": "token"}
 
 
 def _start(arguments: list[str], log: Path, hidden: tuple[Path, ...] = ()) -> subprocess.Popen:
@@ -40,7 +47,7 @@ def _start(arguments: list[str], log: Path, hidden: tuple[Path, ...] = ()) -> su
     if hidden:
         mounts = " && ".join(f"mount -t tmpfs hidden '{folder}'" for folder in hidden)
         command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'{mounts} && exec "$@"', "node", *command]
-    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=CLUSTER_ENV, start_new_session=True)
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=cluster_env(), start_new_session=True)
 
 
 def _wait_for_nodes(address: str, count: int, timeout: float = 120) -> None:
@@ -48,7 +55,7 @@ def _wait_for_nodes(address: str, count: int, timeout: float = 120) -> None:
     while time.monotonic() < deadline:
         probe = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{address}', log_to_driver=False); "
                                 "print(sum(n['Alive'] for n in ray.nodes()))"], capture_output=True, text=True, timeout=60,
-                               env=CLUSTER_ENV)
+                               env=cluster_env())
         if probe.returncode == 0 and probe.stdout.strip().splitlines()[-1] == str(count):
             return
         time.sleep(2)
@@ -101,6 +108,17 @@ def cluster_with_a_node_that_sees_no_test_file(tmp_path, tmp_path_factory):
 
 
 @pytest.fixture
+def cluster_sharing_no_files_with_a_bucket(tmp_path, tmp_path_factory, s3_bucket):
+    """A bucket (`s3_bucket`, whose settings every node's environment holds), and a cluster whose second node sees none
+    of the test's files, its cache home included (the synthetic backbone, the run's mirror), and is the node with the
+    most CPUs (2), so the work done once (a whole node's CPUs) can only run there."""
+    hidden = (tmp_path_factory.getbasetemp(), Path(BACKBONE_CACHE))
+    _require_mount_namespaces(hidden[0])
+    for address in _cluster(tmp_path, hidden, second_cpus=2):
+        yield address, s3_bucket
+
+
+@pytest.fixture
 def cluster_whose_second_node_has_its_own_cache(tmp_path):
     """The second node sees the run folder (a shared filesystem) but neither the search's cache (`tmp_path/cache`) nor
     the test runs' cache home, where the synthetic backbone is: a cloud node with its own disk, and the node with the
@@ -117,7 +135,7 @@ def test_search_runs_trials_on_both_nodes_into_one_storage_path(two_node_cluster
     result = run(search_command(tiny_cars, tmp_path, "cluster", "--address", two_node_cluster, "--num-samples", "2",
                                 "--max-concurrent", "2", "--cpus-per-trial", "1", "--set", "scheduler.max_epochs=2",
                                 "--set", "scheduler.grace_period=2", "--set", "search.space.head_epochs={ choice = [0, 1] }",
-                                "--no-retrain"), env=CLUSTER_ENV)
+                                "--no-retrain"), env=cluster_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     trials = pd.read_parquet(tmp_path / "cluster" / "trials.parquet")
     assert trials["trial_id"].nunique() == 2
@@ -135,7 +153,7 @@ def test_a_node_that_does_not_see_the_run_folder_is_refused_before_the_first_tri
     result = run(search_command(tiny_cars, tmp_path, "unshared", "--address", cluster_with_a_node_that_sees_no_test_file,
                                 "--num-samples", "2", "--cpus-per-trial", "1", "--set", "scheduler.max_epochs=2",
                                 "--set", "scheduler.grace_period=2", "--set", "search.space.head_epochs={ choice = [0, 1] }",
-                                "--no-retrain"), env=CLUSTER_ENV)
+                                "--no-retrain"), env=cluster_env())
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(rf"error: run\.storage_path {tmp_path / 'unshared'}: the node at \S+ \(node id \w+\) does not see "
                      "the files this machine writes there", result.stderr), result.stderr[-3000:]
@@ -154,7 +172,7 @@ def test_a_node_with_its_own_cache_gets_the_data_through_ray(cluster_whose_secon
                                 "--num-samples", "3", "--max-concurrent", "3", "--cpus-per-trial", "1",
                                 "--set", "scheduler.max_epochs=2", "--set", "scheduler.grace_period=2",
                                 "--set", "search.space.head_epochs={ choice = [0, 1] }", weights=str(synthetic_backbone)),
-                 env=CLUSTER_ENV)
+                 env=cluster_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     trials = pd.read_parquet(tmp_path / "own-cache" / "trials.parquet")
     assert trials["node_id"].nunique() == 2  # both nodes trained trials
@@ -162,3 +180,48 @@ def test_a_node_with_its_own_cache_gets_the_data_through_ray(cluster_whose_secon
         assert len(list((tmp_path / "cache" / kind).glob("*/manifest.json"))) == 1, kind
     assert (tmp_path / "own-cache" / "best" / "model.keras").is_file()
 
+
+
+@pytest.mark.slow
+def test_a_cluster_sharing_no_files_runs_resumes_and_delivers_on_object_storage(cluster_sharing_no_files_with_a_bucket, tiny_cars,
+                                                                              synthetic_backbone, tmp_path):
+    """Nodes that share no file, a run on object storage: the search stopped (Ctrl+C) after a trial's checkpoint resumes
+    from the URI alone (its mirror gone: another machine), trials ran on both nodes, the features and the retraining ran
+    on the node that sees none of the driver's files, the bucket holds every file of the run, and the report and predict
+    read it from there."""
+    address, bucket = cluster_sharing_no_files_with_a_bucket
+    command = search_command(tiny_cars, tmp_path, "no-shared-files", "--address", address, "--num-samples", "3",
+                             "--max-concurrent", "3", "--cpus-per-trial", "1", "--set", "scheduler.max_epochs=2",
+                             "--set", "scheduler.grace_period=2", "--set", "search.space.head_epochs={ choice = [0, 1] }",
+                             weights=str(synthetic_backbone))
+    command[command.index("--storage-path") + 1] = f"{bucket}/runs"
+    uri = f"{bucket}/runs/no-shared-files"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster_env())
+    deadline = time.monotonic() + 360
+    while (not any("/checkpoint_" in name for name in listing(uri)) and process.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode != 0 and f"--resume {uri}" in stderr, stderr[-3000:]
+
+    shutil.rmtree(RunPlace.at(uri).local)  # only the bucket holds the run
+    result = run([*command, "--resume", uri], timeout=600, env=cluster_env())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = pd.read_parquet(RunPlace.at(uri).local / "trials.parquet")
+    assert trials["trial_id"].nunique() == 3 and trials["node_id"].nunique() == 2  # both nodes trained trials
+    kept = uri.removeprefix("s3://")  # Ray names a trial's path within its filesystem
+    assert all(f"{kept}/" in path for path in trials["trial_path"].unique()), trials["trial_path"].unique()  # on the bucket
+    files = listing(uri)
+    assert {"best/model.keras", "best/metrics.json", "trials.parquet", "study.db", "report.html"} <= set(files)
+    assert json.loads(read_text(f"{uri}/status.json"))["stage"] == "finished" and ".lock" not in files
+    assert trials.groupby("trial_id")["epoch"].apply(list).map(lambda epochs: epochs == [1, 2]).all()  # no epoch run twice
+    assert len(list((tmp_path / "cache" / "features").glob("*/manifest.json"))) == 1  # built on the hidden node, shipped back
+
+    shutil.rmtree(RunPlace.at(uri).local)  # the report and predict read the run from the bucket
+    report = run([sys.executable, "-m", "tuning.report", uri], timeout=180)
+    assert report.returncode == 0 and f"wrote report.html and report.json in {uri}" in report.stdout, report.stderr[-2000:]
+    image = next(tiny_cars.rglob("*.jpg"))
+    predicted = run([sys.executable, "-m", "carclf.predict", "--model", f"{uri}/best/model.keras", "--json", str(image)], timeout=180)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert len(json.loads(predicted.stdout.splitlines()[-1])["top"]) == 4
