@@ -70,8 +70,8 @@ def resolve_experiment(args: argparse.Namespace) -> Experiment:
     saved_run = folder.read_experiment()
     check_resumable(place, saved_run)
     document = saved_run.document
-    storage_path, name = place.where.rsplit("/", 1)
-    document["run"].update(storage_path=storage_path, name=name)
+    name = place.name
+    document["run"].update(storage_path=place.storage_path, name=name)
     where = str(folder.experiment_file)
     saved = experiment_from_document(document, where)
     given = as_requested(document, saved_run.requested)  # flags and --experiment are compared with what the run was asked
@@ -155,8 +155,10 @@ def check_not_moved(place: RunPlace, saved: SavedExperiment, asked: int) -> None
     remaining = saved.document["search"]["num_samples"] - asked
     if remaining > 0 and first != (place.uri or os.path.normpath(place.local)):
         raise RunFolderError(f"{place.where}: this run started at {first}, and Ray Tune writes the trials it creates after a resume "
-                             f"where the run started; {remaining} trial(s) are still to come. Put the folder back there, or make "
-                             f"a link there to it (ln -s {place.local} {first}), and resume it from there: --resume {first}")
+                             f"where the run started; {remaining} trial(s) are still to come. "
+                             + (f"Copy it back there, and resume it from there: --resume {first}" if place.uri else
+                                f"Put the folder back there, or make a link there to it (ln -s {place.local} {first}), "
+                                f"and resume it from there: --resume {first}"))
 
 
 def as_requested(document: dict[str, Any], resolved_from: dict[str, Any]) -> dict[str, Any]:

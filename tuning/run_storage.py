@@ -65,6 +65,15 @@ class RunPlace:
         """The run's own place, as users name it (`--resume` takes it)."""
         return self.uri or str(self.local)
 
+    @property
+    def storage_path(self) -> str:
+        """The folder or URI the run is in, and the run's name: Ray Tune's `storage_path` and `name`."""
+        return self.where.rsplit("/", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.where.rsplit("/", 1)[1]
+
     def check(self) -> None:
         """On object storage, that the URI's store is known and answers (an `ObjectStorageError` naming it if not), so a
         dry run finds a wrong scheme, bucket, endpoint or credentials before any work."""

@@ -67,7 +67,7 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
             scheduler=scheduler, time_budget_s=search.time_budget_s or None, reuse_actors=experiment.run.reuse_workers,
         ),
         run_config=tune.RunConfig(
-            name=experiment.name, storage_path=place.where.rsplit("/", 1)[0],  # a folder, or a URI (tuning.run_storage)
+            name=place.name, storage_path=place.storage_path,  # a folder, or a URI (tuning.run_storage)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=experiment.run.checkpoints_to_keep),
             failure_config=tune.FailureConfig(max_failures=experiment.run.max_failures),
             callbacks=[events], verbose=ray_verbose,
