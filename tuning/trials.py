@@ -59,8 +59,11 @@ STATUSES = ("finished", "stopped early", "diverged", "failed", "interrupted", "n
 
 
 def trials_table(results, max_epochs: int, stopped_early: set[str] = frozenset()) -> pd.DataFrame:
-    """Every reported row of every trial, with the trial's config and status (one of `STATUSES`).
+    """Every epoch of every trial, once, with the trial's config and status (one of `STATUSES`).
 
+    A trial that a resumed search restarts from an earlier checkpoint, or from its start (checkpoints are rare,
+    `tuning.trainable`), reports the epochs after it again, and Ray's results keep both reports: the later one is what
+    the trial went on from, so it is kept. The abandoned epochs' time is not counted as training (`useful_fraction`).
     `stopped_early` holds the ids of the trials ASHA stopped (`tuning.scheduler.read_rung_decisions`).
     """
     frames = []
@@ -68,7 +71,7 @@ def trials_table(results, max_epochs: int, stopped_early: set[str] = frozenset()
         frame = result.metrics_dataframe
         if frame is None or frame.empty:  # failed before its first report: keep one row, so it is counted
             frame = pd.DataFrame({"epoch": pd.array([pd.NA], dtype="Int64")})
-        frame = frame[[c for c in frame.columns if not c.startswith("config/")]].copy()
+        frame = frame[[c for c in frame.columns if not c.startswith("config/")]].drop_duplicates("epoch", keep="last")
         last = frame.iloc[-1]
         last_epoch = int(last["epoch"]) if pd.notna(last["epoch"]) else 0
         trial_id = result.metrics.get("trial_id") if result.metrics else Path(result.path).name

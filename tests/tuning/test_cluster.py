@@ -203,7 +203,12 @@ def test_a_cluster_sharing_no_files_runs_resumes_and_delivers_on_object_storage(
         time.sleep(1)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=180)
+    stopped_at = time.time()
     assert process.returncode != 0 and f"--resume {uri}" in stderr, stderr[-3000:]
+    state = json.loads(read_text(f"{uri}/{max(name for name in listing(uri) if name.startswith('experiment_state-'))}"))
+    finished = {trial["relative_logdir"] for trial in (json.loads(data) for data, _ in state["trial_data"])
+                if trial["status"] == "TERMINATED"}  # what Ray saved as finished when it stopped: a resume must keep it
+    assert finished, state["trial_data"]
 
     shutil.rmtree(RunPlace.at(uri).local)  # only the bucket holds the run
     result = run([*command, "--resume", uri], timeout=600, env=cluster_env())
@@ -215,7 +220,10 @@ def test_a_cluster_sharing_no_files_runs_resumes_and_delivers_on_object_storage(
     files = listing(uri)
     assert {"best/model.keras", "best/metrics.json", "trials.parquet", "study.db", "report.html"} <= set(files)
     assert json.loads(read_text(f"{uri}/status.json"))["stage"] == "finished" and ".lock" not in files
-    assert trials.groupby("trial_id")["epoch"].apply(list).map(lambda epochs: epochs == [1, 2]).all()  # no epoch run twice
+    assert trials.groupby("trial_id")["epoch"].apply(list).map(lambda epochs: epochs == [1, 2]).all()  # each epoch once
+    for name in finished:  # kept, not re-run; a trial interrupted before its checkpoint starts again
+        rows = trials[trials["trial_path"].str.endswith(name)]
+        assert len(rows) == 2 and (rows["timestamp"] <= stopped_at).all()
     assert len(list((tmp_path / "cache" / "features").glob("*/manifest.json"))) == 1  # built on the hidden node, shipped back
 
     shutil.rmtree(RunPlace.at(uri).local)  # the report and predict read the run from the bucket

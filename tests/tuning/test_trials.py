@@ -72,3 +72,13 @@ def test_gain_over_the_starting_configuration_with_its_standard_error():
     best_is_start = against_start(table, [{"learning_rate": 0.01}], SELECTION, validation_size=400)
     assert best_is_start["within_noise"] and "starting configuration is the best trial" in best_is_start["statement"]
     assert against_start(table, [], SELECTION, validation_size=400) is None
+
+
+def test_an_epoch_reported_again_after_a_restart_keeps_its_later_report():
+    """Ray's results of a trial restarted from its epoch-1 checkpoint after a resume: epochs 2 and 3 twice."""
+    frame = pd.DataFrame({"epoch": [1, 2, 3, 2, 3, 4], "val_loss": [1.0, 0.9, 0.8, 0.7, 0.6, 0.5], "trial_id": "again"})
+    again = SimpleNamespace(metrics_dataframe=frame, metrics={"trial_id": "again"}, path="/runs/x/CarClassifierTrainable_again_1",
+                            error=None, config={"learning_rate": 0.01})
+    table = trials_table([again], max_epochs=4)
+    assert table["epoch"].tolist() == [1, 2, 3, 4] and table["val_loss"].tolist() == [1.0, 0.7, 0.6, 0.5]
+    assert set(table["status"]) == {"finished"}
