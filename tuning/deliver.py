@@ -88,7 +88,7 @@ def make_model(index: pd.DataFrame, store: str | Path, settings: RunSettings, tr
     (`delivered`), why (`reason`), the reproduction check, and the retraining's recipe and epochs."""
     settings = settings.with_hyperparameters(trial.hyperparameters).with_train(epochs=trial.best_epoch)
     names, train_rows = class_names(index), rows_for(index, "train")
-    trial_model = trial_own_model(folder.path / trial.folder_name, trial.best_epoch, len(names), settings)
+    trial_model = trial_own_model(folder.ray_dir / trial.folder_name, trial.best_epoch, len(names), settings)
     facts: dict[str, Any] = {"choice": choice, "retrain_epochs": trial.best_epoch, "reproduction": None}
     if choice == "trial" and trial_model is not None:
         facts.update(delivered="trial", reason="run.retrain is 'trial': the trial's own model, at its best epoch")

@@ -105,13 +105,16 @@ def check_resumable(place: RunPlace, saved: SavedExperiment) -> None:
     """
     folder = place.folder
     folder.require_files()
-    ray_ran = tune.Tuner.can_restore(str(folder.path))
-    state = read_search_state(folder.path)
+    if tune.Tuner.can_restore(str(folder.path)):
+        raise RunFolderError(f"{folder.path}: Ray's files are beside carclf's, as an earlier carclf kept them; this one keeps "
+                             f"them in {folder.ray_dir.name}/: resume the run with the carclf that started it, or start a new run")
+    ray_ran = tune.Tuner.can_restore(str(folder.ray_dir))
+    state = read_search_state(folder.ray_dir)
     if state is None and ray_ran:
-        raise RunFolderError(f"{folder.path}: Ray's trials are here but not the searcher's saved state "
+        raise RunFolderError(f"{folder.ray_dir}: Ray's trials are here but not the searcher's saved state "
                              f"({Searcher.CKPT_FILE_TMPL.format('*')}), the study they belong to: {RESTORE}")
     if state is not None:
-        path = newest_state_file(folder.path)
+        path = newest_state_file(folder.ray_dir)
         check_identity(folder, str(path), path.name, state["identity"], saved)
     study_place = StudyPlace(folder.path, saved.document["search"].get("storage", ""))
     study = study_identity(study_place, saved.run_id)
@@ -123,7 +126,7 @@ def check_resumable(place: RunPlace, saved: SavedExperiment) -> None:
             raise RunFolderError(f"{folder.rungs_file}: decision {number} belongs to another run (run id {decision.get('run_id')}, "
                                  f"not {saved.run_id}): {RESTORE}")
     if folder.trials_file.is_file():
-        ran = {trial.trial_id for trial in tune.ExperimentAnalysis(str(folder.path)).trials}
+        ran = {trial.trial_id for trial in tune.ExperimentAnalysis(str(folder.ray_dir)).trials}
         foreign = sorted(set(folder.read_trials()["trial_id"]) - ran)
         if foreign:
             raise RunFolderError(f"{folder.trials_file}: holds trials this run did not run ({', '.join(foreign[:3])}"
@@ -210,7 +213,7 @@ def check_new_run(experiment: Experiment) -> None:
     """
     folder = RunFolder(experiment.run_dir)
     stage = folder.stage()
-    if tune.Tuner.can_restore(str(folder.path)) or stage not in (None, "started"):
+    if any(tune.Tuner.can_restore(str(path)) for path in (folder.ray_dir, folder.path)) or stage not in (None, "started"):
         raise SearchError(f"{folder.path}: a run with this name exists; pass --resume to continue it, or another --name")
     if stage == "started":
         logger.info("%s: the run of this name stopped before its first trial; starting it again", folder.path)

@@ -6,7 +6,8 @@
       transfer.json      the transfer probe's result
       study.db           the Optuna study, written from the searcher's saved state once the trials stop (tuning.search_state)
       rungs.jsonl        ASHA's decisions (tuning.scheduler), written likewise
-      searcher-state-*.pkl  the searcher's saved state, which Ray saves and restores (JSON, tuning.search_state)
+      ray/               Ray Tune's experiment: its saved state, the searcher's (searcher-state-*.pkl, JSON:
+                         tuning.search_state) and each trial's folder (results, checkpoints, TensorBoard files)
       trials.parquet     every reported epoch of every trial (tuning.trials)
       search.json        the search's timing, sampler and validation size
       best/              the delivered model (carclf.model_folder, tuning.deliver), metrics.json, test_predictions.parquet
@@ -20,6 +21,11 @@ Every file is read through `read_run_file`, which turns damage into one `RunFold
 file and what to do. `experiment.json` records the run's `run_id`, made when the run started; the
 study and every line of `rungs.jsonl` carry it too, so `--resume` can tell a file of this run from
 another run's copy (`tuning.resume.check_resumable`).
+
+Ray's files have a folder of their own because Ray, restoring an experiment, copies every `.json`
+file beside its saved state into a folder of its own and writes them back at each snapshot: beside
+carclf's files it rewrote experiment.json after every `--resume` (seen with Ray 2.60), and a kill
+during such a copy left the file empty.
 
 `hold` takes an exclusive lock on `.lock` for the life of the search (the operating system drops it
 when the process ends, even on SIGKILL), so a second search on a run in progress is refused with the
@@ -50,6 +56,7 @@ from carclf.files import atomic_path, read_json, remove_abandoned_partials, writ
 STAGES = ("started", "searched", "finished")  # finished: retrained, evaluated and reported
 DECISIONS = ("continued", "spared", "stopped")  # what ASHA did with a trial at a rung (tuning.scheduler)
 RESTORE = "restore it from a copy of the run folder, or start a new run with another --name"
+RAY_FOLDER = "ray"  # Ray Tune's experiment folder in a run (its `name` under the run as `storage_path`)
 
 
 class RunInUseError(RuntimeError):
@@ -165,11 +172,15 @@ class RunFolder:
         return self.path / "status.json"
 
     @property
+    def ray_dir(self) -> Path:
+        return self.path / RAY_FOLDER
+
+    @property
     def progress_file(self) -> Path:
         return self.path / ".progress.json"
 
     def own_files(self) -> tuple[Path, ...]:
-        """The files carclf writes into the run (Ray's own files and the trials' folders aside)."""
+        """The files carclf writes into the run (Ray's folder aside)."""
         return (self.experiment_file, self.dataset_file, self.transfer_file, self.study_file, self.rungs_file, self.trials_file,
                 self.search_file, self.best, self.report_html, self.report_json, self.status_file)
 

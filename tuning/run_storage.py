@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Iterator
 
 from carclf.object_storage import delete_file, download, is_uri, join, listing, mirror_path, read_text, upload, write_text
-from tuning.run_folder import RunFolder, RunInUseError
+from tuning.run_folder import RAY_FOLDER, RunFolder, RunInUseError
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray's checkpoint folders, in each trial's folder
 
@@ -67,12 +67,17 @@ class RunPlace:
 
     @property
     def storage_path(self) -> str:
-        """The folder or URI the run is in, and the run's name: Ray Tune's `storage_path` and `name`."""
+        """The folder or URI the run is in, and the run's name (`run.storage_path`, `run.name`)."""
         return self.where.rsplit("/", 1)[0]
 
     @property
     def name(self) -> str:
         return self.where.rsplit("/", 1)[1]
+
+    @property
+    def ray_where(self) -> str:
+        """Ray Tune's experiment in the run (`RunFolder.ray_dir`), as Ray restores it: a folder, or a URI."""
+        return join(self.uri, RAY_FOLDER) if self.uri else str(self.folder.ray_dir)
 
     def check(self) -> None:
         """On object storage, that the URI's store is known and answers (an `ObjectStorageError` naming it if not), so a
@@ -94,16 +99,18 @@ class RunPlace:
         download(self.uri, self.local, not_a_checkpoint)
 
     def pull_checkpoint(self, trial_folder: str) -> Path | None:
-        """The trial's newest checkpoint folder in the mirror (fetched from the URI), None without one."""
+        """The newest checkpoint folder of the trial whose folder (in Ray's) is `trial_folder`, in the mirror (fetched from
+        the URI); None without one."""
+        local = self.folder.ray_dir / trial_folder
         if self.uri is None:
-            checkpoints = sorted((self.local / trial_folder).glob(f"{CHECKPOINT_PREFIX}*"))
+            checkpoints = sorted(local.glob(f"{CHECKPOINT_PREFIX}*"))
             return checkpoints[-1] if checkpoints else None
-        trial = join(self.uri, trial_folder)
+        trial = join(self.ray_where, trial_folder)
         names = sorted({name.split("/")[0] for name in listing(trial) if name.startswith(CHECKPOINT_PREFIX)})
         if not names:
             return None
-        download(join(trial, names[-1]), self.local / trial_folder / names[-1])
-        return self.local / trial_folder / names[-1]
+        download(join(trial, names[-1]), local / names[-1])
+        return local / names[-1]
 
     def push(self) -> None:
         """Copy carclf's own files of the run from the mirror to the URI; nothing to do for a local run."""

@@ -164,11 +164,11 @@ def search_trials(experiment: Experiment, prepared: Prepared, inputs: Shipment, 
     transfer = transfer_probe(experiment, prepared.index, prepared.store, inputs)
     features = prepare_head_features(experiment, prepared.index, prepared.store, inputs)
     fit_started, folder = time.time(), place.folder
-    restore = resume and tune.Tuner.can_restore(str(folder.path))  # the mirror of a run on object storage holds Ray's files too
+    restore = resume and tune.Tuner.can_restore(str(folder.ray_dir))  # the mirror of a run on object storage holds Ray's files too
     shipment = inputs.adding([Path(features) if features else None])
     results = make_tuner(experiment, prepared, features, shipment, run_id, restore, ray_verbose).fit()
     place.pull()  # on object storage, what Ray saved there: the searcher's state, the trials' results
-    state = read_search_state(folder.path)  # the newest Ray saved, as the trials stopped: the study and rungs.jsonl from it
+    state = read_search_state(folder.ray_dir)  # the newest Ray saved, as the trials stopped: the study and rungs.jsonl from it
     if state is not None:
         study_place = StudyPlace(folder.path, experiment.search.storage)
         name = export_search_state(study_place, state, experiment.search.space.optuna_distributions())

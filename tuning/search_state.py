@@ -1,6 +1,6 @@
 """What a search must not lose, as plain data Ray saves and restores: the study's trials and ASHA's rung decisions.
 
-Ray Tune saves a searcher's state (`Searcher.save`, into the run's `searcher-state-*.pkl`) with
+Ray Tune saves a searcher's state (`Searcher.save`, into the run's `ray/searcher-state-*.pkl`) with
 every snapshot of its experiment, wherever the run is stored, and hands it back to
 `Searcher.restore` on `Tuner.restore`. A scheduler it pickles once, when the search starts. So a
 search's memory lives in its searcher's state (`tuning.searcher.StudySearcher`): every trial
@@ -12,7 +12,7 @@ and the searcher's restore refills it in place.
 The state holds no path, so a run folder that moved restores as it was; and it is saved in the
 same snapshot as Ray's trial states, so the two never disagree (no trial asked for after the last
 snapshot survives a kill in one and not the other). Once the trials stop, the driver reads the
-newest saved state from the run folder (`read_search_state`) and writes the study, for
+newest saved state from Ray's folder in the run (`read_search_state`) and writes the study, for
 optuna-dashboard (`study.db`, or `search.storage`: `tuning.study_storage`), and `rungs.jsonl`, the
 log the report reads (`export_search_state`).
 
@@ -94,15 +94,16 @@ def frozen_trial(state: dict[str, Any], distributions: dict[str, Any]) -> optuna
         intermediate_values={int(step): decode_number(value) for step, value in state["intermediate"]})
 
 
-def newest_state_file(run_dir: Path) -> Path | None:
-    """The newest searcher state Ray saved in the run folder (its file names sort by the session's start time)."""
-    files = sorted(Path(run_dir).glob(Searcher.CKPT_FILE_TMPL.format("*")))
+def newest_state_file(ray_dir: Path) -> Path | None:
+    """The newest searcher state Ray saved in its experiment folder (`RunFolder.ray_dir`; its file names sort by the
+    session's start time)."""
+    files = sorted(Path(ray_dir).glob(Searcher.CKPT_FILE_TMPL.format("*")))
     return files[-1] if files else None
 
 
-def read_search_state(run_dir: Path) -> dict[str, Any] | None:
-    """The newest saved search state of the run folder, checked to be carclf's; None when the search saved none."""
-    path = newest_state_file(run_dir)
+def read_search_state(ray_dir: Path) -> dict[str, Any] | None:
+    """The newest saved search state in Ray's experiment folder, checked to be carclf's; None when the search saved none."""
+    path = newest_state_file(ray_dir)
     if path is None:
         return None
     return read_run_file(path, lambda file: checked_state(json.loads(file.read_text())))

@@ -204,7 +204,7 @@ class DeliveredTrial:
     hyperparameters: dict[str, Any]
     best_epoch: int
     score: float
-    folder_name: str  # the trial's folder in the run folder, which holds its checkpoints
+    folder_name: str  # the trial's folder in Ray's (`RunFolder.ray_dir`), which holds its checkpoints
 
     def summary(self, metric: str) -> dict[str, Any]:
         return {"trial_id": self.trial_id, "metric": metric, "score": self.score, "best_epoch": self.best_epoch}

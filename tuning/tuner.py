@@ -14,6 +14,7 @@ from ray.tune.schedulers import FIFOScheduler
 from tuning.console import TrialEvents
 from tuning.experiment import Experiment
 from tuning.prepare import Prepared
+from tuning.run_folder import RAY_FOLDER
 from tuning.samplers import choose_sampler
 from tuning.scheduler import NoiseAwareASHA
 from tuning.search_state import RungLog, experiment_fingerprint
@@ -44,7 +45,7 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
                                      checkpoint_minutes=experiment.run.checkpoint_minutes, shipment=shipment)
     trainable = tune.with_resources(trainable, {"cpu": experiment.resources.cpus_per_trial, "gpu": experiment.resources.gpus_per_trial})
     if resume:
-        return tune.Tuner.restore(place.where, trainable=trainable, resume_errored=True)
+        return tune.Tuner.restore(place.ray_where, trainable=trainable, resume_errored=True)
     rung_log, asha = RungLog(), experiment.scheduler
     document = experiment.to_dict()
     searcher = StudySearcher(search.space, metric=selection.objective, mode=selection.mode, max_epochs=asha.max_epochs,
@@ -67,7 +68,7 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
             scheduler=scheduler, time_budget_s=search.time_budget_s or None, reuse_actors=experiment.run.reuse_workers,
         ),
         run_config=tune.RunConfig(
-            name=place.name, storage_path=place.storage_path,  # a folder, or a URI (tuning.run_storage)
+            name=RAY_FOLDER, storage_path=place.where,  # in the run's folder, or its URI (tuning.run_storage)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=experiment.run.checkpoints_to_keep),
             failure_config=tune.FailureConfig(max_failures=experiment.run.max_failures),
             callbacks=[events], verbose=ray_verbose,
@@ -81,7 +82,7 @@ def search_interrupted(experiment: Experiment, elapsed_s: float) -> bool:
     Read from the run's saved experiment state, because after a SIGINT Ray returns normally with
     the trials it had created so far.
     """
-    statuses = [trial.status for trial in tune.ExperimentAnalysis(str(experiment.run_dir)).trials]
+    statuses = [trial.status for trial in tune.ExperimentAnalysis(str(experiment.run_place.folder.ray_dir)).trials]
     if any(status not in ("TERMINATED", "ERROR") for status in statuses):
         return True
     budget = experiment.search.time_budget_s

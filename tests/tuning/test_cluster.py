@@ -141,7 +141,7 @@ def test_search_runs_trials_on_both_nodes_into_one_storage_path(two_node_cluster
     assert trials["trial_id"].nunique() == 2
     assert trials["node_id"].nunique() == 2  # both nodes trained trials
     for path in trials["trial_path"].unique():
-        assert Path(path).parent == tmp_path / "cluster"  # one storage path for every trial
+        assert Path(path).parent == tmp_path / "cluster" / "ray"  # one storage path for every trial, in the run's Ray folder
         assert list(Path(path).glob("checkpoint_*"))
 
 
@@ -158,7 +158,7 @@ def test_a_node_that_does_not_see_the_run_folder_is_refused_before_the_first_tri
     assert re.search(rf"error: run\.storage_path {tmp_path / 'unshared'}: the node at \S+ \(node id \w+\) does not see "
                      "the files this machine writes there", result.stderr), result.stderr[-3000:]
     assert "NFS" in result.stderr and "No trial ran: the same command starts the run again" in result.stderr
-    assert not list((tmp_path / "unshared").glob("CarClassifierTrainable_*")) and not list(tmp_path.rglob(".carclf-node-check-*"))
+    assert not list((tmp_path / "unshared").rglob("CarClassifierTrainable_*")) and not list(tmp_path.rglob(".carclf-node-check-*"))
 
 
 @pytest.mark.slow
@@ -205,7 +205,7 @@ def test_a_cluster_sharing_no_files_runs_resumes_and_delivers_on_object_storage(
     _, stderr = process.communicate(timeout=180)
     stopped_at = time.time()
     assert process.returncode != 0 and f"--resume {uri}" in stderr, stderr[-3000:]
-    state = json.loads(read_text(f"{uri}/{max(name for name in listing(uri) if name.startswith('experiment_state-'))}"))
+    state = json.loads(read_text(f"{uri}/ray/{max(name for name in listing(f'{uri}/ray') if name.startswith('experiment_state-'))}"))
     finished = {trial["relative_logdir"] for trial in (json.loads(data) for data, _ in state["trial_data"])
                 if trial["status"] == "TERMINATED"}  # what Ray saved as finished when it stopped: a resume must keep it
     assert finished, state["trial_data"]
@@ -216,7 +216,7 @@ def test_a_cluster_sharing_no_files_runs_resumes_and_delivers_on_object_storage(
     trials = pd.read_parquet(RunPlace.at(uri).local / "trials.parquet")
     assert trials["trial_id"].nunique() == 3 and trials["node_id"].nunique() == 2  # both nodes trained trials
     kept = uri.removeprefix("s3://")  # Ray names a trial's path within its filesystem
-    assert all(f"{kept}/" in path for path in trials["trial_path"].unique()), trials["trial_path"].unique()  # on the bucket
+    assert all(f"{kept}/ray/" in path for path in trials["trial_path"].unique()), trials["trial_path"].unique()  # on the bucket
     files = listing(uri)
     assert {"best/model.keras", "best/metrics.json", "trials.parquet", "study.db", "report.html"} <= set(files)
     assert json.loads(read_text(f"{uri}/status.json"))["stage"] == "finished" and ".lock" not in files

@@ -33,12 +33,12 @@ def trial_run(tiny_dataset, tiny_settings, tmp_path_factory):
     run = TrainingRun(TrainingData(tiny_dataset.index, tiny_dataset.store), settings)
     folder = RunFolder(tmp_path_factory.mktemp("run"))
     run.train_epoch()  # a start trial "s" that ended here, at its best epoch, 1
-    start = folder.path / "CarClassifierTrainable_s_2" / "checkpoint_000000"
+    start = folder.ray_dir / "CarClassifierTrainable_s_2" / "checkpoint_000000"
     save_checkpoint(run.final_model, start, {"phase": "fine_tune", "best": 0.25, "best_epoch": 1, "epoch": 1})
     save_best_epoch(layer_weights(run.final_model), start)
     while not run.finished:
         run.train_epoch()
-    checkpoint = folder.path / "CarClassifierTrainable_t_1" / f"checkpoint_{TRIAL_EPOCHS - 1:06d}"
+    checkpoint = folder.ray_dir / "CarClassifierTrainable_t_1" / f"checkpoint_{TRIAL_EPOCHS - 1:06d}"
     save_checkpoint(run.final_model, checkpoint, {"phase": "fine_tune", "best": 0.5, "best_epoch": TRIAL_EPOCHS, "epoch": TRIAL_EPOCHS})
     save_best_epoch(layer_weights(run.final_model), checkpoint)
     return folder, settings, run.final_model
@@ -116,7 +116,7 @@ def test_the_start_is_delivered_the_same_way_and_tested_beside_the_winner(trial_
     against = metrics["start"]
     assert against["delivered"] == "trial" and against["trial"]["trial_id"] == "s" and "retrain_s" not in against
     test = rows_for(tiny_dataset.index, "test")
-    start_model = trial_own_model(folder.path / start.folder_name, 1, 4, settings.with_train(epochs=1))
+    start_model = trial_own_model(folder.ray_dir / start.folder_name, 1, 4, settings.with_train(epochs=1))
     start_right = correct(start_model, test, open_image_store(tiny_dataset.store, 32), ["a", "b", "c", "d"])
     assert against["test_accuracy"] == start_right.mean()
     assert against["gain"] == pytest.approx(metrics["test"]["accuracy"] - start_right.mean())

@@ -72,7 +72,7 @@ def test_report_html_is_self_contained(finished_run):
 def test_report_command_regenerates_and_refuses_other_folders(finished_run, tmp_path):
     run_dir, _ = finished_run
     copy = tmp_path / "copy"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("CarClassifierTrainable_*", "report.*"))
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("ray", "report.*"))
     result = subprocess.run([sys.executable, "-m", "tuning.report", str(copy)], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((copy / "report.json").read_text())["top_trials"] == json.loads((run_dir / "report.json").read_text())["top_trials"]

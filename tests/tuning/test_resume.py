@@ -38,6 +38,12 @@ def copy_of_run(run_dir: Path, tmp_path: Path) -> Path:
     return copy
 
 
+def ray_files_beside_carclfs(run_dir: Path) -> None:
+    """The layout of an earlier carclf: Ray's experiment folder was the run folder itself."""
+    for item in (run_dir / "ray").iterdir():
+        item.rename(run_dir / item.name)
+
+
 def foreign_trial(run_dir: Path) -> None:
     trials = pd.read_parquet(run_dir / "trials.parquet")
     trials.loc[trials.index[0], "trial_id"] = "elsewhere_00001"
@@ -46,11 +52,13 @@ def foreign_trial(run_dir: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("damage", "expected"), [
-    (lambda run_dir: [path.unlink() for path in run_dir.glob("searcher-state-*.pkl")],
-     r"copy/e2e: Ray's trials are here but not the searcher's saved state \(searcher-state-\*\.pkl\), the study they belong to"),
+    (lambda run_dir: [path.unlink() for path in run_dir.glob("ray/searcher-state-*.pkl")],
+     r"copy/e2e/ray: Ray's trials are here but not the searcher's saved state \(searcher-state-\*\.pkl\), the study they belong to"),
     (foreign_trial, r"copy/e2e/trials\.parquet: holds trials this run did not run \(elsewhere_00001\): restore it from a copy"),
     (lambda run_dir: (run_dir / "experiment.json").write_text("{\"run_id\": "), r"copy/e2e/experiment\.json: damaged \("),
-], ids=["searcher-state-deleted", "trials-of-another-run", "experiment-json-truncated"])
+    (ray_files_beside_carclfs, r"copy/e2e: Ray's files are beside carclf's, as an earlier carclf kept them; this one keeps them in "
+                               r"ray/: resume the run with the carclf that started it"),
+], ids=["searcher-state-deleted", "trials-of-another-run", "experiment-json-truncated", "ray-files-beside-carclfs"])
 def test_a_resume_refuses_a_folder_that_is_not_one_run_before_ray_starts(finished_run, tmp_path, damage, expected):
     """Each file a resume reads is named when it is missing, damaged or another run's; nothing is created in its place."""
     run_dir = copy_of_run(finished_run[0], tmp_path)
@@ -59,7 +67,7 @@ def test_a_resume_refuses_a_folder_that_is_not_one_run_before_ray_starts(finishe
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert re.search(expected, result.stderr.strip().splitlines()[-1]), result.stderr[-2000:]
     assert "Ray dashboard" not in result.stdout
-    assert not list(run_dir.glob("searcher-state-*")) or "searcher" not in expected  # nothing is made in its place
+    assert not list(run_dir.glob("ray/searcher-state-*")) or "searcher" not in expected  # nothing is made in its place
 
 
 @pytest.mark.slow

@@ -46,20 +46,21 @@ def test_a_fresh_pull_replaces_the_mirror_and_leaves_checkpoints_on_the_store(s3
     uri = f"{s3_bucket}/runs/demo"
     place = RunPlace.at(uri)
     assert place.uri == uri and place.where == uri and place.local.name == "demo" and RunPlace.at(uri + "/") == place
+    assert place.ray_where == f"{uri}/ray"  # Ray Tune's experiment, apart from carclf's files
     remote = tmp_path / "remote"
-    for name in ("experiment.json", "searcher-state-2026.pkl", "trial_1/result.json", "trial_1/checkpoint_000000/w.h5",
-                 "trial_1/checkpoint_000001/w.h5"):
+    for name in ("experiment.json", "ray/searcher-state-2026.pkl", "ray/trial_1/result.json", "ray/trial_1/checkpoint_000000/w.h5",
+                 "ray/trial_1/checkpoint_000001/w.h5"):
         (remote / name).parent.mkdir(parents=True, exist_ok=True)
         (remote / name).write_text(name)
-    upload(remote, uri, ["experiment.json", "searcher-state-2026.pkl", "trial_1"])
+    upload(remote, uri, ["experiment.json", "ray"])
     place.local.mkdir(parents=True, exist_ok=True)
     (place.local / "trials.parquet").write_text("an earlier command's")
     (place.local / "old-trial").mkdir()
     place.pull(fresh=True)
     pulled = sorted(str(path.relative_to(place.local)) for path in place.local.rglob("*") if path.is_file())
-    assert pulled == ["experiment.json", "searcher-state-2026.pkl", "trial_1/result.json"]
-    assert place.pull_checkpoint("trial_1") == place.local / "trial_1" / "checkpoint_000001"
-    assert (place.local / "trial_1" / "checkpoint_000001" / "w.h5").read_text() == "trial_1/checkpoint_000001/w.h5"
+    assert pulled == ["experiment.json", "ray/searcher-state-2026.pkl", "ray/trial_1/result.json"]
+    assert place.pull_checkpoint("trial_1") == place.local / "ray" / "trial_1" / "checkpoint_000001"
+    assert (place.local / "ray" / "trial_1" / "checkpoint_000001" / "w.h5").read_text() == "ray/trial_1/checkpoint_000001/w.h5"
     assert place.pull_checkpoint("trial_2") is None
 
     (place.local / "status.json").write_text('{"stage": "started"}')
@@ -70,7 +71,7 @@ def test_a_fresh_pull_replaces_the_mirror_and_leaves_checkpoints_on_the_store(s3
 
 def test_a_local_run_is_its_own_folder(tmp_path):
     place = RunPlace.at(tmp_path / "runs" / "demo")
-    assert place.uri is None and place.where == str(tmp_path / "runs" / "demo")
+    assert place.uri is None and place.where == str(tmp_path / "runs" / "demo") and place.ray_where == f"{place.where}/ray"
     place.pull(fresh=True)
     place.push()
     assert not (tmp_path / "runs").exists()  # nothing to copy either way

@@ -222,7 +222,7 @@ def _finished_trials(run_dir, status="TERMINATED"):
 
     A trial whose last epoch is in its result.json but not yet in that state (Ray saves it every few
     seconds) is run again after a SIGKILL, as Ray documents, so the test waits for the state."""
-    states = sorted(run_dir.glob("experiment_state-*.json"))
+    states = sorted(run_dir.glob("ray/experiment_state-*.json"))
     if not states:
         return []
     try:
@@ -254,6 +254,7 @@ def test_an_interrupted_search_resumes_where_it_is_now_without_rerunning_finishe
     second = run(command, timeout=120)  # the run has one owner
     assert second.returncode == 2 and f"{run_dir}: in use by pid {process.pid}" in second.stderr
     dataset_before = (run_dir / "dataset.parquet").read_bytes()
+    written = (run_dir / "experiment.json").stat().st_mtime_ns  # written once, when the run started
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=180)
     assert process.returncode != 0 and "--resume" in stderr.strip().splitlines()[-1]  # a graceful stop says how to go on
@@ -274,6 +275,9 @@ def test_an_interrupted_search_resumes_where_it_is_now_without_rerunning_finishe
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert not run_dir.exists()  # resumed where the folder is now
     assert (moved / "dataset.parquet").read_bytes() == dataset_before  # reused, not rewritten
+    # Ray copies the .json files beside its experiment state down when it restores and back up at each snapshot; carclf's
+    # own files are not beside it, so no copy of Ray's overwrites them (a kill during one would leave them empty).
+    assert (moved / "experiment.json").stat().st_mtime_ns == written
     assert not list(moved.rglob(".partial-*"))
     trials = pd.read_parquet(moved / "trials.parquet")
     assert trials["trial_id"].nunique() == 3
