@@ -213,8 +213,8 @@ def test_a_cluster_sharing_no_files_runs_resumes_and_delivers_on_object_storage(
         time.sleep(1)
     finished, killed_at = _finished_on(uri), time.time()
     process.kill()  # SIGKILL: nothing of the driver's gets saved or said; the bucket holds what was pushed and synced
-    process.communicate(timeout=60)
-    assert finished, "the search did not get far enough to kill"
+    _, stderr = process.communicate(timeout=60)
+    assert finished, f"the search did not get far enough to kill: {stderr[-3000:]}"
 
     shutil.rmtree(RunPlace.at(uri).local)  # only the bucket holds the run
     result = run([*command, "--resume", uri], timeout=600, env=cluster_env())
