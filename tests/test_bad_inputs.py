@@ -304,7 +304,7 @@ def kept_run(ctx: Context, *edits: str, state: str = "this", study: str | None =
         return {"version": STATE_VERSION, "identity": identity, "trials": [], "rungs": []}
 
     if state != "none":
-        write_state(folder.path / Searcher.CKPT_FILE_TMPL.format("2026-01-01_00-00-00"), saved_state(state))
+        write_state(folder.ray_dir / Searcher.CKPT_FILE_TMPL.format("2026-01-01_00-00-00"), saved_state(state))
     if study == "damaged":
         folder.study_file.write_bytes(b"not a database\n" * 64)
     elif study is not None:
@@ -661,7 +661,7 @@ CASES = [
                  SEARCH_ERROR, r"kept/status\.json: damaged \(.*\); it says how far the run got", id="run-status-file-damaged"),
     # hardening, fourth round: runs resumed, refused before Ray starts when the folder is not one run
     pytest.param(lambda ctx: kept_run(ctx, state="another"), SEARCH_ERROR,
-                 r"kept/searcher-state-\S+\.pkl: belongs to another run \(run id ba9876543210, from \S*experiment\.toml\), not "
+                 r"kept/ray/searcher-state-\S+\.pkl: belongs to another run \(run id ba9876543210, from \S*experiment\.toml\), not "
                  r"to this one \(0123456789ab\): restore it from a copy of the run folder", id="resume-searcher-state-of-another-run"),
     pytest.param(lambda ctx: kept_run(ctx, study="another"), SEARCH_ERROR,
                  r"kept/study\.db: belongs to another run \(run id ba9876543210, from \S*experiment\.toml\), not to this one "
