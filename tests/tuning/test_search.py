@@ -90,7 +90,7 @@ def test_tensorboard_reads_every_trials_curves_from_the_run_folder(finished_run)
                                capture_output=True, text=True, timeout=300)
     assert inspected.returncode == 0, inspected.stderr[-2000:]
     folders = inspected.stdout.split("Found event files in:")[1].split("These tags")[0].split()
-    assert len(folders) == 6 and all(Path(folder).parent == run_dir for folder in folders)
+    assert len(folders) == 6 and all(Path(folder).parent == run_dir / "ray" for folder in folders)  # found from the run
     assert "ray/tune/val_loss" in inspected.stdout and "ray/tune/best_val_loss" in inspected.stdout
 
 
