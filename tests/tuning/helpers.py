@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+from carclf.object_storage import listing, read_text
 
 START_POINT = "{ batch_size = 8, learning_rate = 0.001, lr_decay = 0.0001, unfreeze_depth = 0, head_epochs = 0 }"
 # A start point that cannot learn: at this rate its head does not move in an epoch, so its first rung's score is the
@@ -47,6 +50,20 @@ def search_command(tiny_cars: Path, storage: Path, name: str, *extra: str, weigh
 
 def run(command: list[str], timeout: int = 420, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+
+
+def saved_trials(ray_experiment: str | Path, status: str | None = "TERMINATED") -> list[str]:
+    """The trial folders that Ray's newest saved experiment state in `ray_experiment` (a run's `ray/`: a folder, or its URI)
+    records as `status` (of any, with None): what a resume must keep.
+
+    A trial whose last epoch is in its result.json but not yet in that state (Ray saves it a moment after the trial's
+    checkpoint) is run again after a SIGKILL, as Ray documents, so the tests wait for the state."""
+    states = sorted(name for name in listing(str(ray_experiment)) if name.startswith("experiment_state-"))
+    try:
+        trials = json.loads(read_text(f"{ray_experiment}/{states[-1]}"))["trial_data"] if states else []
+    except (ValueError, KeyError, TypeError):  # being replaced right now
+        return []
+    return [state["relative_logdir"] for state in (json.loads(data) for data, _ in trials) if status in (None, state["status"])]
 
 
 def e2e_flags() -> list[str]:

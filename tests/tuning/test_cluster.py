@@ -21,7 +21,7 @@ import pytest
 
 from carclf.object_storage import listing, read_text
 from tests.conftest import BACKBONE_CACHE
-from tests.tuning.helpers import run, search_command
+from tests.tuning.helpers import run, saved_trials, search_command
 from tuning.run_storage import RunPlace
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -182,17 +182,6 @@ def test_a_node_with_its_own_cache_gets_the_data_through_ray(cluster_whose_secon
 
 
 
-def _finished_on(uri: str) -> set[str]:
-    """The trial folders that Ray's newest experiment state in the bucket records as finished: what a resume must keep.
-    Ray uploads its state a moment after a trial's checkpoint, so a checkpoint alone does not mean this."""
-    states = sorted(name for name in listing(f"{uri}/ray") if name.startswith("experiment_state-"))
-    try:
-        trials = json.loads(read_text(f"{uri}/ray/{states[-1]}"))["trial_data"] if states else []
-    except (ValueError, TypeError):  # being replaced right now
-        return set()
-    return {state["relative_logdir"] for state in (json.loads(data) for data, _ in trials) if state["status"] == "TERMINATED"}
-
-
 @pytest.mark.slow
 def test_a_cluster_sharing_no_files_runs_resumes_and_delivers_on_object_storage(cluster_sharing_no_files_with_a_bucket, tiny_cars,
                                                                               synthetic_backbone, tmp_path):
@@ -209,9 +198,9 @@ def test_a_cluster_sharing_no_files_runs_resumes_and_delivers_on_object_storage(
     uri = f"{bucket}/runs/no-shared-files"
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster_env())
     deadline = time.monotonic() + 360
-    while not _finished_on(uri) and process.poll() is None and time.monotonic() < deadline:
+    while not saved_trials(f"{uri}/ray") and process.poll() is None and time.monotonic() < deadline:
         time.sleep(1)
-    finished, killed_at = _finished_on(uri), time.time()
+    finished, killed_at = saved_trials(f"{uri}/ray"), time.time()  # a checkpoint alone does not make a trial finished
     process.kill()  # SIGKILL: nothing of the driver's gets saved or said; the bucket holds what was pushed and synced
     _, stderr = process.communicate(timeout=60)
     assert finished, f"the search did not get far enough to kill: {stderr[-3000:]}"

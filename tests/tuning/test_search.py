@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from carclf.runtime import module_installed
-from tests.tuning.helpers import START_POINT, e2e_flags, must_stop_one, run, search_command
+from tests.tuning.helpers import START_POINT, e2e_flags, must_stop_one, run, saved_trials, search_command
 from tuning.report import write_report
 from tuning.samplers import choose_sampler, gp_available
 from tuning.study_storage import sqlite_url
@@ -216,29 +216,13 @@ def test_dry_run_checks_the_data_and_prints_the_plan(tiny_cars, tmp_path):
     assert "nothing was started" in result.stdout and not (tmp_path / "dry").exists()
 
 
-def _finished_trials(run_dir, status="TERMINATED"):
-    """The trial folders that Ray's saved experiment state records as finished (or of any `status`, with None): what
-    a resume must keep.
-
-    A trial whose last epoch is in its result.json but not yet in that state (Ray saves it every few
-    seconds) is run again after a SIGKILL, as Ray documents, so the test waits for the state."""
-    states = sorted(run_dir.glob("ray/experiment_state-*.json"))
-    if not states:
-        return []
-    try:
-        trials = json.loads(states[-1].read_text())["trial_data"]
-    except (ValueError, KeyError):  # being replaced right now
-        return []
-    return [state["relative_logdir"] for state in (json.loads(data) for data, _ in trials) if status in (None, state["status"])]
-
-
 def _wait_for(run_dir, finished, process, seconds=300, created=0):
     """Until Ray's saved state holds `finished` finished trials and `created` trials in all."""
     deadline = time.monotonic() + seconds
-    while ((len(_finished_trials(run_dir)) < finished or len(_finished_trials(run_dir, None)) < created)
+    while ((len(saved_trials(run_dir / "ray")) < finished or len(saved_trials(run_dir / "ray", None)) < created)
            and time.monotonic() < deadline and process.poll() is None):
         time.sleep(0.5)
-    assert len(_finished_trials(run_dir)) >= finished, "the search did not get far enough to interrupt"
+    assert len(saved_trials(run_dir / "ray")) >= finished, "the search did not get far enough to interrupt"
 
 
 @pytest.mark.slow
@@ -263,7 +247,7 @@ def test_an_interrupted_search_resumes_where_it_is_now_without_rerunning_finishe
     # Every trial created before the kill: Ray writes trials created after a resume where the run first was
     # (tuning.resume.check_not_moved), which is refused for a moved folder, so this move has none still to create.
     _wait_for(run_dir, 2, process, created=3)
-    finished_before = set(_finished_trials(run_dir))
+    finished_before = set(saved_trials(run_dir / "ray"))
     interrupted_at = time.time()
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=180)
