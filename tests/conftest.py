@@ -75,7 +75,7 @@ def tiny_index(tiny_dataset):
 
 @pytest.fixture(scope="session")
 def synthetic_backbone(tiny_settings) -> Path:
-    """carclf's synthetic pretrained ResNet50 at 32 px, built once (about a minute) and cached by its recipe."""
+    """carclf's synthetic pretrained ResNet50 at 32 px, built once (about 20 CPU seconds) and cached by its recipe."""
     from carclf.pretrained import synthetic_backbone
     from carclf.runtime import configure_process
 
