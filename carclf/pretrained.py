@@ -9,10 +9,11 @@ edges, blobs and colour, as with real pretraining.
 Only the lower part of the network learns: the stem and the first stage (`trained_through`, the
 layers an ImageNet network's first blocks hold: edges, blobs, colours); the stages above keep
 their seeded random initialisation, and the trials' unfreeze depth trains them. That is the
-cheap part of ResNet50 to train, and it transfers: trained whole for the same minute, the network
+cheap part of ResNet50 to train, and it transfers: trained whole (for minutes), the network
 narrowed its features to the source task, and a linear probe of its frozen features scored below
-random weights' on the demo's cars (benchmarks/README.md, "the backbone"); trained to its first
-stage, it scores above them. The recipe takes about 20 CPU seconds at 32 px. The weights file is
+random weights' on the demo's cars; trained through its first stage, it scores above them
+(benchmarks/README.md, "a backbone that learns in its lower layers only"). The recipe takes
+about 20 CPU seconds at 32 px. The weights file is
 saved in the layout `keras.applications.ResNet50(include_top=False)` loads, and cached under
 carclf's cache folder by its recipe (the entry `backbones/<key>/`, `carclf.cache`): a changed
 recipe builds anew, and a damaged file is named and built again.
