@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_model
 
 import carclf
 from carclf.config import DataConfig, RunSettings, TrainConfig, parse_run_settings, read_toml
@@ -27,11 +28,6 @@ from carclf.probe import probe_transfer
 from carclf.runtime import configure_process
 
 DEMO = Path(__file__).resolve().parents[1] / "experiments" / "demo.toml"
-
-
-def cpu_model() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "unknown")
 
 
 def main() -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import subprocess
 import sys
 import time
@@ -51,12 +50,8 @@ from tuning.trials import Selection, best_trial
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+from machine import cpu_model  # noqa: E402
 from search_quality import TASKS, prepare_data  # noqa: E402
-
-
-def cpu_model() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), platform.processor())
 
 
 def search(work: Path, task: str, seed: int) -> RunFolder:

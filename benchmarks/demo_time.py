@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from machine import cpu_model
 
 TRIAL_PHASES = ("setup_seconds", "compile_seconds", "train_seconds", "eval_seconds", "checkpoint_seconds")
 
@@ -88,8 +89,7 @@ def main() -> None:
                 name = "again-warm" if reuse else "again-per-trial"
                 wall = timed_demo(backend, cache, runs, name, reuse)
                 results.append({"backend": backend, "run": name, **describe_run(runs / name, wall, reuse)})
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "unknown")
+    model = cpu_model()
     print(f"CPU: {model}, {os.cpu_count()} cores; carclf from {Path.cwd()}")
     Path("demo_time.json").write_text(json.dumps({"cpu": model, "cores": os.cpu_count(), "runs": results}, indent=2))
     print("| backend | run | workers | wall | backbone | features + probe | trials | retrain + evaluate | useful fraction | "

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import ray
+from machine import cpu_model
 
 from carclf.features import build_head_features
 from carclf.pretrained import BackboneRecipe, build_synthetic_backbone, synthetic_backbone_path
@@ -41,11 +40,6 @@ def timed(function, *args):
     wall, cpu = time.perf_counter(), time.process_time()
     function(*args)
     return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
-
-
-def cpu_model() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), platform.processor())
 
 
 def main() -> None:
