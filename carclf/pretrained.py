@@ -13,10 +13,11 @@ cheap part of ResNet50 to train, and it transfers: trained whole (for minutes), 
 narrowed its features to the source task, and a linear probe of its frozen features scored below
 random weights' on the demo's cars; trained through its first stage, it scores above them
 (benchmarks/README.md, "a backbone that learns in its lower layers only"). The recipe takes
-about 20 CPU seconds at 32 px. The weights file is
-saved in the layout `keras.applications.ResNet50(include_top=False)` loads, and cached under
-carclf's cache folder by its recipe (the entry `backbones/<key>/`, `carclf.cache`): a changed
-recipe builds anew, and a damaged file is named and built again.
+about 20 CPU seconds at 32 px.
+
+The weights file is saved in the layout `keras.applications.ResNet50(include_top=False)` loads,
+and cached under carclf's cache folder by its recipe (the entry `backbones/<key>/`,
+`carclf.cache`): a changed recipe builds anew, and a damaged file is named and built again.
 
 It is a stand-in for ImageNet, not a substitute: on real photos use `weights = "imagenet"`.
 """
