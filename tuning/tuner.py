@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from ray import tune
-from ray.tune.schedulers import FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from tuning.console import TrialEvents
 from tuning.experiment import Experiment
@@ -46,19 +46,7 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
     trainable = tune.with_resources(trainable, {"cpu": experiment.resources.cpus_per_trial, "gpu": experiment.resources.gpus_per_trial})
     if resume:
         return tune.Tuner.restore(place.ray_where, trainable=trainable, resume_errored=True)
-    rung_log, asha = RungLog(), experiment.scheduler
-    document = experiment.to_dict()
-    searcher = StudySearcher(search.space, metric=selection.objective, mode=selection.mode, max_epochs=asha.max_epochs,
-                             sampler=choose_sampler(search.algorithm, search.num_samples)[0], startup_trials=search.optuna_startup_trials,
-                             parallel=search.max_concurrent > 1, seed=search.seed, start=search.start,
-                             identity={"fingerprint": experiment_fingerprint(document), "source": document["source"], "run_id": run_id},
-                             rung_log=rung_log)
-    if asha.kind == "asha":
-        scheduler = NoiseAwareASHA(score_metric=selection.metric, max_epochs=asha.max_epochs, grace_period=asha.grace_period,
-                                   reduction_factor=asha.reduction_factor, validation_size=prepared.validation_size,
-                                   noise_z=asha.noise_z, rung_log=rung_log, run_id=run_id)
-    else:
-        scheduler, rung_log = FIFOScheduler(), None
+    searcher, scheduler, rung_log = make_search(experiment, prepared.validation_size, run_id)
     events = TrialEvents(selection, list(search.space), rung_log)
     return tune.Tuner(
         trainable,
@@ -74,6 +62,24 @@ def make_tuner(experiment: Experiment, prepared: Prepared, features: str | None,
             callbacks=[events], verbose=ray_verbose,
         ),
     )
+
+
+def make_search(experiment: Experiment, validation_size: int, run_id: str | None) -> tuple[StudySearcher, TrialScheduler, RungLog | None]:
+    """A new search's searcher and scheduler, sharing one rung log (None without early stopping): what `make_tuner`
+    gives Ray Tune, and what `benchmarks/replay.py` drives on recorded learning curves."""
+    search, asha, selection = experiment.search, experiment.scheduler, Selection.of(experiment.search)
+    rung_log, document = RungLog(), experiment.to_dict()
+    searcher = StudySearcher(search.space, metric=selection.objective, mode=selection.mode, max_epochs=asha.max_epochs,
+                             sampler=choose_sampler(search.algorithm, search.num_samples)[0], startup_trials=search.optuna_startup_trials,
+                             parallel=search.max_concurrent > 1, seed=search.seed, start=search.start,
+                             identity={"fingerprint": experiment_fingerprint(document), "source": document["source"], "run_id": run_id},
+                             rung_log=rung_log, stopped_trials=search.stopped_trials)
+    if asha.kind != "asha":
+        return searcher, FIFOScheduler(), None
+    scheduler = NoiseAwareASHA(score_metric=selection.metric, max_epochs=asha.max_epochs, grace_period=asha.grace_period,
+                               reduction_factor=asha.reduction_factor, validation_size=validation_size,
+                               noise_z=asha.noise_z, rung_log=rung_log, run_id=run_id)
+    return searcher, scheduler, rung_log
 
 
 def search_interrupted(experiment: Experiment, elapsed_s: float) -> bool:
