@@ -29,6 +29,7 @@ from carclf.files import absolute_path
 from carclf.object_storage import is_uri
 from tuning.run_storage import RunPlace, run_location
 from tuning.search_space import SearchSpace, check_start_points, parse_space
+from tuning.stopped_trials import STOPPED_TRIALS
 from tuning.study_storage import check_storage_setting, resolved_storage
 
 EXPERIMENTS = Path(str(importlib.resources.files("tuning.experiments")))
@@ -53,6 +54,7 @@ class SearchConfig:
     space: SearchSpace = SearchSpace()
     start: list = field(default_factory=list)
     storage: str = ""  # where the study is written: an Optuna storage URL or a journal file; empty: study.db in the run folder
+    stopped_trials: str = "sampler"  # what the sampler is told of a trial ASHA stopped (tuning.stopped_trials)
 
     def check(self) -> None:
         if self.algorithm == "optuna":
@@ -68,6 +70,8 @@ class SearchConfig:
         if self.mode not in ("", METRIC_MODES[self.metric]):
             raise ConfigError(f"mode {self.mode!r} does not fit metric {self.metric!r}, which is better "
                               f"{'higher' if METRIC_MODES[self.metric] == 'max' else 'lower'} (mode {METRIC_MODES[self.metric]!r})")
+        if self.stopped_trials not in STOPPED_TRIALS:
+            raise ConfigError(f"stopped_trials must be one of {STOPPED_TRIALS}, got {self.stopped_trials!r}")
         if self.startup_trials < 0:
             raise ConfigError(f"startup_trials must be >= 0, got {self.startup_trials}")
         if self.time_budget_s < 0:

@@ -70,7 +70,9 @@ def describe_scheduler(experiment: Experiment) -> str:
         margin = f" (no noise margin: {metric} has no standard error, so the cut alone decides)"
     return (f"ASHA         up to {scheduler.max_epochs} epochs; rungs at {rungs} epochs of a trial's final phase"
             + (f" (after up to {warm_up} head-only warm-up epochs)" if warm_up else "")
-            + f", keeping the top 1/{scheduler.reduction_factor:g}{margin}")
+            + f", keeping the top 1/{scheduler.reduction_factor:g}{margin}"
+            + ("; the sampler is told each stopped trial's estimated final value (search.stopped_trials)"
+               if experiment.search.stopped_trials == "estimate" else ""))
 
 
 def describe_weights(experiment: Experiment) -> str:

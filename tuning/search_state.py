@@ -41,9 +41,10 @@ RAY_TRIAL_ATTRIBUTE = "ray_trial_id"
 
 def experiment_fingerprint(document: dict[str, Any]) -> str:
     """What makes trials of two runs comparable: the data, model, train, search and scheduler tables (where the
-    study is written, `search.storage`, aside)."""
+    study is written, `search.storage`, and what the sampler is told of stopped trials, `search.stopped_trials`, aside:
+    neither changes what a trial measures)."""
     kept = {key: document[key] for key in ("data", "model", "train", "search", "scheduler")}
-    kept["search"] = {key: value for key, value in kept["search"].items() if key != "storage"}
+    kept["search"] = {key: value for key, value in kept["search"].items() if key not in ("storage", "stopped_trials")}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -9,7 +9,8 @@
 - `[[search.start]]` points are enqueued first, so they are the first trials.
 - The sampler (`tuning.samplers`) proposes on an in-memory study in which the trials still running
   are RUNNING, so parallel proposals steer away from each other (TPE's constant liar, GP's
-  pending points).
+  pending points), and in which a trial ASHA stopped is what `search.stopped_trials` says
+  (`tuning.stopped_trials`: PRUNED as recorded, or COMPLETE at an estimate of its final value).
 - **No repeats.** A proposal that is the same point as a trial already asked for (any state:
   `tuning.search_space.SearchSpace.repeats`) is never run. GP models COMPLETE trials only, so
   after ASHA stops a trial it would propose the same point again. Each proposal is drawn on a scratch
@@ -52,6 +53,7 @@ from tuning.search_state import (
     trial_state,
     write_state,
 )
+from tuning.stopped_trials import as_modelled
 from tuning.study_storage import quiet_study
 
 WAITING = optuna.trial.TrialState.WAITING
@@ -69,11 +71,13 @@ class StudySearcher(Searcher):
     """
 
     def __init__(self, space: SearchSpace, *, metric: str, mode: str, max_epochs: int, sampler: str, startup_trials: int,
-                 parallel: bool, seed: int, start: list[dict[str, Any]], identity: dict[str, Any], rung_log: RungLog):
+                 parallel: bool, seed: int, start: list[dict[str, Any]], identity: dict[str, Any], rung_log: RungLog,
+                 stopped_trials: str = "sampler"):
         super().__init__(metric=metric, mode=mode)
         self.space, self.distributions = space, space.optuna_distributions()
         self.max_epochs, self.start = max_epochs, [dict(point) for point in start]
-        self.sampler_settings = {"name": sampler, "startup_trials": startup_trials, "parallel": parallel, "seed": seed}
+        self.sampler_settings = {"name": sampler, "startup_trials": startup_trials, "parallel": parallel, "seed": seed,
+                                 "stopped_trials": stopped_trials}
         self.identity = {**identity, "direction": "maximize" if mode == "max" else "minimize"}
         self.rung_log = rung_log
         self.open({"trials": [], "rungs": []})
@@ -116,7 +120,7 @@ class StudySearcher(Searcher):
         when the space holds no other point (see the module docstring)."""
         asked = self.study.get_trials(deepcopy=False)  # none WAITING: `suggest` proposes only when no start point is left
         scratch = quiet_study(direction=self.identity["direction"], sampler=self.study.sampler)
-        scratch.add_trials(asked)
+        scratch.add_trials(as_modelled(asked, self.sampler_settings.get("stopped_trials", "sampler")))
         for _ in range(PROPOSAL_TRIES):
             point = scratch.ask(self.distributions).params  # left RUNNING in the scratch study: the next ask avoids it
             if not self.repeats_a_trial(point, asked):

@@ -61,6 +61,7 @@ def _write(tmp_path, text):
      (["data.format='zip'"], r"\[data\]: key format must be one of"),
      (["search.algorithm='grid'"], r"\[search\]: key algorithm must be one of \('auto', 'tpe', 'gp', 'random'\)"),
      (["search.algorithm='optuna'"], r"\[search\]: key algorithm 'optuna' is now named 'tpe'"),
+     (["search.stopped_trials='forget'"], r"\[search\]: key stopped_trials must be one of \('sampler', 'estimate'\)"),
      (["scheduler.noise_z=-1"], r"\[scheduler\]: key noise_z must be in 0\.\.10"),
      (["scheduler.kind='pbt'"], r"\[scheduler\]: key kind must be one of \('asha', 'none'\)"),
      (["train.feature_views=-1"], r"\[train\]: key feature_views must be >= 0"),
@@ -176,6 +177,9 @@ def test_the_plan_says_which_trials_asha_never_judges_and_that_a_loss_has_no_noi
 
     demo = load_experiment(DEMO_EXPERIMENT)  # head_epochs 0 or 2 within 4 epochs, rungs at 1 and 2: every trial is judged
     assert never_judged(demo) is None and "standard errors of the cut" in describe_scheduler(demo)
+    assert "stopped trial" not in describe_scheduler(demo)
+    told = load_experiment(DEMO_EXPERIMENT, ["search.stopped_trials='estimate'"])
+    assert describe_scheduler(told).endswith("the sampler is told each stopped trial's estimated final value (search.stopped_trials)")
     short = load_experiment(DEMO_EXPERIMENT, ["scheduler.grace_period=3"])  # 2 warm-up epochs leave 2, short of the rung at 3
     assert never_judged(short) == ("trials with head_epochs 2 fine-tune for fewer than the first rung's 3 epoch(s) within "
                                    "scheduler.max_epochs (4): ASHA never judges them, so they always train every epoch "

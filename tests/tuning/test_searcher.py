@@ -20,6 +20,7 @@ from tuning.samplers import gp_available
 from tuning.search_space import parse_space
 from tuning.search_state import RungLog, export_search_state, read_search_state
 from tuning.searcher import StudySearcher
+from tuning.stopped_trials import as_modelled, estimated_final
 from tuning.study_storage import IDENTITY_ATTRIBUTE, STUDY_NAME, StudyError, StudyPlace, sqlite_url, study_identity
 
 SPACE = parse_space({"batch_size": {"choice": [8, 16]}, "learning_rate": {"loguniform": [1e-3, 1e-1]},
@@ -236,3 +237,49 @@ def test_a_float_range_with_no_point_left_ends_the_search_saying_so(caplog):
     assert answers[-1] == Searcher.FINISHED and 50 <= len(rates) <= 101, len(rates)
     assert min(b - a for a, b in zip(rates, rates[1:])) > 0.01 * 0.01  # no two within 1 % of the range
     assert f"the search ends after {len(rates)} trials" in caplog.text
+
+
+LEARNING = parse_space({"learning_rate": {"loguniform": [1e-3, 1e-1]}, "momentum": {"uniform": [0.8, 0.95]}}, RunSettings(), "exp.toml")
+
+
+def stopped_at_large_rates(stopped_trials: str, seed: int, sampler: str = "gp") -> StudySearcher:
+    """Three trials at small learning rates finish (0.4 at their first epoch, 0.7 at their third); four at large ones are
+    stopped at their first rung with 0.15. Nothing else differs between the two settings of `search.stopped_trials`."""
+    search = StudySearcher(LEARNING, metric="best_val_accuracy", mode="max", max_epochs=3, sampler=sampler, startup_trials=2,
+                           parallel=False, seed=seed, start=[], identity=IDENTITY, rung_log=RungLog(), stopped_trials=stopped_trials)
+    finished = [{"learning_rate": 0.002, "momentum": 0.85}, {"learning_rate": 0.004, "momentum": 0.88}, {"learning_rate": 0.003, "momentum": 0.86}]
+    stopped = [{"learning_rate": r, "momentum": m} for r, m in ((0.05, 0.9), (0.07, 0.82), (0.09, 0.88), (0.04, 0.85))]
+    for number, point in enumerate(finished + stopped):
+        search.study.enqueue_trial(point)
+        search.suggest(f"t{number}")
+        train(search, f"t{number}", [0.4, 0.55, 0.7] if point in finished else [0.15])
+    return search
+
+
+@pytest.mark.gp
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_stopped_trials_curve_moves_the_next_proposal_away_from_where_it_stopped(seed):
+    """GP models COMPLETE trials only: told nothing of the four stopped trials, it proposes the largest learning rate,
+    where they all did badly. Told their estimated final values (`search.stopped_trials = "estimate"`), it stays near
+    the trials that finished, with the same seed."""
+    if not gp_available():
+        pytest.skip("Optuna's GPSampler needs PyTorch: pip install -e \".[gp]\" (CI installs it)")
+    ignored = stopped_at_large_rates("sampler", seed).suggest("next")["learning_rate"]
+    estimated = stopped_at_large_rates("estimate", seed).suggest("next")["learning_rate"]
+    assert ignored >= 0.04 and estimated < 0.01, (ignored, estimated)
+
+
+def test_a_stopped_trial_is_modelled_at_its_value_plus_the_finished_trials_median_gain_and_recorded_as_stopped():
+    search = stopped_at_large_rates("estimate", 0, sampler="tpe")
+    trials = search.study.get_trials(deepcopy=False)
+    modelled = as_modelled(trials, "estimate")
+    # every finished trial gained 0.7 - 0.4 after epoch 1, where the stopped ones stood at 0.15
+    assert [trial.value for trial in modelled] == pytest.approx([0.7, 0.7, 0.7, 0.45, 0.45, 0.45, 0.45])
+    assert {trial.state for trial in modelled} == {TrialState.COMPLETE}
+    assert [trial.state for trial in trials].count(TrialState.PRUNED) == 4  # the study keeps the stops' record
+    assert all(trial.intermediate_values == {1: 0.15} for trial in trials if trial.state == TrialState.PRUNED)
+    assert as_modelled(trials, "sampler") == trials
+    # stopped where no finished trial reported: the value so far, which the best epoch so far can only improve on
+    lone = optuna.trial.create_trial(params={"learning_rate": 0.05, "momentum": 0.9}, distributions=LEARNING.optuna_distributions(),
+                                     intermediate_values={5: 0.3}, state=TrialState.PRUNED)
+    assert estimated_final(lone, [trial for trial in trials if trial.state == TrialState.COMPLETE]) == 0.3
