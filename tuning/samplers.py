@@ -24,7 +24,8 @@ import optuna
 from carclf.config import ConfigError
 
 # Optuna's guidance (GP for 10-100 trials, TPE for 100-1,000), not yet measured for carclf: what
-# benchmarks/README.md has so far is auto + ASHA against random search at 8 trials.
+# benchmarks/README.md has so far is auto + ASHA against random search at 8 trials; benchmarks/replay.py
+# will measure it on recorded digits curves once benchmarks/curves.py has recorded its table.
 AUTO_TPE_FROM = 100
 
 
