@@ -24,7 +24,8 @@ model at that epoch, so that a replayed search's chosen configuration can be sco
   images trained so far, the epoch's phase and final-phase epochs (ASHA's rungs), and divergence.
 - **Resumable**: one JSON line per (configuration, seed) appended to `--out` once its training ends;
   a rerun skips what is there and says what is left. It stops before the next training while
-  `--stop-file` exists. Every line names the date, the CPU and the commit of the code it trained with.
+  `--stop-file` exists. Every line names the date, the CPU and the code it trained with
+  (`search_quality.code_in_use`: the `tuning` package imported, its commit, and whether it was edited).
 
 Tasks: "digits" (`search_quality.TASKS["digits"]`: scikit-learn's digits at 32 px, random initial
 weights, the whole space of that benchmark).
@@ -43,17 +44,11 @@ import time
 from pathlib import Path
 
 from machine import cpu_model
-from search_quality import DIGITS_START, TASKS, prepare_data
+from search_quality import code_in_use, experiment_file, prepare_data
 
 CONFIG_SEED = 0  # the Sobol sequence's scrambling
 TRAINING_SEEDS = (0, 1)
 HERE = Path(__file__).resolve().parent
-
-
-def experiment_file(work: Path, task: str) -> Path:
-    path = work / f"{task}.toml"
-    path.write_text(TASKS[task]["experiment"])
-    return path
 
 
 def configurations(experiment, count: int) -> list[dict]:
@@ -83,11 +78,6 @@ def runs_to_do(points: list[dict], second_seed_every: int) -> list[tuple[int, in
         if second_seed_every and number % second_seed_every == 0:
             order.append((number, TRAINING_SEEDS[1]))
     return order
-
-
-def commit() -> str | None:
-    done = subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip() or None
 
 
 def train_curve(experiment, dataset, models, params: dict, seed: int, threads: int) -> dict:
@@ -156,7 +146,6 @@ def main() -> None:
     root = prepare_data(work, args.task)
     experiment = load_experiment(experiment_file(work, args.task), [f"data.root={str(root)!r}",
                                                                     f"data.cache_dir={str(work / 'cache')!r}"])
-    assert args.task != "digits" or experiment.search.start[0] == DIGITS_START
     points = configurations(experiment, args.configurations)
     done = {(line["configuration"], line["seed"]) for line in read_table(out) if line.get("task") == args.task}
     todo = [key for key in runs_to_do(points, args.second_seed_every) if key not in done]
@@ -171,7 +160,7 @@ def main() -> None:
         sys.exit(max(child.wait() for child in children))
     shard, shards = (int(part) for part in (args.shard or "0/1").split("/"))
     todo, threads = todo[shard::shards], max(1, (os.cpu_count() or 1) // shards)
-    models, cpu, code = CompiledModels(), cpu_model(), commit()
+    models, cpu, code = CompiledModels(), cpu_model(), code_in_use()
     for position, (number, seed) in enumerate(todo):
         if Path(args.stop_file).exists():
             print(f"{args.stop_file} exists: stopping with {len(todo) - position} curves left", flush=True)
@@ -181,7 +170,7 @@ def main() -> None:
         line = {"task": args.task, "configuration": number, "seed": seed, "params": points[number], **curve,
                 "threads": threads, "processes": shards,
                 "wall_s": round(time.time() - started, 1), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                "cpu": cpu, "commit": code}
+                "cpu": cpu, "code": code}
         with out.open("a") as handle:
             handle.write(json.dumps(line) + "\n")
         best = max((epoch["val_accuracy"] or 0.0) for epoch in curve["epochs"])

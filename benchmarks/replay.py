@@ -48,8 +48,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from curves import read_table
 from machine import cpu_model
-from search_quality import STRATEGIES, TASKS
+from search_quality import STRATEGIES, experiment_file
 
 HERE = Path(__file__).resolve().parent
 # search_quality's strategies (a sampler, with ASHA or not), and the model-based samplers with ASHA told of stopped trials
@@ -68,15 +69,13 @@ class Curve:
     epochs: list[dict]
 
 
-def read_curves(path: Path, task: str) -> list[Curve]:
-    curves = []
-    for text in path.read_text().splitlines():
-        line = json.loads(text)
-        if line.get("task") == task:
-            curves.append(Curve(line["configuration"], line["seed"], line["params"], line["epochs"]))
-    if not curves:
+def read_curves(path: Path, task: str) -> tuple[list[Curve], int]:
+    """The task's curves in the table (`curves.read_table`), and the validation set's size they were scored on."""
+    lines = [line for line in read_table(path) if line.get("task") == task]
+    if not lines:
         raise SystemExit(f"{path}: no learning curve of task {task!r}; record some with benchmarks/curves.py")
-    return curves
+    curves = [Curve(line["configuration"], line["seed"], line["params"], line["epochs"]) for line in lines]
+    return curves, lines[0]["validation_size"]
 
 
 def unit_position(space, point: dict) -> tuple[np.ndarray, list]:
@@ -201,15 +200,13 @@ def search_record(trials: dict[str, dict], progress: list, clock: float, selecti
     }
 
 
-def replay_experiment(task: str, strategy: str, budget: int, seed: int, work: Path):
-    """The task's experiment as a live search of this strategy, budget and seed would read it."""
+def replay_experiment(path: Path, strategy: str, budget: int, seed: int):
+    """The task's experiment file (`search_quality.experiment_file`) as a live search of this strategy, budget and seed
+    would read it."""
     from tuning.experiment import load_experiment
 
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / f"{task}.toml"
-    path.write_text(TASKS[task]["experiment"])
     algorithm, kind, stopped = REPLAY_STRATEGIES[strategy]
-    return load_experiment(path, [f"data.root={str(work)!r}",  # read by no replay: the curves stand for the data
+    return load_experiment(path, [f"data.root={str(path.parent)!r}",  # read by no replay: the curves stand for the data
                                   f"search.algorithm='{algorithm}'", f"scheduler.kind='{kind}'", f"search.seed={seed}",
                                   f"search.num_samples={budget}",
                                   f"search.stopped_trials='{stopped}'"])
@@ -281,8 +278,10 @@ def main() -> None:
     logging.getLogger("tuning").setLevel(logging.WARNING)
     table = Path(args.table) if args.table else HERE / "results" / f"curves_{args.task}.jsonl"
     out = Path(args.out) if args.out else HERE / "results" / f"replay_{args.task}.json"
-    curves = read_curves(table, args.task)
-    validation_size = json.loads(table.read_text().splitlines()[0])["validation_size"]
+    curves, validation_size = read_curves(table, args.task)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    path = experiment_file(work, args.task)
     document = json.loads(out.read_text()) if out.is_file() else {}
     if document.get("table_curves") not in (None, len(curves)):
         print(f"{out} was replayed on {document['table_curves']} curves and {table} now holds {len(curves)}: replaying anew")
@@ -306,7 +305,7 @@ def main() -> None:
             for seed in range(args.seeds):
                 if seed in done:
                     continue
-                experiment = replay_experiment(args.task, strategy, budget, seed, Path(args.work))
+                experiment = replay_experiment(path, strategy, budget, seed)
                 searches.append({"seed": seed, **replay_search(experiment, curves, validation_size)})
             cells[key] = sorted(searches, key=lambda s: s["seed"])
             save()

@@ -173,6 +173,13 @@ def code_in_use() -> dict:
     return info
 
 
+def experiment_file(work: Path, task: str) -> Path:
+    """The task's experiment written as `work/<task>.toml` (what every run of the task reads)."""
+    path = work / f"{task}.toml"
+    path.write_text(TASKS[task]["experiment"])
+    return path
+
+
 def prepare_data(work: Path, task: str) -> Path:
     if TASKS[task]["data"] == "digits":
         from real_data import write_digits
@@ -186,8 +193,7 @@ def run_name(task: str, strategy: str, budget: int, seed: int) -> str:
 
 
 def search_command(work: Path, task: str, strategy: str, budget: int, seed: int, root: Path, dry_run: bool) -> list[str]:
-    experiment = work / f"{task}.toml"
-    experiment.write_text(TASKS[task]["experiment"])
+    experiment = experiment_file(work, task)
     algorithm, scheduler = STRATEGIES[strategy]
     return [sys.executable, "-m", "tuning.search", "--experiment", str(experiment), "--data-dir", str(root),
             "--storage-path", str(work / "runs"), "--name", run_name(task, strategy, budget, seed), "--no-dashboard",

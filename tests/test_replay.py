@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import replay  # noqa: E402
-from search_quality import DIGITS_START  # noqa: E402
+from search_quality import DIGITS_START, experiment_file  # noqa: E402
 
 VALIDATION_SIZE = 300
 EPOCH_IMAGES = 1000
@@ -53,12 +53,12 @@ def table() -> list[replay.Curve]:
 
 
 def search(strategy: str, seed: int, tmp_path: Path, budget: int = 8) -> dict:
-    experiment = replay.replay_experiment("digits", strategy, budget, seed, tmp_path)
+    experiment = replay.replay_experiment(experiment_file(tmp_path, "digits"), strategy, budget, seed)
     return replay.replay_search(experiment, table(), VALIDATION_SIZE)
 
 
 def test_a_point_maps_to_the_nearest_recorded_configuration_in_log_space(tmp_path):
-    space = replay.replay_experiment("digits", "random", 8, 0, tmp_path).search.space
+    space = replay.replay_experiment(experiment_file(tmp_path, "digits"), "random", 8, 0).search.space
     recorded = {curve.configuration: curve.params for curve in table()}
     point = {"batch_size": 16, "learning_rate": 0.0029, "lr_decay": 0.0001, "unfreeze_depth": 12, "momentum": 0.9}
     # 0.0029 is nearer 0.002 on a linear scale, nearer 0.004 on the log scale a loguniform range is searched on
