@@ -27,8 +27,12 @@ model at that epoch, so that a replayed search's chosen configuration can be sco
   `--stop-file` exists. Every line names the date, the CPU and the code it trained with
   (`search_quality.code_in_use`: the `tuning` package imported, its commit, and whether it was edited).
 
-Tasks: "digits" (`search_quality.TASKS["digits"]`: scikit-learn's digits at 32 px, random initial
-weights, the whole space of that benchmark).
+Tasks (`search_quality.TASKS`):
+- "digits": scikit-learn's digits at 32 px, random initial weights, the whole space of that benchmark;
+- "demo": the demo's own experiment (`experiments/demo.toml`) on its synthetic cars, a cheaper task
+  with a warm-up: the synthetic pretrained backbone, head-only epochs on cached frozen features
+  (`head_epochs`, and every epoch at depth 0), then fine-tuning. Its epochs on cached features
+  are scored on test through the same backbone's clean test features, as validation is.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from machine import cpu_model
 from search_quality import code_in_use, experiment_file, prepare_data
 
 CONFIG_SEED = 0  # the Sobol sequence's scrambling
+TASKS = ("digits", "demo")  # the tasks of `search_quality.TASKS` recorded here (see the module docstring)
 TRAINING_SEEDS = (0, 1)
 HERE = Path(__file__).resolve().parent
 
@@ -80,31 +85,67 @@ def runs_to_do(points: list[dict], second_seed_every: int) -> list[tuple[int, in
     return order
 
 
-def train_curve(experiment, dataset, models, params: dict, seed: int, threads: int) -> dict:
-    """One configuration trained to `max_epochs` with one training seed; its every epoch (see the module docstring)."""
+def head_features(dataset, settings):
+    """The cached frozen features a trial trains its head-only epochs on, as a live search builds them once per
+    training seed (None without a pretrained backbone)."""
+    from carclf.features import build_head_features, can_cache_features
+
+    return build_head_features(dataset.index, dataset.store, settings) if can_cache_features(settings) else None
+
+
+def test_features(dataset, settings):
+    """The test images' clean features through the pretrained backbone, on which a head trained on cached features
+    is scored, as it is on validation's (None without a pretrained backbone)."""
+    from carclf.data.store import open_image_store
+    from carclf.data.table import rows_for
+    from carclf.features import can_cache_features, extract
+    from carclf.model import build_feature_extractor
+    from carclf.runtime import resolve_precision
+
+    if not can_cache_features(settings):
+        return None
+    extractor = build_feature_extractor(settings.data, settings.model, resolve_precision(settings.train.precision))
+    return extract(extractor, open_image_store(dataset.store, settings.data.image_size), rows_for(dataset.index, "test"))
+
+
+def train_curve(experiment, dataset, models, params: dict, seed: int, threads: int, tested_features=None) -> dict:
+    """One configuration trained to `max_epochs` with one training seed; its every epoch (see the module docstring).
+    `tested_features`: `test_features`, for the epochs a head trains on cached features."""
     import numpy as np
 
     from carclf.data.table import rows_for
-    from carclf.evaluate import classification_metrics, predict_rows
     from carclf.phases import final_phase_epochs
     from carclf.runtime import configure_process
-    from carclf.train import EVALUATION_BATCH, TrainingData, TrainingRun
+    from carclf.train import TrainingData, TrainingRun
 
     settings = experiment.trial_settings().with_hyperparameters(params).with_train(seed=seed)
     configure_process(threads, seed)
-    run = TrainingRun(TrainingData(dataset.index, dataset.store), settings, workers=1, models=models)
+    run = TrainingRun(TrainingData(dataset.index, dataset.store, head_features(dataset, settings)), settings, workers=1,
+                      models=models)
     test = rows_for(dataset.index, "test")
     test_rows, test_labels = test["store_row"].to_numpy(dtype=np.int64), test["label"].to_numpy()
     epochs = []
     while not run.finished:
         logs = run.train_epoch()
-        tested = classification_metrics(predict_rows(run.final_model, run.pixels, test_rows, EVALUATION_BATCH), test_labels)
+        tested = test_accuracy(run, test_rows, test_labels, tested_features)
         epochs.append({"epoch": run.epoch, "phase": run.current.phase.name,
                        "final_phase_epochs": final_phase_epochs(settings.train, run.epoch),
-                       "val_accuracy": _finite(logs.get("val_accuracy")), "test_accuracy": _finite(tested["accuracy"]),
+                       "val_accuracy": _finite(logs.get("val_accuracy")), "test_accuracy": _finite(tested),
                        "seconds": round(float(logs["seconds_per_epoch"]), 3), "images_seen": int(logs["images_seen"]),
                        "diverged": bool(logs.get("diverged"))})
     return {"epochs": epochs, "validation_size": int(len(run.validation_rows)), "test_size": int(len(test))}
+
+
+def test_accuracy(run, test_rows, test_labels, tested_features) -> float:
+    """The accuracy on test of `run`'s model now: the network's on the test images' store rows or, while the head
+    trains alone on cached features (no network yet), the head's on `tested_features`, as validation is scored."""
+    import numpy as np
+
+    from carclf.evaluate import classification_metrics, predict_rows
+    from carclf.train import EVALUATION_BATCH
+
+    images, rows = (tested_features, np.arange(len(test_rows))) if run.classifier is None else (run.pixels, test_rows)
+    return classification_metrics(predict_rows(run.final_model, images, rows, EVALUATION_BATCH), test_labels)["accuracy"]
 
 
 def _finite(value) -> float | None:
@@ -126,7 +167,7 @@ def read_table(path: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="digits", choices=["digits"])
+    parser.add_argument("--task", default="digits", choices=TASKS)
     parser.add_argument("--configurations", type=int, default=64, help="configurations to train (the start point included)")
     parser.add_argument("--second-seed-every", type=int, default=4, help="train every N-th configuration with seed 1 too (0: never)")
     parser.add_argument("--work", default="curves_work", help="the task's data and experiment file (persistent)")
@@ -141,11 +182,14 @@ def main() -> None:
 
     from carclf.compiled_models import CompiledModels
     from carclf.data.sources import prepare_dataset
+    from carclf.runtime import configure_process
+    from carclf.weights import resolve_weights
     from tuning.experiment import load_experiment
 
     root = prepare_data(work, args.task)
     experiment = load_experiment(experiment_file(work, args.task), [f"data.root={str(root)!r}",
                                                                     f"data.cache_dir={str(work / 'cache')!r}"])
+    experiment = experiment.with_settings(resolve_weights(experiment.settings))  # a pretrained backbone, built once
     points = configurations(experiment, args.configurations)
     done = {(line["configuration"], line["seed"]) for line in read_table(out) if line.get("task") == args.task}
     todo = [key for key in runs_to_do(points, args.second_seed_every) if key not in done]
@@ -154,6 +198,9 @@ def main() -> None:
     if not todo:
         return
     dataset = prepare_dataset(experiment.settings.data)  # decoded and cached once, before any child reads it
+    if args.shard is None:  # and the head features, once per training seed
+        for seed in TRAINING_SEEDS:
+            head_features(dataset, experiment.trial_settings().with_train(seed=seed))
     if args.shard is None and args.processes > 1:
         children = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--shard", f"{k}/{args.processes}"])
                     for k in range(args.processes)]
@@ -161,12 +208,14 @@ def main() -> None:
     shard, shards = (int(part) for part in (args.shard or "0/1").split("/"))
     todo, threads = todo[shard::shards], max(1, (os.cpu_count() or 1) // shards)
     models, cpu, code = CompiledModels(), cpu_model(), code_in_use()
+    configure_process(threads, TRAINING_SEEDS[0])  # before this process's first Keras op
+    tested_features = test_features(dataset, experiment.trial_settings())
     for position, (number, seed) in enumerate(todo):
         if Path(args.stop_file).exists():
             print(f"{args.stop_file} exists: stopping with {len(todo) - position} curves left", flush=True)
             return
         started = time.time()
-        curve = train_curve(experiment, dataset, models, points[number], seed, threads)
+        curve = train_curve(experiment, dataset, models, points[number], seed, threads, tested_features)
         line = {"task": args.task, "configuration": number, "seed": seed, "params": points[number], **curve,
                 "threads": threads, "processes": shards,
                 "wall_s": round(time.time() - started, 1), "date": datetime.datetime.now().isoformat(timespec="seconds"),

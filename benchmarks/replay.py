@@ -1,7 +1,7 @@
 """Whole searches replayed on recorded learning curves, through carclf's own searcher and scheduler.
 
-    python benchmarks/replay.py [--task digits] [--table results/curves_digits.jsonl]
-        [--strategies random tpe gp auto] [--budgets 8 16] [--seeds 50] [--out results/replay_digits.json]
+    python benchmarks/replay.py [--task digits|demo] [--table results/curves_<task>.jsonl]
+        [--strategies random tpe gp auto] [--budgets 8 16] [--seeds 50] [--out results/replay_<task>.json]
 
 A live digits search costs 15-27 minutes here, so three seeds per strategy cannot tell strategies a
 few points apart. A replayed one trains nothing: `tuning.tuner.make_search` builds the search's
@@ -48,6 +48,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from curves import TASKS as CURVE_TASKS
 from curves import read_table
 from machine import cpu_model
 from search_quality import STRATEGIES, experiment_file
@@ -267,7 +268,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="digits", choices=["digits"])
+    parser.add_argument("--task", default="digits", choices=CURVE_TASKS)
     parser.add_argument("--table", help="the learning curves (default: results/curves_<task>.jsonl beside this script)")
     parser.add_argument("--strategies", nargs="+", default=list(REPLAY_STRATEGIES), choices=list(REPLAY_STRATEGIES))
     parser.add_argument("--budgets", nargs="+", type=int, default=[8, 16])

@@ -4,7 +4,7 @@
         [--budgets 8 16] [--seeds 3 | --seed-list 0 2] [--work DIR] [--out search_quality.json] [--dry-run]
 
 Each run is a real `python -m tuning.search` (Ray, Optuna's study, early stopping, retraining, test
-evaluation) on this machine, on one of three tasks where trials are cheap but real:
+evaluation) on this machine, on one of four tasks where trials are cheap but real:
 - digits: scikit-learn's handwritten digits (real images, `real_data.write_digits`: 1,437 training
   and 360 test images, 10 classes, upscaled to 32 px), random initial weights, the whole network
   trained (unfreeze depth 8 to 16), batch size, learning rate, decay and momentum searched, up to 8
@@ -14,7 +14,9 @@ evaluation) on this machine, on one of three tasks where trials are cheap but re
   backbone) on a synthetic set of 50 car classes at 32 px: learning rate, decay, batch size,
   dropout and momentum are searched, 16 trials of up to 9 epochs;
 - full32: the demo's 10 classes at 32 px with the top 1 to 3 blocks trained, 8 trials of up to 3
-  epochs.
+  epochs;
+- demo: the demo itself (`experiments/demo.toml`): its space, with head-only warm-up epochs, and
+  its 6 trials of up to 4 epochs.
 A strategy is a sampler (`search.algorithm`: random, tpe, gp or auto) with early stopping
 (`+asha`: `scheduler.kind = "asha"`) or without (`scheduler.kind = "none"`). `--budgets` sets
 `search.num_samples` (default: the task's own). Run folders stay under `--work` (default
@@ -157,6 +159,12 @@ max_epochs = 3
 grace_period = 1
 reduction_factor = 2
 """,
+    },
+    "demo": {
+        "data": "synthetic",
+        "spec": {},  # the demo's own synthetic cars
+        "num_samples": 6,
+        "experiment": (Path(__file__).resolve().parents[1] / "experiments" / "demo.toml").read_text(),
     },
 }
 
