@@ -23,9 +23,9 @@ import optuna
 
 from carclf.config import ConfigError
 
-# Optuna's guidance (GP for 10-100 trials, TPE for 100-1,000), not yet measured for carclf: what
-# benchmarks/README.md has so far is auto + ASHA against random search at 8 trials; benchmarks/replay.py
-# will measure it on recorded digits curves once benchmarks/curves.py has recorded its table.
+# Optuna's guidance (GP for 10-100 trials, TPE for 100-1,000), kept until carclf's replays can choose:
+# on the demo's table (benchmarks/README.md, 2026-12-07, 50 replayed searches per cell) GP and TPE end
+# within half a point of each other at 8 and 16 trials, unresolved; the digits table is being recorded.
 AUTO_TPE_FROM = 100
 
 
