@@ -2,11 +2,14 @@
 
 While the backbone is frozen (unfreeze depth 0, or the first phase of two-phase fine-tuning) its
 pooled output for an image changes between epochs only through augmentation. So the frozen
-network runs once over `views` augmented views of every training image (each view's angles and
-flips seeded by (seed, view)) and once over the clean validation images, through the very layers
-a depth-0 classifier uses (`carclf.layers.flip_and_rotate`, `carclf.model.pooled_features`), and
-the features are kept in float32. Each training epoch then draws, for every image, one of its
-views at random (seeded); validation sees the same features the network would compute.
+network runs once over `views` augmented views of every training and validation image (each
+view's angles and flips seeded by (seed, view), and for validation images by (seed, view, 1)) and
+once over the clean validation images, through the very layers a depth-0 classifier uses
+(`carclf.layers.flip_and_rotate`, `carclf.model.pooled_features`), and the features are kept in
+float32. Each training epoch then draws, for every image, one of its views at random (seeded);
+validation sees the same features the network would compute. A trial trains on the training
+images' views; the winner's retraining on train + validation (`tuning.deliver`) trains its head
+epochs on both splits' views, as its trial trained them, instead of through the frozen network.
 
 The cache is an entry (`carclf.cache`) `features/<key>/` of `.npy` files read as memory maps, with
 a manifest written last. The key covers everything the features depend on: the weights file's
@@ -39,7 +42,7 @@ from carclf.progress import ProgressFile
 from carclf.runtime import resolve_precision
 
 logger = logging.getLogger(__name__)
-FEATURES_FORMAT = 2
+FEATURES_FORMAT = 3  # 3: augmented views of the validation images too
 EXTRACT_BATCH = 64
 
 
@@ -49,11 +52,44 @@ class FeatureCacheError(CacheError):
 
 @dataclass(frozen=True)
 class HeadFeatures:
-    """Features for head-only epochs: `train` (views, n, 2048) and `val` (m, 2048), memory-mapped."""
+    """Features for head-only epochs, memory-mapped, rows in table order: `train` (views, n, 2048),
+    `val` (m, 2048, clean) and `val_views` (views, m, 2048)."""
 
     train: np.ndarray
     train_labels: np.ndarray
-    val: np.ndarray  # in the order of the validation rows, whose labels the run has
+    val: np.ndarray
+    val_views: np.ndarray
+    val_labels: np.ndarray
+
+    def training_views(self, splits: tuple[str, ...]) -> FeatureViews:
+        """The views a run training on `splits` ("train", or "train" and "val") draws from."""
+        if splits == ("train",):
+            return FeatureViews((self.train,), self.train_labels)
+        if splits == ("train", "val"):
+            return FeatureViews((self.train, self.val_views), np.concatenate([self.train_labels, self.val_labels]))
+        raise ValueError(f"no cached features for training on {splits}")
+
+
+@dataclass(frozen=True)
+class FeatureViews:
+    """The cached views of a run's training images: `pools` (views, n_i, 2048) side by side, positions
+    numbered across them in order, with their `labels`."""
+
+    pools: tuple[np.ndarray, ...]
+    labels: np.ndarray
+
+    def draw(self, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One view of each image at `positions`, each view drawn at random."""
+        views = rng.integers(len(self.pools[0]), size=len(positions))
+        if len(self.pools) == 1:
+            return self.pools[0][views, positions]
+        drawn = np.empty((len(positions), self.pools[0].shape[-1]), np.float32)
+        start = 0
+        for pool in self.pools:
+            inside = (positions >= start) & (positions < start + pool.shape[1])
+            drawn[inside] = pool[views[inside], positions[inside] - start]
+            start += pool.shape[1]
+        return drawn
 
 
 def can_cache_features(settings: RunSettings) -> bool:
@@ -73,9 +109,9 @@ def feature_entry(index: pd.DataFrame, store: str | Path, settings: RunSettings)
     return CacheEntry.of(data.cache_dir, "features", described)
 
 
-def view_transforms(count: int, view: int, settings: RunSettings) -> tuple[np.ndarray, np.ndarray]:
-    """The angles (radians) and flips of augmented view `view` of `count` images: seeded, repeatable."""
-    rng = np.random.default_rng([settings.train.seed, view])
+def view_transforms(count: int, view: int, settings: RunSettings, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """The angles (radians) and flips of augmented view `view` of `count` images of `split`: seeded, repeatable."""
+    rng = np.random.default_rng([settings.train.seed, view] + ([1] if split == "val" else []))
     limit = math.radians(settings.data.rotation_degrees)
     angles = rng.uniform(-limit, limit, count).astype(np.float32)
     flips = rng.random(count) < 0.5 if settings.data.horizontal_flip else np.zeros(count, bool)
@@ -97,21 +133,22 @@ def build_head_features(index: pd.DataFrame, store: str | Path, settings: RunSet
         return entry.folder
     views = settings.train.feature_views
     train_rows, validation_rows = rows_for(index, "train"), rows_for(index, "val")
-    logger.info("computing frozen features: %d views of %d training images, %d validation images",
+    logger.info("computing frozen features: %d views of %d training and %d validation images, and the validation images clean",
                 views, len(train_rows), len(validation_rows))
     pixels = open_image_store(store, settings.data.image_size)
     extractor = build_feature_extractor(settings.data, settings.model, resolve_precision(settings.train.precision))
 
     def write(folder: Path) -> dict:
-        train = np.lib.format.open_memmap(folder / "train.npy", "w+", np.float32, (views, len(train_rows), extractor.output_shape[-1]))
-        told = ProgressFile(progress, "computing the feature cache (passes over the images)", views + 1)
-        for view in range(views):
-            train[view] = extract(extractor, pixels, train_rows, *view_transforms(len(train_rows), view, settings))
-            told.update(view + 1)
-        train.flush()
-        del train
+        told = ProgressFile(progress, "computing the feature cache (passes over the images)", 2 * views + 1)
+        for passes, (split, rows, file) in enumerate((("train", train_rows, "train.npy"), ("val", validation_rows, "val_views.npy"))):
+            stored = np.lib.format.open_memmap(folder / file, "w+", np.float32, (views, len(rows), extractor.output_shape[-1]))
+            for view in range(views):
+                stored[view] = extract(extractor, pixels, rows, *view_transforms(len(rows), view, settings, split))
+                told.update(passes * views + view + 1)
+            stored.flush()
+            del stored
         np.save(folder / "val.npy", extract(extractor, pixels, validation_rows))
-        told.update(views + 1)
+        told.update(2 * views + 1)
         return {"views": views, "train_labels": train_rows["label"].astype(int).tolist(),
                 "val_labels": validation_rows["label"].astype(int).tolist()}
 
@@ -139,4 +176,6 @@ def open_head_features(folder: str | Path) -> HeadFeatures:
     folder = Path(folder)
     return HeadFeatures(train=np.load(folder / "train.npy", mmap_mode="r"),
                         train_labels=np.asarray(details["train_labels"], dtype=np.int32),
-                        val=np.load(folder / "val.npy", mmap_mode="r"))
+                        val=np.load(folder / "val.npy", mmap_mode="r"),
+                        val_views=np.load(folder / "val_views.npy", mmap_mode="r"),
+                        val_labels=np.asarray(details["val_labels"], dtype=np.int32))

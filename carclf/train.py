@@ -1,8 +1,9 @@
 """One training run: the classifier trained epoch by epoch with Keras' `fit`, in one or two phases.
 
 The phases follow Keras' transfer-learning guide (`carclf.phases`: the head alone, then the top
-blocks unfrozen). Head epochs train on cached frozen features when a trial has them
-(`carclf.features`), through the frozen network otherwise.
+blocks unfrozen). Head epochs train on cached frozen features when a run has them
+(`carclf.features`: a trial on the training split, a retraining on train + validation), through
+the frozen network otherwise.
 
 Batches come from the decoded store (`carclf.data.batches`); after every epoch the validation
 rows are predicted in padded fixed-size batches and scored exactly (`carclf.evaluate`). A loss
@@ -135,7 +136,8 @@ class TrainingRun:
         self.train_rows = rows_for(data.index, *splits)
         self.validation_rows = rows_for(data.index, "val") if validate else self.train_rows.iloc[:0]
         self.images_per_epoch = self.train.epoch_images or epoch_images(len(self.train_rows), [self.train.batch_size])
-        use_features = data.features and validate and tuple(splits) == ("train",)
+        self.splits = tuple(splits)
+        use_features = data.features and self.splits in (("train",), ("train", "val"))
         self.features = open_head_features(data.features) if use_features else None
         self.models = models if models is not None else CompiledModels()
         self.phases = plan_phases(self.train)
@@ -188,8 +190,8 @@ class TrainingRun:
             features = self.features
             model, reused = self.models.get(("head", *key), lambda: compile_classifier(
                 build_head(len(self.names), model_config, train.seed), train, phase.learning_rate))
-            read = lambda rows, rng: features.train[rng.integers(len(features.train), size=len(rows)), rows]  # noqa: E731
-            rows, labels = np.arange(len(features.train_labels)), features.train_labels
+            views = features.training_views(self.splits)
+            read, rows, labels = views.draw, np.arange(len(views.labels)), views.labels
             predict = lambda model: predict_rows(model, features.val, np.arange(len(features.val)), EVALUATION_BATCH)  # noqa: E731
         else:
             def build() -> keras.Model:

@@ -5,7 +5,8 @@
   validation, following its trial (`following`): the trial's seed, phases and best epoch count;
   each epoch larger by the validation images' share (train + validation over train, so every image
   is seen as often as the trial saw each training image), and the decay per step smaller by the same
-  factor, so the learning rate at the end of every epoch is the trial's.
+  factor, so the learning rate at the end of every epoch is the trial's. Its head-only epochs train
+  on the search's cached features (augmented views of both splits), as the trial's did.
 - "trial": the winning trial's own model, its best epoch's weights (kept by the trial, written into
   its final checkpoint: `carclf.checkpoints.BEST_EPOCH_FILE`), trained on the training split only.
 - "none" (`false`): no model and no test evaluation.
@@ -49,10 +50,10 @@ from carclf.data.store import open_image_store
 from carclf.data.table import class_names, rows_for
 from carclf.evaluate import NOISE_Z, evaluate, write_server_predictions
 from carclf.files import atomic_path, write_json
-from carclf.model import build_classifier, compile_classifier, set_layer_weights
+from carclf.model import build_classifier, compile_classifier, layer_weights, set_layer_weights
 from carclf.model_folder import ModelFolder
 from carclf.runtime import configure_process, resolve_precision
-from carclf.train import EVALUATION_BATCH, TrainingData, train_classifier
+from carclf.train import EVALUATION_BATCH, TrainingData, TrainingRun
 from tuning.run_folder import RunFolder
 from tuning.trials import DeliveredTrial
 
@@ -62,31 +63,35 @@ REPRODUCTION_MARGIN = 0.02  # a retrained model also fits the validation images:
 
 
 def deliver_model(index: pd.DataFrame, store: str | Path, settings: RunSettings, winner: DeliveredTrial, choice: str, folder: RunFolder,
-                  metric: str, cpus: int | None = None, start: DeliveredTrial | None = None) -> dict[str, Any]:
+                  metric: str, cpus: int | None = None, start: DeliveredTrial | None = None,
+                  features: str | Path | None = None) -> dict[str, Any]:
     """The model `choice` names for `winner` (see the module docstring), saved in `best/` and tested; returns `metrics.json`.
     With the starting configuration's trial (`start`, when it is not the winner), the start is delivered the same way
-    and tested beside the winner (`metrics["start"]`): did tuning help, on test."""
+    and tested beside the winner (`metrics["start"]`): did tuning help, on test. `features`, the search's cached head
+    features, let a retraining's head epochs train on them, as its trial's did."""
     configure_process(cpus, settings.train.seed)
     names, pixels = class_names(index), open_image_store(store, settings.data.image_size)
-    model, trained, metrics = make_model(index, store, settings, winner, choice, folder, pixels)
+    data = TrainingData(index, Path(store), Path(features) if features else None)
+    model, trained, metrics = make_model(data, settings, winner, choice, folder, pixels)
     metrics["trial"] = winner.summary(metric)
     ModelFolder(folder.best).save(model, names, trained, hyperparameters=winner.hyperparameters)
     started = time.perf_counter()
     metrics["test"], right = evaluate_on_test(model, index, pixels, names, folder)
     metrics["evaluate_s"] = time.perf_counter() - started
     if start is not None and start.trial_id != winner.trial_id and right is not None:
-        start_model, _, start_metrics = make_model(index, store, settings, start, choice, folder, pixels)
+        start_model, _, start_metrics = make_model(data, settings, start, choice, folder, pixels)
         metrics["start"] = {"trial": start.summary(metric), **start_metrics,
                             **against_start_on_test(right, correct(start_model, rows_for(index, "test"), pixels, names))}
     write_json(folder.metrics_file, metrics)
     return metrics
 
 
-def make_model(index: pd.DataFrame, store: str | Path, settings: RunSettings, trial: DeliveredTrial, choice: str, folder: RunFolder,
+def make_model(data: TrainingData, settings: RunSettings, trial: DeliveredTrial, choice: str, folder: RunFolder,
                pixels: np.ndarray) -> tuple[keras.Model, RunSettings, dict[str, Any]]:
     """The model `choice` names for `trial`, the settings it trained with, and what to record: which model
     (`delivered`), why (`reason`), the reproduction check, and the retraining's recipe and epochs."""
     settings = settings.with_hyperparameters(trial.hyperparameters).with_train(epochs=trial.best_epoch)
+    index = data.index
     names, train_rows = class_names(index), rows_for(index, "train")
     trial_model = trial_own_model(folder.ray_dir / trial.folder_name, trial.best_epoch, len(names), settings)
     facts: dict[str, Any] = {"choice": choice, "retrain_epochs": trial.best_epoch, "reproduction": None}
@@ -97,8 +102,10 @@ def make_model(index: pd.DataFrame, store: str | Path, settings: RunSettings, tr
                 trial.trial_id, trial.best_epoch, trial.hyperparameters)
     history, started = EpochLog(), time.perf_counter()
     retraining = following(settings, len(train_rows), len(rows_for(index, "train", "val")))
-    model = train_classifier(TrainingData(index, Path(store)), retraining, splits=("train", "val"), validate=False, verbose=2,
-                             callbacks=[history])
+    run = TrainingRun(data, retraining, splits=("train", "val"), validate=False, pixels=pixels)
+    while not run.finished:
+        run.train_epoch([history], verbose=2)
+    model = run.classifier if run.classifier is not None else classifier_with(layer_weights(run.final_model), len(names), retraining)
     facts.update(delivered="retrained", retrain_history=history.epochs, retrain_s=time.perf_counter() - started,
                  retrain_recipe={key: getattr(retraining.train, key) for key in ("epochs", "epoch_images", "lr_decay")})
     if trial_model is None:
@@ -156,8 +163,11 @@ def trial_own_model(trial_folder: Path, best_epoch: int, num_classes: int, setti
     if checkpoint is None or read_checkpoint_state(checkpoint).get("best_epoch") != best_epoch:
         return None
     weights = read_best_epoch(checkpoint)
-    if weights is None:
-        return None
+    return None if weights is None else classifier_with(weights, num_classes, settings)
+
+
+def classifier_with(weights: dict[str, list[np.ndarray]], num_classes: int, settings: RunSettings) -> keras.Model:
+    """The classifier `settings` describe, compiled, with `weights` in the layers they name (a whole model's, or a head's)."""
     train = settings.train
     model = build_classifier(num_classes, settings.data, settings.model, train.unfreeze_depth, train.seed,
                              resolve_precision(train.precision))

@@ -192,8 +192,9 @@ def search_trials(experiment: Experiment, prepared: Prepared, inputs: Shipment, 
 
 def deliver_best(experiment: Experiment, prepared: Prepared, inputs: Shipment, place: RunPlace, trials: pd.DataFrame) -> dict:
     """The winner's model, as `run.retrain` chooses (`tuning.deliver`), made and tested as a whole-node task, with the
-    starting configuration's delivered the same way beside it; its `metrics.json`. The trials' final checkpoints go to
-    the node with the shipment, and `best/` comes back to the driver from wherever the task ran (`tuning.shipping`)."""
+    starting configuration's delivered the same way beside it; its `metrics.json`. A retraining's head epochs train on
+    the search's cached features (reused, or rebuilt if the cache lost them). The trials' final checkpoints and the
+    features go to the node with the shipment, and `best/` comes back to the driver from wherever the task ran (`tuning.shipping`)."""
     selection, space, folder = Selection.of(experiment.search), list(experiment.search.space), place.folder
     best = best_trial(trials, selection, space)
     if best is None:
@@ -205,12 +206,14 @@ def deliver_best(experiment: Experiment, prepared: Prepared, inputs: Shipment, p
         also = f", then the starting configuration's (trial {start.trial_id}) the same way" if start and start != best else ""
         print(f"retraining the best trial ({best.trial_id}) on train + val as it trained, for its best epoch count "
               f"({best.best_epoch}): {best.hyperparameters}{also}", flush=True)
+    features = prepare_head_features(experiment, prepared.index, prepared.store, inputs) if experiment.run.delivery == "train+val" else None
     options = whole_node(experiment)
     task = ray.remote(**options)(on_node)
-    checkpoints = inputs.adding([place.pull_checkpoint(name) for name in {trial.folder_name for trial in (best, start) if trial}])
+    checkpoints = inputs.adding([place.pull_checkpoint(name) for name in {trial.folder_name for trial in (best, start) if trial}]
+                                + [Path(features) if features else None])
     return returned(ray.get(task.remote(deliver_model, checkpoints, folder.best, prepared.index, prepared.store,
                                         experiment.settings, best, experiment.run.delivery, folder, selection.metric,
-                                        options["num_cpus"], start)))
+                                        options["num_cpus"], start, features)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,11 +12,12 @@ import pytest
 from carclf.config import ModelConfig
 from carclf.data.store import build_image_store, open_image_store
 from carclf.data.table import rows_for
-from carclf.features import build_head_features, feature_entry, open_head_features, view_transforms
+from carclf.features import HeadFeatures, build_head_features, feature_entry, open_head_features, view_transforms
 from carclf.layers import flip_and_rotate
-from carclf.model import build_backbone, build_classifier
+from carclf.model import build_backbone, build_classifier, layer_weights
 from carclf.runtime import configure_process
-from carclf.train import TrainingData, train_classifier
+from carclf.train import TrainingData, TrainingRun, train_classifier
+from tuning.deliver import classifier_with
 
 
 @pytest.fixture
@@ -36,7 +37,9 @@ def test_features_are_built_once_in_float32_memory_maps(tiny_dataset, pretrained
     assert isinstance(features.train, np.memmap) and features.train.dtype == np.float32
     assert features.train.shape == (3, len(rows_for(tiny_dataset.index, "train")), 2048)
     assert features.val.shape == (len(rows_for(tiny_dataset.index, "val")), 2048)
+    assert features.val_views.shape == (3, len(rows_for(tiny_dataset.index, "val")), 2048)
     assert not np.allclose(features.train[0], features.train[1])  # augmented views differ
+    assert not np.allclose(features.val_views[0], features.val)
 
 
 def test_cached_views_are_what_the_classifier_computes(tiny_dataset, pretrained_settings):
@@ -52,6 +55,42 @@ def test_cached_views_are_what_the_classifier_computes(tiny_dataset, pretrained_
     np.testing.assert_allclose(pooled.predict(view, verbose=0), features.train[2], atol=1e-3)
     clean = open_image_store(tiny_dataset.store, 32)[rows_for(tiny_dataset.index, "val")["store_row"].to_numpy()]
     np.testing.assert_allclose(pooled.predict(clean.astype(np.float32), verbose=0), features.val, atol=1e-3)
+    angles, flips = view_transforms(len(clean), 1, pretrained_settings, "val")
+    view = keras.ops.convert_to_numpy(flip_and_rotate(clean, angles, flips))
+    np.testing.assert_allclose(pooled.predict(view, verbose=0), features.val_views[1], atol=1e-3)
+
+
+def test_views_of_both_splits_are_drawn_by_position_across_them():
+    """Positions number the training images' views, then the validation images'; each draw is one of an image's views."""
+    train = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)  # 2 views of 3 images
+    validation = 100 + np.arange(2 * 2 * 2, dtype=np.float32).reshape(2, 2, 2)  # 2 views of 2 images
+    views = HeadFeatures(train, np.array([0, 1, 2]), validation[0], validation, np.array([3, 4])).training_views(("train", "val"))
+    assert views.labels.tolist() == [0, 1, 2, 3, 4]
+    positions = np.array([4, 0, 3, 2, 1, 4])
+    drawn = views.draw(positions, np.random.default_rng(0))
+    chosen = np.random.default_rng(0).integers(2, size=len(positions))
+    expected = [train[v, p] if p < 3 else validation[v, p - 3] for v, p in zip(chosen, positions)]
+    np.testing.assert_array_equal(drawn, np.array(expected))
+
+
+def test_a_retraining_on_train_and_val_trains_its_head_on_both_splits_views(tiny_dataset, pretrained_settings):
+    """A depth-0 run on train + validation trains on cached features only, drawn from both splits' views with both
+    splits' labels, and its head in the classifier predicts the images as the head predicts their features."""
+    settings = pretrained_settings.with_train(epochs=2, learning_rate=0.05)
+    data = TrainingData(tiny_dataset.index, tiny_dataset.store, build_head_features(tiny_dataset.index, tiny_dataset.store, settings))
+    features = open_head_features(data.features)
+    configure_process(2, seed=0)
+    run = TrainingRun(data, settings, splits=("train", "val"), validate=False)
+    while not run.finished:
+        run.train_epoch()
+    assert run.classifier is None  # every epoch trained on the cached features
+    batches = run.current.batches
+    np.testing.assert_array_equal(batches.labels, np.concatenate([features.train_labels, features.val_labels]))
+    assert batches.steps * settings.train.batch_size == 40  # 32 training and 8 validation images an epoch
+    head = run.final_model
+    classifier = classifier_with(layer_weights(head), 4, settings)
+    clean = open_image_store(tiny_dataset.store, 32)[rows_for(tiny_dataset.index, "val")["store_row"].to_numpy()]
+    np.testing.assert_allclose(classifier.predict(clean, verbose=0), head.predict(features.val, verbose=0), atol=1e-4)
 
 
 def test_head_on_cached_features_learns_as_the_head_through_the_network(tiny_dataset, pretrained_settings):
