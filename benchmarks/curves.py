@@ -93,7 +93,7 @@ def head_features(dataset, settings):
     return build_head_features(dataset.index, dataset.store, settings) if can_cache_features(settings) else None
 
 
-def test_features(dataset, settings):
+def features_of_test(dataset, settings):
     """The test images' clean features through the pretrained backbone, on which a head trained on cached features
     is scored, as it is on validation's (None without a pretrained backbone)."""
     from carclf.data.store import open_image_store
@@ -110,7 +110,7 @@ def test_features(dataset, settings):
 
 def train_curve(experiment, dataset, models, params: dict, seed: int, threads: int, tested_features=None) -> dict:
     """One configuration trained to `max_epochs` with one training seed; its every epoch (see the module docstring).
-    `tested_features`: `test_features`, for the epochs a head trains on cached features."""
+    `tested_features`: `features_of_test`, for the epochs a head trains on cached features."""
     import numpy as np
 
     from carclf.data.table import rows_for
@@ -127,7 +127,7 @@ def train_curve(experiment, dataset, models, params: dict, seed: int, threads: i
     epochs = []
     while not run.finished:
         logs = run.train_epoch()
-        tested = test_accuracy(run, test_rows, test_labels, tested_features)
+        tested = accuracy_on_test(run, test_rows, test_labels, tested_features)
         epochs.append({"epoch": run.epoch, "phase": run.current.phase.name,
                        "final_phase_epochs": final_phase_epochs(settings.train, run.epoch),
                        "val_accuracy": _finite(logs.get("val_accuracy")), "test_accuracy": _finite(tested),
@@ -136,7 +136,7 @@ def train_curve(experiment, dataset, models, params: dict, seed: int, threads: i
     return {"epochs": epochs, "validation_size": int(len(run.validation_rows)), "test_size": int(len(test))}
 
 
-def test_accuracy(run, test_rows, test_labels, tested_features) -> float:
+def accuracy_on_test(run, test_rows, test_labels, tested_features) -> float:
     """The accuracy on test of `run`'s model now: the network's on the test images' store rows or, while the head
     trains alone on cached features (no network yet), the head's on `tested_features`, as validation is scored."""
     import numpy as np
@@ -209,7 +209,7 @@ def main() -> None:
     todo, threads = todo[shard::shards], max(1, (os.cpu_count() or 1) // shards)
     models, cpu, code = CompiledModels(), cpu_model(), code_in_use()
     configure_process(threads, TRAINING_SEEDS[0])  # before this process's first Keras op
-    tested_features = test_features(dataset, experiment.trial_settings())
+    tested_features = features_of_test(dataset, experiment.trial_settings())
     for position, (number, seed) in enumerate(todo):
         if Path(args.stop_file).exists():
             print(f"{args.stop_file} exists: stopping with {len(todo) - position} curves left", flush=True)

@@ -36,8 +36,8 @@ def test_a_head_trained_on_cached_features_is_scored_on_test_as_the_whole_classi
     test = rows_for(tiny_dataset.index, "test")
     rows, labels = test["store_row"].to_numpy(dtype=np.int64), test["label"].to_numpy()
 
-    features = curves.test_features(tiny_dataset, settings)
-    recorded = curves.test_accuracy(run, rows, labels, features)
+    features = curves.features_of_test(tiny_dataset, settings)
+    recorded = curves.accuracy_on_test(run, rows, labels, features)
 
     classifier = build_classifier(4, settings.data, settings.model, 0, settings.train.seed, "float32")
     transfer_weights(run.final_model, classifier)  # the backbone with the head the run trained
