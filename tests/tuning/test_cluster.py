@@ -190,7 +190,9 @@ def test_a_cluster_sharing_no_files_runs_resumes_and_delivers_on_object_storage(
     on the node that sees none of the driver's files, the bucket holds every file of the run, and the report and predict
     read it from there."""
     address, bucket = cluster_sharing_no_files_with_a_bucket
-    command = search_command(tiny_cars, tmp_path, "no-shared-files", "--address", address, "--num-samples", "3",
+    # 4 trials, 3 at once: three trials running together need the head's CPU beside the second node's two, before the
+    # kill and, with three left, after it (with 3 trials, the two left after the kill ran on the second node alone once).
+    command = search_command(tiny_cars, tmp_path, "no-shared-files", "--address", address, "--num-samples", "4",
                              "--max-concurrent", "3", "--cpus-per-trial", "1", "--set", "scheduler.max_epochs=2",
                              "--set", "scheduler.grace_period=2", "--set", "search.space.head_epochs={ choice = [0, 1] }",
                              weights=str(synthetic_backbone))
@@ -211,7 +213,7 @@ def test_a_cluster_sharing_no_files_runs_resumes_and_delivers_on_object_storage(
     trials = pd.read_parquet(RunPlace.at(uri).local / "trials.parquet")
     reported = [json.loads(line) for name in listing(f"{uri}/ray") if name.endswith("/result.json")
                 for line in read_text(f"{uri}/ray/{name}").splitlines()]  # every epoch reported, a restarted trial's twice
-    assert trials["trial_id"].nunique() == 3 and len({row["node_id"] for row in reported}) == 2  # both nodes trained trials
+    assert trials["trial_id"].nunique() == 4 and len({row["node_id"] for row in reported}) == 2  # both nodes trained trials
     kept = uri.removeprefix("s3://")  # Ray names a trial's path within its filesystem
     assert all(f"{kept}/ray/" in path for path in trials["trial_path"].unique()), trials["trial_path"].unique()  # on the bucket
     files = listing(uri)
