@@ -52,7 +52,17 @@ from carclf.data.store import StoreError, open_image_store  # noqa: E402
 from carclf.data.table import DatasetError, class_names, rows_for  # noqa: E402
 from carclf.evaluate import classification_metrics, predict_rows  # noqa: E402
 from carclf.features import open_head_features  # noqa: E402
-from carclf.model import WeightsError, build_classifier, build_head, compile_classifier, current_learning_rate, set_optimizer_values, transfer_weights  # noqa: E402
+from carclf.model import (  # noqa: E402
+    WeightsError,
+    build_classifier,
+    build_head,
+    compile_classifier,
+    current_learning_rate,
+    layer_weights,
+    set_layer_weights,
+    set_optimizer_values,
+    transfer_weights,
+)
 from carclf.model_folder import ModelFolder, ModelFolderError  # noqa: E402
 from carclf.phases import Phase, phase_at, plan_phases  # noqa: E402
 from carclf.runtime import configure_process, resolve_precision  # noqa: E402
@@ -155,6 +165,13 @@ class TrainingRun:
         """The classifier, or the head alone when every epoch trained on cached features."""
         return self.classifier if self.classifier is not None else self.current.model
 
+    @property
+    def whole_classifier(self) -> keras.Model:
+        """The classifier; when every epoch trained on cached features, a new one holding the trained head."""
+        if self.classifier is not None:
+            return self.classifier
+        return classifier_with(layer_weights(self.current.model), len(self.names), self.settings)
+
     def train_epoch(self, callbacks: Sequence[keras.callbacks.Callback] = (), verbose: int | str = 0) -> dict[str, float]:
         """Train the next epoch and return its logs: Keras' training metrics and `EPOCH_KEYS`."""
         phase = phase_at(self.phases, self.epoch + 1)
@@ -211,6 +228,15 @@ class TrainingRun:
         end_of_epoch = EndOfEpoch(predict if self.validate else None, self.validation_rows["label"].to_numpy(),
                                   batches.images_per_epoch)
         return PhaseModel(phase, model, batches, end_of_epoch, reused)
+
+
+def classifier_with(weights: dict[str, list[np.ndarray]], num_classes: int, settings: RunSettings) -> keras.Model:
+    """The classifier `settings` describe, compiled, with `weights` in the layers they name (a whole model's, or a head's)."""
+    train = settings.train
+    model = build_classifier(num_classes, settings.data, settings.model, train.unfreeze_depth, train.seed,
+                             resolve_precision(train.precision))
+    set_layer_weights(compile_classifier(model, train), weights)
+    return model
 
 
 def train_classifier(data: TrainingData, settings: RunSettings, *, splits: Sequence[str] = ("train",), validate: bool = True,

@@ -50,10 +50,9 @@ from carclf.data.store import open_image_store
 from carclf.data.table import class_names, rows_for
 from carclf.evaluate import NOISE_Z, evaluate, write_server_predictions
 from carclf.files import atomic_path, write_json
-from carclf.model import build_classifier, compile_classifier, layer_weights, set_layer_weights
 from carclf.model_folder import ModelFolder
-from carclf.runtime import configure_process, resolve_precision
-from carclf.train import EVALUATION_BATCH, TrainingData, TrainingRun
+from carclf.runtime import configure_process
+from carclf.train import EVALUATION_BATCH, TrainingData, TrainingRun, classifier_with
 from tuning.run_folder import RunFolder
 from tuning.trials import DeliveredTrial
 
@@ -105,7 +104,7 @@ def make_model(data: TrainingData, settings: RunSettings, trial: DeliveredTrial,
     run = TrainingRun(data, retraining, splits=("train", "val"), validate=False, pixels=pixels)
     while not run.finished:
         run.train_epoch([history], verbose=2)
-    model = run.classifier if run.classifier is not None else classifier_with(layer_weights(run.final_model), len(names), retraining)
+    model = run.whole_classifier
     facts.update(delivered="retrained", retrain_history=history.epochs, retrain_s=time.perf_counter() - started,
                  retrain_recipe={key: getattr(retraining.train, key) for key in ("epochs", "epoch_images", "lr_decay")})
     if trial_model is None:
@@ -164,15 +163,6 @@ def trial_own_model(trial_folder: Path, best_epoch: int, num_classes: int, setti
         return None
     weights = read_best_epoch(checkpoint)
     return None if weights is None else classifier_with(weights, num_classes, settings)
-
-
-def classifier_with(weights: dict[str, list[np.ndarray]], num_classes: int, settings: RunSettings) -> keras.Model:
-    """The classifier `settings` describe, compiled, with `weights` in the layers they name (a whole model's, or a head's)."""
-    train = settings.train
-    model = build_classifier(num_classes, settings.data, settings.model, train.unfreeze_depth, train.seed,
-                             resolve_precision(train.precision))
-    set_layer_weights(compile_classifier(model, train), weights)
-    return model
 
 
 def correct(model: keras.Model, rows: pd.DataFrame, pixels: np.ndarray, names: list[str]) -> np.ndarray:

@@ -14,10 +14,9 @@ from carclf.data.store import build_image_store, open_image_store
 from carclf.data.table import rows_for
 from carclf.features import HeadFeatures, build_head_features, feature_entry, open_head_features, view_transforms
 from carclf.layers import flip_and_rotate
-from carclf.model import build_backbone, build_classifier, layer_weights
+from carclf.model import build_backbone, build_classifier
 from carclf.runtime import configure_process
 from carclf.train import TrainingData, TrainingRun, train_classifier
-from tuning.deliver import classifier_with
 
 
 @pytest.fixture
@@ -87,8 +86,7 @@ def test_a_retraining_on_train_and_val_trains_its_head_on_both_splits_views(tiny
     batches = run.current.batches
     np.testing.assert_array_equal(batches.labels, np.concatenate([features.train_labels, features.val_labels]))
     assert batches.steps * settings.train.batch_size == 40  # 32 training and 8 validation images an epoch
-    head = run.final_model
-    classifier = classifier_with(layer_weights(head), 4, settings)
+    head, classifier = run.final_model, run.whole_classifier
     clean = open_image_store(tiny_dataset.store, 32)[rows_for(tiny_dataset.index, "val")["store_row"].to_numpy()]
     np.testing.assert_allclose(classifier.predict(clean, verbose=0), head.predict(features.val, verbose=0), atol=1e-4)
 
