@@ -13,6 +13,10 @@ For each seed, one real search (`python -m tuning.search`, `run.retrain = "none"
 - "after": retrained as `tuning.deliver` does now (`tuning.deliver.following`): epochs larger by
   train + validation over train, the decay per step smaller by as much, so every image is seen as
   often as in the trial and the learning rate at each epoch's end is the trial's;
+- "continued": the trial's own model trained on from its best epoch, on train + validation, for as
+  many more images as the validation split adds (the images it had seen times validation over
+  train), at the learning rate it ended that epoch with, held constant: the model the search chose,
+  with the validation images added, instead of a fresh draw of its configuration;
 - the fixed recipe: the first `[[search.start]]` configuration trained on the training split for
   `scheduler.max_epochs` epochs, untuned;
 - "delivered": what `run.retrain = "train+val"` delivers now: "after" when its reproduction check
@@ -38,8 +42,10 @@ from pathlib import Path
 import numpy as np
 
 import carclf  # noqa: F401  (registers carclf's Keras objects)
+from carclf.data.batches import TrainingBatches
 from carclf.data.store import open_image_store
 from carclf.data.table import class_names, rows_for
+from carclf.model import set_optimizer_values
 from carclf.runtime import configure_process
 from carclf.train import TrainingData, train_classifier
 from tuning.deliver import correct, following, paired_difference, reproduction, trial_own_model
@@ -85,6 +91,21 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict:
     return {"difference": difference, "standard_error": error}
 
 
+def continued(folder: RunFolder, winner, settings, index, pixels: np.ndarray, names: list[str]):
+    """The "continued" model (see the module docstring) and the images it trained on."""
+    trials = folder.read_trials()
+    epoch = trials[(trials["trial_id"] == winner.trial_id) & (trials["epoch"] == winner.best_epoch)].iloc[-1]
+    pooled, train_count = rows_for(index, "train", "val"), len(rows_for(index, "train"))
+    batch = settings.train.batch_size
+    images = max(1, round(float(epoch["images_seen"]) * (len(pooled) - train_count) / train_count / batch)) * batch
+    model = trial_own_model(folder.ray_dir / winner.folder_name, winner.best_epoch, len(names), settings)
+    set_optimizer_values(model, float(epoch["learning_rate"]), 0.0, settings.train.momentum)
+    batches = TrainingBatches(lambda rows, rng: pixels[rows], pooled["store_row"].to_numpy(dtype=np.int64), pooled["label"].to_numpy(),
+                              batch, images, settings.train.seed)
+    model.fit(batches, epochs=1, verbose=0, shuffle=False)
+    return model, images
+
+
 def measure(folder: RunFolder) -> dict:
     """The winner's models (see the module docstring), tested."""
     experiment = experiment_from_document(folder.read_experiment().document, str(folder.experiment_file))
@@ -97,7 +118,7 @@ def measure(folder: RunFolder) -> dict:
     trial_settings = settings.with_hyperparameters(winner.hyperparameters).with_train(epochs=winner.best_epoch)
     configure_process(None, trial_settings.train.seed)
     data = TrainingData(index, prepared.store)
-    models = {"trial": trial_own_model(folder.path / winner.folder_name, winner.best_epoch, len(names), trial_settings)}
+    models = {"trial": trial_own_model(folder.ray_dir / winner.folder_name, winner.best_epoch, len(names), trial_settings)}
     if models["trial"] is None:
         raise SystemExit(f"{folder.path}: the winner {winner.trial_id} has no final checkpoint with its best epoch")
     seconds = {}
@@ -107,18 +128,22 @@ def measure(folder: RunFolder) -> dict:
         started = time.time()
         models[name] = train_classifier(data, recipe, splits=("train", "val"), validate=False)
         seconds[name] = time.time() - started
+    started = time.time()
+    models["continued"], continued_images = continued(folder, winner, trial_settings, index, pixels, names)
+    seconds["continued"] = time.time() - started
     start = settings.with_hyperparameters(experiment.search.start[0]).with_train(epochs=experiment.scheduler.max_epochs)
     models["fixed recipe"] = train_classifier(data, start, splits=("train",), validate=False)
     right = {name: correct(model, test_rows, pixels, names) for name, model in models.items()}
-    on_train = {name: correct(models[name], train_rows, pixels, names) for name in ("trial", *recipes)}
-    checks = {name: reproduction(on_train["trial"], on_train[name]) for name in recipes}
+    candidates = (*recipes, "continued")
+    on_train = {name: correct(models[name], train_rows, pixels, names) for name in ("trial", *candidates)}
+    checks = {name: reproduction(on_train["trial"], on_train[name]) for name in candidates}
     right["delivered"] = right["after"] if checks["after"]["verdict"] == "reproduced" else right["trial"]
     return {
         "winner": {"trial_id": winner.trial_id, "validation": winner.score, "best_epoch": winner.best_epoch, **winner.hyperparameters},
-        "test_images": len(test_rows), "retrain_s": seconds,
+        "test_images": len(test_rows), "retrain_s": seconds, "continued_images": continued_images,
         "test": {name: summary(values) for name, values in right.items()},
-        "minus_trial": {name: paired(right[name], right["trial"]) for name in (*recipes, "delivered")},
-        "minus_fixed_recipe": {name: paired(right[name], right["fixed recipe"]) for name in ("trial", "delivered")},
+        "minus_trial": {name: paired(right[name], right["trial"]) for name in (*candidates, "delivered")},
+        "minus_fixed_recipe": {name: paired(right[name], right["fixed recipe"]) for name in ("trial", "continued", "delivered")},
         "checks": {name: {key: check[key] for key in ("trial_accuracy", "retrained_accuracy", "difference", "standard_error", "verdict")}
                    for name, check in checks.items()},
     }
@@ -133,15 +158,17 @@ def interval(values: list[float]) -> str:
 
 
 def report(results: dict) -> None:
-    print(f"{'seed':>4} {'val':>6} {'trial':>6} {'before':>6} {'same':>6} {'after':>6} {'deliv':>6} {'fixed':>6}  checks")
+    columns = ("trial", "before", "same steps", "after", "continued", "delivered", "fixed recipe")
+    print(f"{'seed':>4} {'val':>6} " + " ".join(f"{name[:6]:>6}" for name in columns) + "  checks")
     for seed, run in sorted(results["runs"].items(), key=lambda item: int(item[0])):
         test = run["test"]
-        print(f"{seed:>4} {run['winner']['validation']:6.3f} " + " ".join(f"{test[n]['accuracy']:6.3f}" for n in
-              ("trial", "before", "same steps", "after", "delivered", "fixed recipe"))
+        print(f"{seed:>4} {run['winner']['validation']:6.3f} " + " ".join(f"{test[n]['accuracy']:6.3f}" if n in test else f"{'':>6}" for n in columns)
               + "  " + "/".join(check["verdict"] for check in run["checks"].values()))
     runs = list(results["runs"].values())
-    for name in ("before", "same steps", "after", "delivered"):
-        print(f"{name} minus the trial's own model: {interval([r['minus_trial'][name]['difference'] for r in runs])}")
+    for name in ("before", "same steps", "after", "continued", "delivered"):
+        differences = [run["minus_trial"][name]["difference"] for run in runs if name in run["minus_trial"]]
+        if differences:
+            print(f"{name} minus the trial's own model: {interval(differences)}")
 
 
 def main() -> None:
