@@ -45,9 +45,9 @@ import carclf  # noqa: F401  (registers carclf's Keras objects)
 from carclf.data.batches import TrainingBatches
 from carclf.data.store import open_image_store
 from carclf.data.table import class_names, rows_for
-from carclf.model import set_optimizer_values
+from carclf.model import layer_weights, set_optimizer_values
 from carclf.runtime import configure_process
-from carclf.train import TrainingData, train_classifier
+from carclf.train import TrainingData, classifier_with, train_classifier
 from tuning.deliver import correct, following, paired_difference, reproduction, trial_own_model
 from tuning.experiment import DEMO_EXPERIMENT, experiment_from_document
 from tuning.prepare import prepare
@@ -91,14 +91,13 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict:
     return {"difference": difference, "standard_error": error}
 
 
-def continued(folder: RunFolder, winner, settings, index, pixels: np.ndarray, names: list[str]):
-    """The "continued" model (see the module docstring) and the images it trained on."""
-    trials = folder.read_trials()
+def continued(trial_model, trials, winner, settings, index, pixels: np.ndarray):
+    """The "continued" model (see the module docstring), from a copy of the trial's own model, and the images it trained on."""
     epoch = trials[(trials["trial_id"] == winner.trial_id) & (trials["epoch"] == winner.best_epoch)].iloc[-1]
     pooled, train_count = rows_for(index, "train", "val"), len(rows_for(index, "train"))
     batch = settings.train.batch_size
     images = max(1, round(float(epoch["images_seen"]) * (len(pooled) - train_count) / train_count / batch)) * batch
-    model = trial_own_model(folder.ray_dir / winner.folder_name, winner.best_epoch, len(names), settings)
+    model = classifier_with(layer_weights(trial_model), trial_model.output_shape[-1], settings)
     set_optimizer_values(model, float(epoch["learning_rate"]), 0.0, settings.train.momentum)
     batches = TrainingBatches(lambda rows, rng: pixels[rows], pooled["store_row"].to_numpy(dtype=np.int64), pooled["label"].to_numpy(),
                               batch, images, settings.train.seed)
@@ -114,7 +113,8 @@ def measure(folder: RunFolder) -> dict:
     names, pixels = class_names(index), open_image_store(prepared.store, settings.data.image_size)
     train_rows, test_rows = rows_for(index, "train"), rows_for(index, "test")
     selection = Selection.of(experiment.search)
-    winner = best_trial(folder.read_trials(), selection, list(experiment.search.space))
+    trials = folder.read_trials()
+    winner = best_trial(trials, selection, list(experiment.search.space))
     trial_settings = settings.with_hyperparameters(winner.hyperparameters).with_train(epochs=winner.best_epoch)
     configure_process(None, trial_settings.train.seed)
     data = TrainingData(index, prepared.store)
@@ -129,7 +129,7 @@ def measure(folder: RunFolder) -> dict:
         models[name] = train_classifier(data, recipe, splits=("train", "val"), validate=False)
         seconds[name] = time.time() - started
     started = time.time()
-    models["continued"], continued_images = continued(folder, winner, trial_settings, index, pixels, names)
+    models["continued"], continued_images = continued(models["trial"], trials, winner, trial_settings, index, pixels)
     seconds["continued"] = time.time() - started
     start = settings.with_hyperparameters(experiment.search.start[0]).with_train(epochs=experiment.scheduler.max_epochs)
     models["fixed recipe"] = train_classifier(data, start, splits=("train",), validate=False)
